@@ -1,0 +1,1 @@
+pub use codex_sidecar::settings::AgentSettings;

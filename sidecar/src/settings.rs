@@ -1,0 +1,403 @@
+//! The agent's configuration: one definition shared by the sidecar's flags, its `--config FILE`,
+//! the operator's `CodexAgent` CRD (`spec.sidecar`) and the Docker runtime.
+//!
+//! [`AgentSettings`] holds what an agent *does* (model, provider, limits, policies); it derives
+//! `clap::Args` (the flags), `serde` (the config file and the CRD) and `schemars::JsonSchema` (the
+//! CRD's OpenAPI schema). [`PathSettings`] holds where the sidecar finds its files and keys; only
+//! the sidecar's flags and config file carry it, because the operator and the Docker runtime choose
+//! those paths themselves.
+//!
+//! Every field is optional in the serialized forms so that a config file, a flag and a default can
+//! be layered: [`ServeSettings::merge`] lets flags win over the file, and [`ServeSettings::resolve`]
+//! applies defaults and validates, producing a [`crate::config::Config`].
+//!
+//! Config-file keys are camelCase (as in the CRD); the flag spelling (`compact-at-tokens`) is
+//! accepted as an alias so a file can be written either way.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Which model provider codex talks to. Maps onto codex's `model_provider` setting.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    /// OpenAI (codex's built-in `openai` provider): needs an auth.json (ChatGPT or API-key login)
+    /// or `--openai-api-key-file`.
+    Openai,
+    /// Codex's built-in `ollama` provider (Responses API at `http://localhost:11434/v1` unless
+    /// `providerBaseUrl` moves it).
+    Ollama,
+    /// Codex's built-in `lmstudio` provider (Responses API at `http://localhost:1234/v1` unless
+    /// `providerBaseUrl` moves it).
+    Lmstudio,
+    /// Any Responses-API server at `providerBaseUrl` (vLLM, a gateway, a test server); the bearer
+    /// token is read by codex from the environment variable named by `providerEnvKey`.
+    Custom,
+}
+
+impl ProviderKind {
+    /// The lowercase name used in flags, files and `/v1/status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Openai => "openai",
+            Self::Ollama => "ollama",
+            Self::Lmstudio => "lmstudio",
+            Self::Custom => "custom",
+        }
+    }
+}
+
+/// When codex asks before running a command (codex's `approvalPolicy`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema, clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum ApprovalPolicy {
+    /// Ask before any command that is not known to be safe.
+    Untrusted,
+    /// The model decides when to ask.
+    OnRequest,
+    /// Never ask (the default: the pod is the sandbox).
+    Never,
+}
+
+impl ApprovalPolicy {
+    /// The wire value of `thread/start`'s `approvalPolicy`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Untrusted => "untrusted",
+            Self::OnRequest => "on-request",
+            Self::Never => "never",
+        }
+    }
+}
+
+/// What the sidecar answers when codex asks for an approval (only asked when the approval policy
+/// is not `never`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum ApprovalDecision {
+    /// Approve the command or file change.
+    Accept,
+    /// Refuse it; the model is told and carries on.
+    Decline,
+}
+
+/// Codex's filesystem sandbox for commands it runs (codex's `sandbox` mode).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema, clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum SandboxMode {
+    /// Commands may read anything and write nothing.
+    ReadOnly,
+    /// Commands may write inside the session's working directory (the default).
+    WorkspaceWrite,
+    /// No sandbox at all; use only when the container itself is the sandbox.
+    DangerFullAccess,
+}
+
+impl SandboxMode {
+    /// The wire value of `thread/start`'s `sandbox`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ReadOnly => "read-only",
+            Self::WorkspaceWrite => "workspace-write",
+            Self::DangerFullAccess => "danger-full-access",
+        }
+    }
+}
+
+/// One MCP server codex may start, written to the session's config.toml as
+/// `[mcp_servers.<name>]` (codex's stdio MCP transport).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct McpServer {
+    /// Program to run.
+    pub command: String,
+    /// Its arguments.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    /// Extra environment variables for it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+}
+
+/// What the agent does: model, provider, codex policies and the session engine's limits.
+///
+/// Shared verbatim by the sidecar (flags and `--config`), the operator's CRD (`spec.sidecar`) and the
+/// Docker runtime. `None` means "use the default" that [`ServeSettings::resolve`] documents.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema, clap::Args)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AgentSettings {
+    /// Model name sent to the provider (for example `gpt-5.1-codex` or `gpt-oss:20b`). Unset: codex's
+    /// own default for the provider.
+    #[arg(long, value_name = "NAME")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+
+    /// Model provider: `openai`, `ollama`, `lmstudio` or `custom`. Default `openai`.
+    #[arg(long, value_enum, value_name = "PROVIDER")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<ProviderKind>,
+
+    /// Base URL of the provider's Responses API (`http://host:port/v1`). Required for `custom`;
+    /// moves `ollama`/`lmstudio` off their default ports; not accepted for `openai`.
+    #[arg(long, value_name = "URL")]
+    #[serde(default, skip_serializing_if = "Option::is_none", alias = "provider-base-url")]
+    pub provider_base_url: Option<String>,
+
+    /// Name of the environment variable whose value codex sends as `Authorization: Bearer` to a
+    /// `custom` provider. The variable must be set in the sidecar's environment.
+    #[arg(long, value_name = "NAME")]
+    #[serde(default, skip_serializing_if = "Option::is_none", alias = "provider-env-key")]
+    pub provider_env_key: Option<String>,
+
+    /// Extra codex settings as `KEY=VALUE` (a TOML value; dotted keys allowed), passed to every
+    /// `codex app-server` as `-c KEY=VALUE`. Repeatable.
+    #[arg(short = 'c', long = "codex-config", value_name = "KEY=VALUE")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty", alias = "codex-config")]
+    pub codex_config: Vec<String>,
+
+    /// When codex asks before running commands: `untrusted`, `on-request` or `never` (default).
+    #[arg(long, value_enum, value_name = "POLICY")]
+    #[serde(default, skip_serializing_if = "Option::is_none", alias = "approval-policy")]
+    pub approval_policy: Option<ApprovalPolicy>,
+
+    /// The sidecar's answer when codex does ask: `accept` or `decline` (default).
+    #[arg(long, value_enum, value_name = "DECISION")]
+    #[serde(default, skip_serializing_if = "Option::is_none", alias = "approval-decision")]
+    pub approval_decision: Option<ApprovalDecision>,
+
+    /// Codex's sandbox: `read-only`, `workspace-write` (default) or `danger-full-access`.
+    #[arg(long, value_enum, value_name = "MODE")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<SandboxMode>,
+
+    /// Compact a thread (`thread/compact/start`) after a turn whose context
+    /// (`tokenUsage.last.inputTokens`) reached this many tokens. Default 40000; 0 disables.
+    #[arg(long, value_name = "N")]
+    #[serde(default, skip_serializing_if = "Option::is_none", alias = "compact-at-tokens")]
+    #[schemars(range(min = 0))]
+    pub compact_at_tokens: Option<u64>,
+
+    /// At most this many `codex app-server` children at once; the least recently used idle one is
+    /// stopped to make room. Default 8.
+    #[arg(long, value_name = "N")]
+    #[serde(default, skip_serializing_if = "Option::is_none", alias = "max-live-sessions")]
+    #[schemars(range(min = 1, max = 1024))]
+    pub max_live_sessions: Option<u32>,
+
+    /// Seconds an idle session keeps its codex child before it is stopped. Default 600.
+    #[arg(long, value_name = "SECS")]
+    #[serde(default, skip_serializing_if = "Option::is_none", alias = "idle-timeout")]
+    #[schemars(range(min = 1))]
+    pub idle_timeout: Option<u64>,
+
+    /// Seconds a turn may run before it is interrupted (`turn/interrupt`) and reported as an error.
+    /// Default 600.
+    #[arg(long, value_name = "SECS")]
+    #[serde(default, skip_serializing_if = "Option::is_none", alias = "turn-timeout")]
+    #[schemars(range(min = 1))]
+    pub turn_timeout: Option<u64>,
+
+    /// Required `aud` claim of API tokens. Unset: `aud` is not checked.
+    #[arg(long, value_name = "AUD")]
+    #[serde(default, skip_serializing_if = "Option::is_none", alias = "jwt-audience")]
+    pub jwt_audience: Option<String>,
+
+    /// MCP servers codex may start, by name. Config file and CRD only (no flag).
+    #[arg(skip)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty", alias = "mcp-servers")]
+    pub mcp_servers: BTreeMap<String, McpServer>,
+}
+
+/// Where the sidecar listens and finds its files and keys. Flags and `--config` only.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, clap::Args)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PathSettings {
+    /// Address to serve the HTTP API on. Default `127.0.0.1:8080`.
+    #[arg(long, value_name = "ADDR")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+
+    /// Directory for session records, event logs and each session's CODEX_HOME. Default
+    /// `$XDG_STATE_HOME/codex-sidecar` (else `~/.local/state/codex-sidecar`).
+    #[arg(long, value_name = "DIR")]
+    #[serde(default, skip_serializing_if = "Option::is_none", alias = "state-dir")]
+    pub state_dir: Option<PathBuf>,
+
+    /// The codex CLI to run as `codex app-server`. Default `codex` on PATH.
+    #[arg(long, value_name = "PATH")]
+    #[serde(default, skip_serializing_if = "Option::is_none", alias = "codex-bin")]
+    pub codex_bin: Option<PathBuf>,
+
+    /// An auth.json (from `codex login`) copied into every session's CODEX_HOME, mode 0600.
+    #[arg(long, value_name = "PATH")]
+    #[serde(default, skip_serializing_if = "Option::is_none", alias = "auth-json")]
+    pub auth_json: Option<PathBuf>,
+
+    /// A file holding an OpenAI API key; each session logs in with it (`account/login/start`).
+    #[arg(long, value_name = "PATH")]
+    #[serde(default, skip_serializing_if = "Option::is_none", alias = "openai-api-key-file")]
+    pub openai_api_key_file: Option<PathBuf>,
+
+    /// HS256 secret for API tokens (the file's bytes, trailing newline removed).
+    #[arg(long, value_name = "PATH")]
+    #[serde(default, skip_serializing_if = "Option::is_none", alias = "jwt-secret-file")]
+    pub jwt_secret_file: Option<PathBuf>,
+
+    /// RS256 (RSA) or ES256 (P-256) public key in PEM for API tokens.
+    #[arg(long, value_name = "PATH")]
+    #[serde(default, skip_serializing_if = "Option::is_none", alias = "jwt-public-key-file")]
+    pub jwt_public_key_file: Option<PathBuf>,
+
+    /// Serve `/v1/*` without authentication. Refused unless `--listen` is a loopback address.
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not", alias = "insecure-no-auth")]
+    pub insecure_no_auth: bool,
+}
+
+/// Everything `codex-sidecar serve` reads: a config file's contents, or its flags.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, clap::Args)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServeSettings {
+    /// Paths, keys and the listen address.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub paths: PathSettings,
+    /// The agent's behaviour.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub agent: AgentSettings,
+}
+
+impl ServeSettings {
+    /// Parses a config file's text (TOML, keys as in [`ServeSettings`]).
+    ///
+    /// # Errors
+    /// The TOML parser's message, which names the offending key and line.
+    pub fn from_toml(text: &str) -> Result<Self, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    /// Renders these settings as a config file (TOML) that [`ServeSettings::from_toml`] reads back.
+    ///
+    /// # Errors
+    /// Only if a value cannot be represented in TOML (none of the current fields).
+    pub fn to_toml(&self) -> Result<String, toml::ser::Error> {
+        toml::to_string(self)
+    }
+
+    /// Layers `flags` over `self` (the file): every flag that was given wins; list flags
+    /// (`--codex-config`) are appended after the file's entries; MCP servers come from the file.
+    pub fn merge(self, flags: ServeSettings) -> ServeSettings {
+        let (f, a) = (self.paths, self.agent);
+        let (fp, fa) = (flags.paths, flags.agent);
+        let mut codex_config = a.codex_config;
+        codex_config.extend(fa.codex_config);
+        ServeSettings {
+            paths: PathSettings {
+                listen: fp.listen.or(f.listen),
+                state_dir: fp.state_dir.or(f.state_dir),
+                codex_bin: fp.codex_bin.or(f.codex_bin),
+                auth_json: fp.auth_json.or(f.auth_json),
+                openai_api_key_file: fp.openai_api_key_file.or(f.openai_api_key_file),
+                jwt_secret_file: fp.jwt_secret_file.or(f.jwt_secret_file),
+                jwt_public_key_file: fp.jwt_public_key_file.or(f.jwt_public_key_file),
+                insecure_no_auth: fp.insecure_no_auth || f.insecure_no_auth,
+            },
+            agent: AgentSettings {
+                model: fa.model.or(a.model),
+                provider: fa.provider.or(a.provider),
+                provider_base_url: fa.provider_base_url.or(a.provider_base_url),
+                provider_env_key: fa.provider_env_key.or(a.provider_env_key),
+                codex_config,
+                approval_policy: fa.approval_policy.or(a.approval_policy),
+                approval_decision: fa.approval_decision.or(a.approval_decision),
+                sandbox: fa.sandbox.or(a.sandbox),
+                compact_at_tokens: fa.compact_at_tokens.or(a.compact_at_tokens),
+                max_live_sessions: fa.max_live_sessions.or(a.max_live_sessions),
+                idle_timeout: fa.idle_timeout.or(a.idle_timeout),
+                turn_timeout: fa.turn_timeout.or(a.turn_timeout),
+                jwt_audience: fa.jwt_audience.or(a.jwt_audience),
+                mcp_servers: if fa.mcp_servers.is_empty() { a.mcp_servers } else { fa.mcp_servers },
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_file_accepts_camel_case_and_flag_spelling() {
+        let file = ServeSettings::from_toml(
+            "listen = \"127.0.0.1:9000\"\ncompactAtTokens = 100\nturn-timeout = 5\n\
+             provider = \"custom\"\nproviderBaseUrl = \"http://127.0.0.1:1/v1\"\n\
+             [mcpServers.files]\ncommand = \"mcp-files\"\nargs = [\"--root\", \"/w\"]\n",
+        )
+        .expect("parses");
+        assert_eq!(file.paths.listen.as_deref(), Some("127.0.0.1:9000"));
+        assert_eq!(file.agent.compact_at_tokens, Some(100));
+        assert_eq!(file.agent.turn_timeout, Some(5));
+        assert_eq!(file.agent.provider, Some(ProviderKind::Custom));
+        assert_eq!(file.agent.mcp_servers["files"].args, vec!["--root", "/w"]);
+    }
+
+    #[test]
+    fn unknown_config_key_is_an_error_naming_it() {
+        let err = ServeSettings::from_toml("compact_at = 3\n").expect_err("unknown key");
+        assert!(err.to_string().contains("compact_at"), "{err}");
+    }
+
+    #[test]
+    fn flags_win_over_file_and_lists_append() {
+        let file = ServeSettings {
+            paths: PathSettings { listen: Some("a:1".into()), ..Default::default() },
+            agent: AgentSettings {
+                model: Some("file-model".into()),
+                turn_timeout: Some(9),
+                codex_config: vec!["a=1".into()],
+                ..Default::default()
+            },
+        };
+        let flags = ServeSettings {
+            agent: AgentSettings {
+                model: Some("flag-model".into()),
+                codex_config: vec!["b=2".into()],
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let merged = file.merge(flags);
+        assert_eq!(merged.agent.model.as_deref(), Some("flag-model"));
+        assert_eq!(merged.agent.turn_timeout, Some(9));
+        assert_eq!(merged.paths.listen.as_deref(), Some("a:1"));
+        assert_eq!(merged.agent.codex_config, vec!["a=1", "b=2"]);
+    }
+
+    #[test]
+    fn toml_round_trip() {
+        let s = ServeSettings {
+            agent: AgentSettings {
+                provider: Some(ProviderKind::Ollama),
+                sandbox: Some(SandboxMode::DangerFullAccess),
+                approval_policy: Some(ApprovalPolicy::OnRequest),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let text = s.to_toml().expect("renders");
+        assert!(text.contains("sandbox = \"danger-full-access\""), "{text}");
+        assert_eq!(ServeSettings::from_toml(&text).expect("parses"), s);
+    }
+}

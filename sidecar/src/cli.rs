@@ -1,0 +1,167 @@
+//! The `codex-sidecar` command line: `serve` (the sidecar) and `token` (mint an HS256 API token
+//! for curl and scripts).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::Config;
+use crate::engine::Engine;
+use crate::gpu::GpuProbe;
+use crate::http::{AppState, ops::ReadyCache, router};
+use crate::metrics::Metrics;
+use crate::redact::Redactor;
+use crate::settings::ServeSettings;
+
+/// Runs OpenAI Codex (`codex app-server`) sessions behind an authenticated HTTP poll-loop API.
+#[derive(Debug, Parser)]
+#[command(name = "codex-sidecar", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Serve the HTTP API.
+    Serve(ServeArgs),
+    /// Print an HS256 API token signed with --jwt-secret-file (for curl and scripts).
+    Token(TokenArgs),
+}
+
+/// `codex-sidecar serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// A TOML file with any of the settings below (camelCase or flag spelling); flags win.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The settings.
+    #[command(flatten)]
+    pub settings: ServeSettings,
+}
+
+/// `codex-sidecar token`.
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// The HS256 secret file the sidecar verifies with.
+    #[arg(long, value_name = "PATH")]
+    pub jwt_secret_file: PathBuf,
+    /// The subject (`sub`): the owner of the sessions this token creates.
+    #[arg(long, value_name = "SUB")]
+    pub sub: String,
+    /// The audience (`aud`), when the sidecar checks one.
+    #[arg(long, value_name = "AUD")]
+    pub audience: Option<String>,
+    /// Lifetime in seconds (`exp` = now + ttl).
+    #[arg(long, value_name = "SECS", default_value_t = 3600)]
+    pub ttl: u64,
+}
+
+/// Parses the command line and runs; returns the process exit code.
+pub async fn main() -> i32 {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Serve(args) => match serve(args).await {
+            Ok(()) => 0,
+            Err(message) => {
+                eprintln!("codex-sidecar: error: {message}");
+                2
+            }
+        },
+        Cmd::Token(args) => {
+            let secret = match std::fs::read(&args.jwt_secret_file) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("codex-sidecar: error: --jwt-secret-file {}: {e}", args.jwt_secret_file.display());
+                    return 2;
+                }
+            };
+            match crate::auth::mint_hs256(&secret, &args.sub, args.audience.as_deref(), Duration::from_secs(args.ttl)) {
+                Ok(token) => {
+                    println!("{token}");
+                    0
+                }
+                Err(e) => {
+                    eprintln!("codex-sidecar: error: {e}");
+                    2
+                }
+            }
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+/// Loads settings, checks them, and serves until SIGINT/SIGTERM.
+///
+/// # Errors
+/// A message naming the bad setting, or the listen failure.
+pub async fn serve(args: ServeArgs) -> Result<(), String> {
+    init_tracing();
+    let settings = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| format!("--config {}: {e}", path.display()))?;
+            let file = ServeSettings::from_toml(&text).map_err(|e| format!("--config {}: {e}", path.display()))?;
+            file.merge(args.settings)
+        }
+        None => args.settings,
+    };
+    let (config, auth) = Config::resolve(settings).await.map_err(|e| e.to_string())?;
+    let listen = config.listen;
+    let insecure = config.insecure_no_auth;
+    let metrics = Arc::new(Metrics::new());
+    let redactor = Arc::new(Redactor::new());
+    let engine = Engine::open(config, metrics.clone(), redactor)
+        .map_err(|e| format!("--state-dir: cannot load sessions: {e}"))?;
+    let state = AppState {
+        engine: engine.clone(),
+        auth: Arc::new(auth),
+        metrics,
+        gpu: Arc::new(GpuProbe::init()),
+        ready: Arc::new(ReadyCache::default()),
+        started: Instant::now(),
+    };
+    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| format!("--listen {listen}: {e}"))?;
+    let cfg = &engine.ctx().config;
+    tracing::info!(
+        listen = %listen,
+        state_dir = %cfg.state_dir.display(),
+        codex = %cfg.codex_version,
+        provider = cfg.provider.as_str(),
+        auth = if insecure { "none (--insecure-no-auth)" } else { "jwt" },
+        "codex-sidecar serving on http://{listen}"
+    );
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .map_err(|e| format!("server error: {e}"))?;
+    tracing::info!("stopping codex children");
+    engine.shutdown().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

@@ -1,0 +1,330 @@
+//! The sidecar's resolved configuration: [`crate::settings::ServeSettings`] with defaults applied,
+//! files read and every value checked, so that a bad setting fails at start-up with a message that
+//! names it (`--codex-bin /x: cannot run: ...`).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::auth::Authenticator;
+use crate::settings::{
+    ApprovalDecision, ApprovalPolicy, McpServer, ProviderKind, SandboxMode, ServeSettings,
+};
+
+/// Default `--listen`.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Default `--compact-at-tokens`.
+pub const DEFAULT_COMPACT_AT_TOKENS: u64 = 40_000;
+/// Default `--max-live-sessions`.
+pub const DEFAULT_MAX_LIVE_SESSIONS: u32 = 8;
+/// Default `--idle-timeout` in seconds.
+pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 600;
+/// Default `--turn-timeout` in seconds.
+pub const DEFAULT_TURN_TIMEOUT_SECS: u64 = 600;
+
+/// Input bounds of the HTTP API.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest request body, in bytes (413 `body_too_large` beyond it).
+    pub body_bytes: usize,
+    /// Largest message `text`, in bytes (413 `text_too_large`).
+    pub text_bytes: usize,
+    /// Most messages waiting in one session's queue (429 `queue_full`).
+    pub queued_messages: usize,
+    /// Longest long-poll `wait`, in seconds.
+    pub max_wait_secs: u64,
+    /// Most events returned by one poll.
+    pub max_events_per_poll: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            body_bytes: 1024 * 1024,
+            text_bytes: 256 * 1024,
+            queued_messages: 100,
+            max_wait_secs: 120,
+            max_events_per_poll: 1000,
+        }
+    }
+}
+
+/// Where each session's codex gets its credentials.
+#[derive(Clone)]
+pub enum CodexAuth {
+    /// Copy this auth.json (ChatGPT or API-key login) into every CODEX_HOME.
+    AuthJson(PathBuf),
+    /// Log in with this API key (`account/login/start`).
+    ApiKey(String),
+    /// No credentials (local and custom providers).
+    None,
+}
+
+impl std::fmt::Debug for CodexAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::AuthJson(p) => write!(f, "AuthJson({})", p.display()),
+            Self::ApiKey(_) => f.write_str("ApiKey([REDACTED])"),
+            Self::None => f.write_str("None"),
+        }
+    }
+}
+
+/// Everything the sidecar runs with, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// HTTP listen address.
+    pub listen: SocketAddr,
+    /// State directory (sessions, event logs, CODEX_HOMEs).
+    pub state_dir: PathBuf,
+    /// The codex binary.
+    pub codex_bin: PathBuf,
+    /// What `codex --version` printed.
+    pub codex_version: String,
+    /// Credentials for codex.
+    pub codex_auth: CodexAuth,
+    /// The model provider.
+    pub provider: ProviderKind,
+    /// Its base URL, when set.
+    pub provider_base_url: Option<String>,
+    /// Env var holding the custom provider's bearer token.
+    pub provider_env_key: Option<String>,
+    /// Model name, when set.
+    pub model: Option<String>,
+    /// `-c` overrides passed to codex.
+    pub codex_config: Vec<String>,
+    /// Codex approval policy.
+    pub approval_policy: ApprovalPolicy,
+    /// Answer to approval requests.
+    pub approval_decision: ApprovalDecision,
+    /// Codex sandbox.
+    pub sandbox: SandboxMode,
+    /// Compaction threshold in tokens (0 = never).
+    pub compact_at_tokens: u64,
+    /// Most live codex children.
+    pub max_live_sessions: usize,
+    /// Idle time after which a child is stopped.
+    pub idle_timeout: Duration,
+    /// Longest turn.
+    pub turn_timeout: Duration,
+    /// MCP servers for codex.
+    pub mcp_servers: BTreeMap<String, McpServer>,
+    /// HTTP input bounds.
+    pub limits: Limits,
+    /// Whether `/v1/*` is open (`--insecure-no-auth`).
+    pub insecure_no_auth: bool,
+}
+
+/// A setting that cannot be used; the message names it.
+#[derive(Debug, thiserror::Error)]
+#[error("{setting}: {message}")]
+pub struct ConfigError {
+    /// The flag, e.g. `--codex-bin /usr/bin/codex`.
+    pub setting: String,
+    /// What is wrong, and what to do.
+    pub message: String,
+}
+
+fn bad(setting: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError { setting: setting.into(), message: message.into() }
+}
+
+impl Config {
+    /// Applies defaults, reads key files and checks every setting; runs `codex --version`.
+    /// Returns the config and the API authenticator.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the first bad setting.
+    pub async fn resolve(s: ServeSettings) -> Result<(Config, Authenticator), ConfigError> {
+        let p = s.paths;
+        let a = s.agent;
+        let listen_text = p.listen.unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+        let listen: SocketAddr = listen_text
+            .parse()
+            .map_err(|e| bad(format!("--listen {listen_text}"), format!("not an IP:PORT address: {e}")))?;
+        if p.insecure_no_auth && !listen.ip().is_loopback() {
+            return Err(bad(
+                "--insecure-no-auth",
+                format!("refused because --listen {listen} is not a loopback address; configure --jwt-secret-file or --jwt-public-key-file"),
+            ));
+        }
+        let authenticator = Authenticator::from_files(
+            p.jwt_secret_file.as_deref(),
+            p.jwt_public_key_file.as_deref(),
+            a.jwt_audience.clone(),
+            p.insecure_no_auth,
+        )
+        .map_err(|e| bad("API authentication", e.to_string()))?;
+
+        let state_dir = match p.state_dir {
+            Some(d) => d,
+            None => default_state_dir()
+                .ok_or_else(|| bad("--state-dir", "no default: neither XDG_STATE_HOME nor HOME is set"))?,
+        };
+        std::fs::create_dir_all(&state_dir)
+            .map_err(|e| bad(format!("--state-dir {}", state_dir.display()), format!("cannot create: {e}")))?;
+        let state_dir = state_dir
+            .canonicalize()
+            .map_err(|e| bad(format!("--state-dir {}", state_dir.display()), e.to_string()))?;
+
+        let codex_bin_arg = p.codex_bin.unwrap_or_else(|| PathBuf::from("codex"));
+        let codex_bin = find_executable(&codex_bin_arg).ok_or_else(|| {
+            bad(
+                format!("--codex-bin {}", codex_bin_arg.display()),
+                "not found or not executable (install it with `npm install -g @openai/codex@$(cat CODEX_VERSION)`)",
+            )
+        })?;
+        let codex_version = crate::codex::rpc::codex_version(&codex_bin)
+            .await
+            .map_err(|e| bad(format!("--codex-bin {}", codex_bin.display()), e))?;
+
+        let provider = a.provider.unwrap_or(ProviderKind::Openai);
+        let provider_base_url = a.provider_base_url.map(|u| u.trim_end_matches('/').to_owned());
+        if let Some(url) = &provider_base_url {
+            if provider == ProviderKind::Openai {
+                return Err(bad(
+                    "--provider-base-url",
+                    "not used with --provider openai; use --provider custom for another Responses-API server",
+                ));
+            }
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(bad(format!("--provider-base-url {url}"), "must start with http:// or https://"));
+            }
+        } else if provider == ProviderKind::Custom {
+            return Err(bad("--provider custom", "needs --provider-base-url URL (the Responses API base, e.g. http://127.0.0.1:8000/v1)"));
+        }
+        if let Some(key) = &a.provider_env_key {
+            if provider != ProviderKind::Custom {
+                return Err(bad("--provider-env-key", "only used with --provider custom"));
+            }
+            if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(bad(format!("--provider-env-key {key}"), "not an environment variable name"));
+            }
+            if std::env::var_os(key).is_none() {
+                return Err(bad(format!("--provider-env-key {key}"), format!("environment variable {key} is not set")));
+            }
+        }
+        for kv in &a.codex_config {
+            if !kv.contains('=') || kv.starts_with('=') {
+                return Err(bad(format!("--codex-config {kv}"), "expected KEY=VALUE"));
+            }
+        }
+
+        let codex_auth = resolve_codex_auth(p.auth_json, p.openai_api_key_file, provider)?;
+
+        let max_live = a.max_live_sessions.unwrap_or(DEFAULT_MAX_LIVE_SESSIONS);
+        if max_live == 0 {
+            return Err(bad("--max-live-sessions 0", "must be at least 1"));
+        }
+        let idle = a.idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT_SECS);
+        let turn = a.turn_timeout.unwrap_or(DEFAULT_TURN_TIMEOUT_SECS);
+        if idle == 0 {
+            return Err(bad("--idle-timeout 0", "must be at least 1 second"));
+        }
+        if turn == 0 {
+            return Err(bad("--turn-timeout 0", "must be at least 1 second"));
+        }
+
+        let config = Config {
+            listen,
+            state_dir,
+            codex_bin,
+            codex_version,
+            codex_auth,
+            provider,
+            provider_base_url,
+            provider_env_key: a.provider_env_key,
+            model: a.model,
+            codex_config: a.codex_config,
+            approval_policy: a.approval_policy.unwrap_or(ApprovalPolicy::Never),
+            approval_decision: a.approval_decision.unwrap_or(ApprovalDecision::Decline),
+            sandbox: a.sandbox.unwrap_or(SandboxMode::WorkspaceWrite),
+            compact_at_tokens: a.compact_at_tokens.unwrap_or(DEFAULT_COMPACT_AT_TOKENS),
+            max_live_sessions: max_live as usize,
+            idle_timeout: Duration::from_secs(idle),
+            turn_timeout: Duration::from_secs(turn),
+            mcp_servers: a.mcp_servers,
+            limits: Limits::default(),
+            insecure_no_auth: p.insecure_no_auth,
+        };
+        Ok((config, authenticator))
+    }
+
+    /// The URL `/readyz` probes to see that the model provider answers (`<base>/models`).
+    pub fn provider_probe_url(&self) -> String {
+        let base = match (&self.provider_base_url, self.provider) {
+            (Some(u), _) => u.clone(),
+            (None, ProviderKind::Openai) => "https://api.openai.com/v1".to_owned(),
+            (None, ProviderKind::Ollama) => "http://localhost:11434/v1".to_owned(),
+            (None, ProviderKind::Lmstudio) => "http://localhost:1234/v1".to_owned(),
+            (None, ProviderKind::Custom) => String::new(),
+        };
+        format!("{base}/models")
+    }
+}
+
+fn resolve_codex_auth(
+    auth_json: Option<PathBuf>,
+    api_key_file: Option<PathBuf>,
+    provider: ProviderKind,
+) -> Result<CodexAuth, ConfigError> {
+    match (auth_json, api_key_file) {
+        (Some(_), Some(_)) => Err(bad("--auth-json/--openai-api-key-file", "give one of them, not both")),
+        (Some(path), None) => {
+            let setting = format!("--auth-json {}", path.display());
+            let text = std::fs::read_to_string(&path).map_err(|e| bad(&setting, format!("cannot read: {e}")))?;
+            // Checked for shape only; its content never reaches a message.
+            serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .filter(serde_json::Value::is_object)
+                .ok_or_else(|| bad(&setting, "not a JSON object (expected the auth.json written by `codex login`)"))?;
+            Ok(CodexAuth::AuthJson(path))
+        }
+        (None, Some(path)) => {
+            let setting = format!("--openai-api-key-file {}", path.display());
+            let key = std::fs::read_to_string(&path).map_err(|e| bad(&setting, format!("cannot read: {e}")))?;
+            let key = key.trim();
+            if key.is_empty() {
+                return Err(bad(&setting, "the file is empty"));
+            }
+            Ok(CodexAuth::ApiKey(key.to_owned()))
+        }
+        (None, None) if provider == ProviderKind::Openai => {
+            let home_auth = std::env::var_os("CODEX_HOME")
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".codex")))
+                .map(|d| d.join("auth.json"));
+            match home_auth.filter(|p| p.is_file()) {
+                Some(p) => resolve_codex_auth(Some(p), None, provider),
+                None => Err(bad(
+                    "--provider openai",
+                    "no credentials: pass --auth-json PATH (the auth.json that `codex login` writes to ~/.codex) \
+                     or --openai-api-key-file PATH; or use a local or custom model server with \
+                     --provider ollama|lmstudio|custom --provider-base-url URL",
+                )),
+            }
+        }
+        (None, None) => Ok(CodexAuth::None),
+    }
+}
+
+fn default_state_dir() -> Option<PathBuf> {
+    std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".local/state")))
+        .map(|d| d.join("codex-sidecar"))
+}
+
+/// Resolves a program name against PATH (or checks a path), returning an executable file.
+pub fn find_executable(bin: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let is_exec = |p: &Path| {
+        std::fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
+    };
+    if bin.components().count() > 1 || bin.is_absolute() {
+        return is_exec(bin).then(|| bin.to_path_buf());
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|d| d.join(bin)).find(|p| is_exec(p))
+}

@@ -1,0 +1,486 @@
+//! The session engine: every session of every owner, their actors, and the pool of live codex
+//! children. The HTTP layer calls [`Engine`]; each session's work happens in its actor
+//! ([`session::Actor`]).
+//!
+//! On start-up [`Engine::open`] reloads every session from the state dir: the event log gives the
+//! next seq and which messages a `turn_started` already carried; a turn that was running when the
+//! sidecar died is closed with an `error {code:"turn_lost"}` and a failed `result`; messages that
+//! never reached a turn are queued again and run.
+
+pub mod pool;
+pub mod session;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use serde::Serialize;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::codex::home::{CodexSetup, create_private_dir};
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::redact::Redactor;
+use crate::store::events::{EventKind, EventLog, TurnStatus, Usage};
+use crate::store::inbox::{Inbox, message_n};
+use crate::store::record::SessionRecord;
+use pool::Pool;
+use session::{Actor, Command, SessionHandle, SessionKey, SessionState, session_dir};
+
+/// How long session creation waits for codex to start the thread.
+const START_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// What every actor shares.
+#[derive(Debug)]
+pub struct EngineCtx {
+    /// The configuration.
+    pub config: Arc<Config>,
+    /// CODEX_HOME set-up and auth propagation.
+    pub setup: CodexSetup,
+    /// Live child slots.
+    pub pool: Arc<Pool>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Secret scrubber for codex output.
+    pub redactor: Arc<Redactor>,
+}
+
+/// `POST /v1/sessions` body.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSession {
+    /// Session id, `[A-Za-z0-9._-]{1,128}`; generated when absent.
+    pub id: Option<String>,
+    /// A codex thread this sidecar holds (for this owner) to continue.
+    pub thread_id: Option<String>,
+    /// Developer instructions for the thread.
+    pub instructions: Option<String>,
+    /// Model override.
+    pub model: Option<String>,
+    /// Reasoning effort (`minimal`, `low`, `medium`, `high`, ...).
+    pub effort: Option<String>,
+}
+
+/// A session as the API shows it (`GET /v1/sessions/{id}`).
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionView {
+    /// Session id.
+    pub id: String,
+    /// Codex thread id.
+    pub thread_id: Option<String>,
+    /// `idle`, `running`, `compacting` or `failed`.
+    pub state: SessionState,
+    /// Messages waiting for a turn.
+    pub queued: usize,
+    /// Tokens used so far.
+    pub usage: Usage,
+    /// Current context size in tokens.
+    pub context_tokens: u64,
+    /// Completed compactions.
+    pub compactions: u64,
+    /// The seq the next event will get.
+    pub next_seq: u64,
+}
+
+/// Counts for `/v1/status` and the metrics gauges.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Counts {
+    /// Sessions known.
+    pub sessions: usize,
+    /// Sessions with a live codex child.
+    pub live: usize,
+    /// Sessions running a turn or compaction.
+    pub running: usize,
+    /// Messages waiting, all sessions.
+    pub queued: usize,
+}
+
+/// All sessions.
+#[derive(Debug)]
+pub struct Engine {
+    ctx: Arc<EngineCtx>,
+    sessions: RwLock<HashMap<SessionKey, Arc<SessionHandle>>>,
+    create_lock: tokio::sync::Mutex<()>,
+}
+
+/// `sha256(owner)` in hex, shortened: the owner's directory name (safe whatever `sub` holds).
+pub fn owner_key(owner: &str) -> String {
+    let digest = Sha256::digest(owner.as_bytes());
+    digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
+}
+
+/// Whether `id` is a valid session id: `[A-Za-z0-9._-]{1,128}`, and not `.` or `..`.
+pub fn valid_session_id(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && id != "."
+        && id != ".."
+}
+
+/// What recovery learned from one event log.
+#[derive(Default)]
+struct Scan {
+    delivered_through: u64,
+    open_turn: Option<String>,
+    open_compaction: bool,
+}
+
+fn scan_event(scan: &mut Scan, v: &Value) {
+    match v.get("type").and_then(Value::as_str) {
+        Some("turn_started") => {
+            scan.open_turn = Some(v.get("turn_id").and_then(Value::as_str).unwrap_or_default().to_owned());
+            if let Some(ids) = v.get("message_ids").and_then(Value::as_array) {
+                for n in ids.iter().filter_map(Value::as_str).filter_map(message_n) {
+                    scan.delivered_through = scan.delivered_through.max(n);
+                }
+            }
+        }
+        Some("result") => scan.open_turn = None,
+        Some("compaction") => scan.open_compaction = v.get("phase").and_then(Value::as_str) == Some("started"),
+        Some("error") if scan.open_compaction => scan.open_compaction = false,
+        _ => {}
+    }
+}
+
+impl Engine {
+    /// Loads every session under the state dir and starts their actors.
+    ///
+    /// # Errors
+    /// I/O errors on the state dir (a single unreadable session is skipped with a log line).
+    pub fn open(config: Config, metrics: Arc<Metrics>, redactor: Arc<Redactor>) -> std::io::Result<Arc<Engine>> {
+        let setup = CodexSetup::new(&config, &redactor)?;
+        let pool = Pool::new(config.max_live_sessions);
+        let ctx = Arc::new(EngineCtx { config: Arc::new(config), setup, pool, metrics, redactor });
+        let engine = Arc::new(Engine { ctx, sessions: RwLock::default(), create_lock: tokio::sync::Mutex::new(()) });
+        let root = engine.ctx.config.state_dir.join("sessions");
+        create_private_dir(&root)?;
+        for owner_dir in std::fs::read_dir(&root)?.flatten() {
+            let Ok(entries) = std::fs::read_dir(owner_dir.path()) else { continue };
+            for dir in entries.flatten() {
+                let path = dir.path();
+                if let Err(e) = engine.load(&path) {
+                    tracing::error!(dir = %path.display(), error = %e, "skipping a session that cannot be loaded");
+                }
+            }
+        }
+        Ok(engine)
+    }
+
+    fn load(&self, dir: &Path) -> std::io::Result<()> {
+        let record = SessionRecord::load(&dir.join("session.json"))?;
+        let mut scan = Scan::default();
+        let events = EventLog::open(&dir.join("events.jsonl"), |v| scan_event(&mut scan, v))?;
+        if let Some(turn_id) = scan.open_turn.take() {
+            events.append(&EventKind::Error {
+                code: "turn_lost".into(),
+                message: "the sidecar stopped while this turn was running; send the message again to retry".into(),
+                retryable: true,
+            })?;
+            events.append(&EventKind::Result { turn_id, status: TurnStatus::Failed, text: String::new(), usage: Usage::default() })?;
+        }
+        let inbox = Inbox::open(&dir.join("messages.jsonl"), scan.delivered_through)?;
+        let key = SessionKey { owner: record.owner.clone(), id: record.id.clone() };
+        let (h, rx) = SessionHandle::new(key.clone(), dir.to_path_buf(), events, inbox, record);
+        self.ctx.setup.register_home(&h.codex_home());
+        let actor = Actor::new(h.clone(), self.ctx.clone(), rx).with_pending_compaction(scan.open_compaction);
+        tokio::spawn(actor.run());
+        if let Ok(mut s) = self.sessions.write() {
+            s.insert(key, h);
+        }
+        Ok(())
+    }
+
+    /// The shared context (config, metrics...).
+    pub fn ctx(&self) -> &Arc<EngineCtx> {
+        &self.ctx
+    }
+
+    /// Creates a session, or returns the existing one with that id (`created == false`).
+    ///
+    /// # Errors
+    /// 400 `invalid_session_id`, 404 `thread_not_found`, 502 `codex_start_failed`, 500 `internal`.
+    pub async fn create(&self, owner: &str, req: CreateSession) -> Result<(bool, SessionView, bool), ApiError> {
+        let id = match req.id {
+            Some(id) if valid_session_id(&id) => id,
+            Some(_) => {
+                return Err(ApiError::bad_request("invalid_session_id", "session id must match [A-Za-z0-9._-]{1,128}"));
+            }
+            None => uuid::Uuid::new_v4().to_string(),
+        };
+        for (field, value, max) in [("instructions", &req.instructions, 64 * 1024), ("model", &req.model, 256), ("effort", &req.effort, 64)] {
+            if value.as_ref().is_some_and(|v| v.len() > max) {
+                return Err(ApiError::bad_request("field_too_long", format!("`{field}` is longer than {max} bytes")));
+            }
+        }
+        let _guard = self.create_lock.lock().await;
+        let key = SessionKey { owner: owner.to_owned(), id: id.clone() };
+        if let Some(h) = self.handle(&key) {
+            return Ok((false, self.view(&h), true));
+        }
+        let rollout = match &req.thread_id {
+            Some(tid) => Some(self.find_rollout(owner, tid).ok_or_else(|| {
+                ApiError::new(StatusCode::NOT_FOUND, "thread_not_found", format!("no thread `{tid}` held for this owner"))
+            })?),
+            None => None,
+        };
+        let dir = session_dir(&self.ctx.config.state_dir, &owner_key(owner), &id);
+        let io = |e: std::io::Error| ApiError::internal(format!("cannot create the session on disk: {e}"));
+        create_private_dir(&dir).map_err(io)?;
+        let record = SessionRecord {
+            id: id.clone(),
+            owner: owner.to_owned(),
+            thread_id: req.thread_id.clone(),
+            thread_persisted: rollout.is_some(),
+            created_at: crate::store::events::now_rfc3339(),
+            instructions: req.instructions,
+            model: req.model,
+            effort: req.effort,
+            ..Default::default()
+        };
+        if let Some((src_home, rel)) = &rollout {
+            let dst = dir.join("codex-home").join(rel);
+            if let Some(parent) = dst.parent() {
+                create_private_dir(parent).map_err(io)?;
+            }
+            std::fs::copy(src_home.join(rel), &dst).map_err(io)?;
+        }
+        record.save(&dir.join("session.json")).map_err(io)?;
+        let events = EventLog::open(&dir.join("events.jsonl"), |_| {}).map_err(io)?;
+        let inbox = Inbox::open(&dir.join("messages.jsonl"), 0).map_err(io)?;
+        let (h, rx) = SessionHandle::new(key.clone(), dir.clone(), events, inbox, record);
+        self.ctx.setup.register_home(&h.codex_home());
+        tokio::spawn(Actor::new(h.clone(), self.ctx.clone(), rx).run());
+        let (tx, reply) = tokio::sync::oneshot::channel();
+        h.send(Command::Start(tx));
+        let started = tokio::time::timeout(START_TIMEOUT, reply).await;
+        let failure = match started {
+            Ok(Ok(Ok(_thread))) => None,
+            Ok(Ok(Err(message))) => Some(message),
+            Ok(Err(_)) => Some("the session actor ended".to_owned()),
+            Err(_) => Some(format!("codex did not start a thread within {} s", START_TIMEOUT.as_secs())),
+        };
+        if let Some(message) = failure {
+            self.remove(&h).await;
+            return Err(ApiError::new(StatusCode::BAD_GATEWAY, "codex_start_failed", message));
+        }
+        if let Ok(mut s) = self.sessions.write() {
+            s.insert(key, h.clone());
+        }
+        Ok((true, self.view(&h), rollout.is_some()))
+    }
+
+    /// The CODEX_HOME and rollout path (relative to it) of `thread_id`, among `owner`'s sessions.
+    fn find_rollout(&self, owner: &str, thread_id: &str) -> Option<(PathBuf, PathBuf)> {
+        if thread_id.is_empty() || !thread_id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
+            return None;
+        }
+        let sessions: Vec<_> = self.sessions.read().ok()?.values().filter(|h| h.key.owner == owner).cloned().collect();
+        for h in sessions {
+            let snap = h.snapshot();
+            if snap.record.thread_id.as_deref() != Some(thread_id) {
+                continue;
+            }
+            let home = h.codex_home();
+            if let Some(rel) = find_file_containing(&home.join("sessions"), thread_id) {
+                let rel = rel.strip_prefix(&home).ok()?.to_path_buf();
+                return Some((home, rel));
+            }
+        }
+        None
+    }
+
+    fn handle(&self, key: &SessionKey) -> Option<Arc<SessionHandle>> {
+        self.sessions.read().ok()?.get(key).cloned()
+    }
+
+    /// The session `id` of `owner`.
+    ///
+    /// # Errors
+    /// 404 `session_not_found` (also for another owner's session).
+    pub fn get(&self, owner: &str, id: &str) -> Result<Arc<SessionHandle>, ApiError> {
+        self.handle(&SessionKey { owner: owner.to_owned(), id: id.to_owned() })
+            .ok_or_else(|| ApiError::session_not_found(id))
+    }
+
+    /// The API view of a session.
+    pub fn view(&self, h: &SessionHandle) -> SessionView {
+        let snap = h.snapshot();
+        SessionView {
+            id: h.key.id.clone(),
+            thread_id: snap.record.thread_id,
+            state: snap.state,
+            queued: h.queued(),
+            usage: snap.record.usage,
+            context_tokens: snap.record.context_tokens,
+            compactions: snap.record.compactions,
+            next_seq: h.events.last_seq() + 1,
+        }
+    }
+
+    /// Every session of `owner`, by id.
+    pub fn list(&self, owner: &str) -> Vec<SessionView> {
+        let mut handles: Vec<_> = self
+            .sessions
+            .read()
+            .map(|s| s.values().filter(|h| h.key.owner == owner).cloned().collect())
+            .unwrap_or_default();
+        handles.sort_by(|a, b| a.key.id.cmp(&b.key.id));
+        handles.iter().map(|h| self.view(h)).collect()
+    }
+
+    /// Queues a message durably; returns `(message_id, queued)`.
+    ///
+    /// # Errors
+    /// 404, 413 `text_too_large`, 429 `queue_full`, 500 when the inbox cannot be written.
+    pub async fn send(&self, owner: &str, id: &str, text: String) -> Result<(String, usize), ApiError> {
+        let limits = self.ctx.config.limits;
+        if text.len() > limits.text_bytes {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "text_too_large",
+                format!("`text` is longer than {} bytes", limits.text_bytes),
+            ));
+        }
+        if text.trim().is_empty() {
+            return Err(ApiError::bad_request("empty_text", "`text` is empty"));
+        }
+        let h = self.get(owner, id)?;
+        let cap = limits.queued_messages;
+        let r = tokio::task::spawn_blocking(move || h.enqueue_blocking(text, cap))
+            .await
+            .map_err(|e| ApiError::internal(format!("inbox task failed: {e}")))?
+            .map_err(|e| ApiError::internal(format!("cannot store the message: {e}")))?;
+        match r {
+            Ok((msg, queued)) => Ok((msg.message_id, queued)),
+            Err(()) => Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "queue_full",
+                format!("{cap} messages are already waiting in this session"),
+            )),
+        }
+    }
+
+    /// Asks the session to interrupt its running turn.
+    ///
+    /// # Errors
+    /// 404.
+    pub fn interrupt(&self, owner: &str, id: &str) -> Result<(), ApiError> {
+        self.get(owner, id)?.send(Command::Interrupt);
+        Ok(())
+    }
+
+    /// Asks the session to compact its thread before its next turn.
+    ///
+    /// # Errors
+    /// 404.
+    pub fn compact(&self, owner: &str, id: &str) -> Result<(), ApiError> {
+        self.get(owner, id)?.send(Command::Compact);
+        Ok(())
+    }
+
+    /// Stops the session's child and removes it and its files.
+    ///
+    /// # Errors
+    /// 404.
+    pub async fn delete(&self, owner: &str, id: &str) -> Result<(), ApiError> {
+        let h = self.get(owner, id)?;
+        if let Ok(mut s) = self.sessions.write() {
+            s.remove(&h.key);
+        }
+        self.remove(&h).await;
+        Ok(())
+    }
+
+    async fn remove(&self, h: &Arc<SessionHandle>) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        h.send(Command::Stop(tx));
+        let _ = tokio::time::timeout(Duration::from_secs(30), rx).await;
+        self.ctx.setup.unregister_home(&h.codex_home());
+        if let Err(e) = std::fs::remove_dir_all(&h.dir) {
+            tracing::warn!(dir = %h.dir.display(), error = %e, "cannot remove a deleted session's files");
+        }
+    }
+
+    /// Counts for status and metrics.
+    pub fn counts(&self) -> Counts {
+        let handles: Vec<_> = self.sessions.read().map(|s| s.values().cloned().collect()).unwrap_or_default();
+        let mut c = Counts { sessions: handles.len(), live: self.ctx.pool.live(), ..Default::default() };
+        for h in handles {
+            c.queued += h.queued();
+            if matches!(h.snapshot().state, SessionState::Running | SessionState::Compacting) {
+                c.running += 1;
+            }
+        }
+        c
+    }
+
+    /// Stops every child (graceful shutdown); sessions stay on disk.
+    pub async fn shutdown(&self) {
+        let handles: Vec<_> = self.sessions.read().map(|s| s.values().cloned().collect()).unwrap_or_default();
+        let waits = handles.into_iter().map(|h| async move {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            h.send(Command::Stop(tx));
+            let _ = tokio::time::timeout(Duration::from_secs(15), rx).await;
+            let _ = h.events.sync();
+        });
+        futures::future::join_all(waits).await;
+    }
+}
+
+/// The first file under `dir` (recursively) whose name contains `needle`.
+fn find_file_containing(dir: &Path, needle: &str) -> Option<PathBuf> {
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).ok()?.flatten() {
+            let path = entry.path();
+            let Ok(ft) = entry.file_type() else { continue };
+            if ft.is_dir() {
+                stack.push(path);
+            } else if path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.contains(needle)) {
+                return Some(path);
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_ids_are_strict() {
+        for ok in ["a", "chat-1", "A.b_c-9", &"x".repeat(128)] {
+            assert!(valid_session_id(ok), "{ok}");
+        }
+        for bad in ["", ".", "..", "../etc", "a/b", "a b", "é", &"x".repeat(129), "a\0b"] {
+            assert!(!valid_session_id(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn owner_key_is_a_safe_directory_name() {
+        let k = owner_key("../../etc/passwd");
+        assert_eq!(k.len(), 32);
+        assert!(k.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_ne!(owner_key("alice"), owner_key("bob"));
+    }
+
+    #[test]
+    fn scan_finds_delivered_messages_and_open_turn() {
+        let mut scan = Scan::default();
+        for v in [
+            serde_json::json!({"type":"turn_started","turn_id":"t1","message_ids":["msg_1","msg_2"]}),
+            serde_json::json!({"type":"result","turn_id":"t1"}),
+            serde_json::json!({"type":"turn_started","turn_id":"t2","message_ids":["msg_3"]}),
+        ] {
+            scan_event(&mut scan, &v);
+        }
+        assert_eq!(scan.delivered_through, 3);
+        assert_eq!(scan.open_turn.as_deref(), Some("t2"));
+    }
+}

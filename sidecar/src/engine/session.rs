@@ -1,0 +1,861 @@
+//! One session: its shared handle ([`SessionHandle`], what the HTTP layer touches) and its actor
+//! (a task that owns the codex child and runs one turn at a time).
+//!
+//! The actor's loop: while messages wait (or a compaction is due), make sure a child runs and the
+//! thread is loaded (`thread/start`, or `thread/resume` from the rollout on disk), then send every
+//! waiting message as one turn (`turn/start`) and translate codex notifications into events until
+//! `turn/completed`. Between turns it compacts (`thread/compact/start`) once the context reached
+//! the threshold. When idle it answers commands, stops its child after `--idle-timeout` or when the
+//! pool asks for the slot, and notices a child that died.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value, json};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::sleep_until;
+
+use crate::codex::protocol::{
+    AgentMessageDelta, Answer, ErrorNotification, ItemNotification, TokenCounts, TokenUsageUpdated,
+    TurnNotification, answer_server_request,
+};
+use crate::codex::rpc::{AppServer, DEFAULT_REQUEST_TIMEOUT, Incoming, RpcError};
+use crate::engine::EngineCtx;
+use crate::engine::pool::Lease;
+use crate::store::events::{CompactionPhase, EventKind, EventLog, TurnStatus, Usage};
+use crate::store::inbox::{Inbox, QueuedMessage};
+use crate::store::record::SessionRecord;
+
+/// Most messages sent together as one turn.
+const MAX_BATCH: usize = 32;
+/// An `activity` heartbeat is emitted when a turn has been quiet this long (NanoClaw kills a
+/// container after 60 s without one; the issue asks for at least one every 20 s).
+const HEARTBEAT: Duration = Duration::from_secs(15);
+/// How long codex gets to end a turn after `turn/interrupt` before its child is killed.
+const INTERRUPT_GRACE: Duration = Duration::from_secs(10);
+/// How long a stopping child gets to exit after stdin closes.
+const STOP_GRACE: Duration = Duration::from_secs(3);
+
+/// What a session is doing, as `GET /v1/sessions/{id}` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionState {
+    /// No turn running (the child may or may not be live).
+    Idle,
+    /// A turn is running.
+    Running,
+    /// The thread is being compacted.
+    Compacting,
+    /// Codex could not be started for this session; retried with backoff and at the next message.
+    Failed,
+}
+
+/// Who owns a session and its id: sessions are namespaced by the JWT subject.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionKey {
+    /// JWT `sub`.
+    pub owner: String,
+    /// Session id.
+    pub id: String,
+}
+
+/// A request to the actor.
+#[derive(Debug)]
+pub enum Command {
+    /// A message was queued.
+    Wake,
+    /// Interrupt the running turn (`turn/interrupt`).
+    Interrupt,
+    /// Compact the thread before the next turn.
+    Compact,
+    /// The pool wants this session's child slot back.
+    Evict,
+    /// Load the thread now (session creation); answers with the thread id.
+    Start(oneshot::Sender<Result<String, String>>),
+    /// Stop the child and end the actor (session deleted or sidecar stopping).
+    Stop(oneshot::Sender<()>),
+}
+
+/// The mutable, API-visible part of a session.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// Current state.
+    pub state: SessionState,
+    /// The persisted record (thread id, usage, counters).
+    pub record: SessionRecord,
+}
+
+/// The part of a session shared between the HTTP layer and the actor.
+#[derive(Debug)]
+pub struct SessionHandle {
+    /// Owner and id.
+    pub key: SessionKey,
+    /// `<state-dir>/sessions/<owner-key>/<id>`.
+    pub dir: PathBuf,
+    /// The event log.
+    pub events: EventLog,
+    inbox: Mutex<Inbox>,
+    snapshot: Mutex<Snapshot>,
+    cmd: mpsc::UnboundedSender<Command>,
+}
+
+impl SessionHandle {
+    /// Builds the handle and the receiver its actor will read.
+    pub fn new(
+        key: SessionKey,
+        dir: PathBuf,
+        events: EventLog,
+        inbox: Inbox,
+        record: SessionRecord,
+    ) -> (Arc<SessionHandle>, mpsc::UnboundedReceiver<Command>) {
+        let (cmd, rx) = mpsc::unbounded_channel();
+        let h = SessionHandle {
+            key,
+            dir,
+            events,
+            inbox: Mutex::new(inbox),
+            snapshot: Mutex::new(Snapshot { state: SessionState::Idle, record }),
+            cmd,
+        };
+        (Arc::new(h), rx)
+    }
+
+    /// Sends a command to the actor (ignored if it has ended).
+    pub fn send(&self, c: Command) {
+        let _ = self.cmd.send(c);
+    }
+
+    /// A copy of the current state and record.
+    pub fn snapshot(&self) -> Snapshot {
+        match self.snapshot.lock() {
+            Ok(s) => s.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    fn update(&self, f: impl FnOnce(&mut Snapshot)) {
+        if let Ok(mut s) = self.snapshot.lock() {
+            f(&mut s);
+        }
+    }
+
+    /// Messages waiting for a turn.
+    pub fn queued(&self) -> usize {
+        self.inbox.lock().map(|i| i.len()).unwrap_or(0)
+    }
+
+    /// Durably queues a message (blocking: write + fdatasync) unless `cap` are already waiting.
+    /// Returns the message and the queue length after it.
+    ///
+    /// # Errors
+    /// `Ok(Err(()))` when the queue is full; `Err` on I/O failure (nothing was queued).
+    pub fn enqueue_blocking(&self, text: String, cap: usize) -> std::io::Result<Result<(QueuedMessage, usize), ()>> {
+        let mut inbox = self.inbox.lock().map_err(|_| std::io::Error::other("inbox poisoned"))?;
+        if inbox.len() >= cap {
+            return Ok(Err(()));
+        }
+        let msg = inbox.push(text)?;
+        let queued = inbox.len();
+        drop(inbox);
+        self.send(Command::Wake);
+        Ok(Ok((msg, queued)))
+    }
+
+    fn take_batch(&self) -> Vec<QueuedMessage> {
+        self.inbox.lock().map(|mut i| i.take_batch(MAX_BATCH)).unwrap_or_default()
+    }
+
+    fn requeue(&self, batch: Vec<QueuedMessage>) {
+        if let Ok(mut i) = self.inbox.lock() {
+            i.requeue_front(batch);
+        }
+    }
+
+    /// This session's CODEX_HOME.
+    pub fn codex_home(&self) -> PathBuf {
+        self.dir.join("codex-home")
+    }
+
+    /// The working directory codex runs in.
+    pub fn workspace(&self) -> PathBuf {
+        self.dir.join("workspace")
+    }
+
+    fn record_path(&self) -> PathBuf {
+        self.dir.join("session.json")
+    }
+}
+
+/// A live child and its pool slot.
+struct Live {
+    server: AppServer,
+    lease: Lease,
+    /// The thread's cumulative usage last reported by this child (`tokenUsage.total`).
+    total: TokenCounts,
+}
+
+/// What a driven turn produced.
+#[derive(Default)]
+struct Outcome {
+    turn_id: String,
+    status: Option<TurnStatus>,
+    text: String,
+    usage: Usage,
+    error: Option<(String, String, bool)>,
+    context_tokens: Option<u64>,
+    compacted_estimate: Option<u64>,
+    stop_requested: Option<oneshot::Sender<()>>,
+}
+
+/// The actor that owns one session's codex child.
+pub struct Actor {
+    h: Arc<SessionHandle>,
+    ctx: Arc<EngineCtx>,
+    rx: mpsc::UnboundedReceiver<Command>,
+    live: Option<Live>,
+    record: SessionRecord,
+    want_compact: bool,
+    retry_at: Option<Instant>,
+    backoff: Duration,
+    evict_requested: bool,
+}
+
+enum Flow {
+    Continue,
+    Exit,
+}
+
+impl Actor {
+    /// An actor for `h`, reading commands from `rx`.
+    pub fn new(h: Arc<SessionHandle>, ctx: Arc<EngineCtx>, rx: mpsc::UnboundedReceiver<Command>) -> Actor {
+        let record = h.snapshot().record;
+        Actor {
+            h,
+            ctx,
+            rx,
+            live: None,
+            record,
+            want_compact: false,
+            retry_at: None,
+            backoff: Duration::from_secs(2),
+            evict_requested: false,
+        }
+    }
+
+    /// Requests a compaction at start (one was interrupted by a restart).
+    pub fn with_pending_compaction(mut self, pending: bool) -> Actor {
+        self.want_compact = pending;
+        self
+    }
+
+    /// Runs until the session is deleted or the sidecar stops.
+    pub async fn run(mut self) {
+        loop {
+            let has_work = self.want_compact || self.h.queued() > 0;
+            let can_work = self.retry_at.is_none_or(|t| Instant::now() >= t);
+            if has_work && can_work && !self.evict_requested {
+                if let Flow::Exit = self.work().await {
+                    return;
+                }
+                continue;
+            }
+            if self.evict_requested {
+                self.evict_requested = false;
+                self.stop_child("evicted to make room").await;
+                continue;
+            }
+            let idle_deadline = self.live.as_ref().map(|l| l.lease_idle_deadline(self.ctx.config.idle_timeout));
+            let retry_deadline = if has_work { self.retry_at } else { None };
+            tokio::select! {
+                cmd = self.rx.recv() => {
+                    let Some(cmd) = cmd else {
+                        self.stop_child("engine dropped").await;
+                        return;
+                    };
+                    if let Flow::Exit = self.idle_command(cmd).await {
+                        return;
+                    }
+                }
+                incoming = next_incoming(&mut self.live) => self.idle_incoming(incoming).await,
+                () = sleep_opt(idle_deadline) => {
+                    self.ctx.metrics.evictions.inc();
+                    self.stop_child("idle timeout").await;
+                }
+                () = sleep_opt(retry_deadline.map(tokio::time::Instant::from_std)) => {}
+            }
+        }
+    }
+
+    async fn idle_command(&mut self, cmd: Command) -> Flow {
+        match cmd {
+            Command::Wake => self.retry_at = None,
+            Command::Compact => self.want_compact = true,
+            Command::Interrupt => {}
+            Command::Evict => self.evict_requested = true,
+            Command::Start(reply) => {
+                let r = self.ensure_thread().await.map(|()| self.record.thread_id.clone().unwrap_or_default());
+                let _ = reply.send(r);
+            }
+            Command::Stop(reply) => {
+                self.stop_child("stopping").await;
+                let _ = reply.send(());
+                return Flow::Exit;
+            }
+        }
+        Flow::Continue
+    }
+
+    async fn idle_incoming(&mut self, incoming: Option<Incoming>) {
+        match incoming {
+            None => self.child_died("while idle").await,
+            Some(Incoming::Request { id, method, .. }) => self.answer(id, &method).await,
+            Some(Incoming::Notification { method, params }) => {
+                if method == "thread/tokenUsage/updated" {
+                    if let (Some(live), Ok(u)) = (self.live.as_mut(), serde_json::from_value::<TokenUsageUpdated>(params)) {
+                        live.total = u.token_usage.total;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn work(&mut self) -> Flow {
+        if let Err(message) = self.ensure_thread().await {
+            self.emit(EventKind::Error { code: "codex_unavailable".into(), message, retryable: true });
+            self.set_state(SessionState::Failed);
+            self.retry_at = Some(Instant::now() + self.backoff);
+            self.backoff = (self.backoff * 2).min(Duration::from_secs(60));
+            return Flow::Continue;
+        }
+        self.backoff = Duration::from_secs(2);
+        self.retry_at = None;
+        let busy = self.live.as_ref().is_some_and(|l| l.lease.try_set_busy());
+        if !busy {
+            // The pool asked for this slot between turns: give it back, then acquire again.
+            self.stop_child("evicted to make room").await;
+            return Flow::Continue;
+        }
+        let flow = if self.want_compact { self.compact().await } else { self.turn().await };
+        if let Some(live) = &self.live {
+            live.lease.set_idle();
+        }
+        if !matches!(self.h.snapshot().state, SessionState::Failed) {
+            self.set_state(SessionState::Idle);
+        }
+        flow
+    }
+
+    /// Makes sure a child runs with this session's thread loaded.
+    async fn ensure_thread(&mut self) -> Result<(), String> {
+        if self.live.is_some() {
+            return Ok(());
+        }
+        let h = self.h.clone();
+        let lease = self.ctx.pool.acquire(move || h.send(Command::Evict)).await;
+        self.evict_requested = false;
+        let home = self.h.codex_home();
+        let workspace = self.h.workspace();
+        let prepared = self.ctx.setup.prepare_home(&home).and_then(|()| std::fs::create_dir_all(&workspace));
+        if let Err(e) = prepared {
+            return Err(format!("cannot prepare CODEX_HOME: {e}"));
+        }
+        let spec = self.ctx.setup.spawn_spec(&home, &workspace);
+        let server = AppServer::spawn(&spec, self.ctx.redactor.clone()).await.map_err(|e| e.to_string())?;
+        if let Some(key) = self.ctx.setup.api_key_login(&home) {
+            server
+                .request("account/login/start", json!({"type": "apiKey", "apiKey": key}), DEFAULT_REQUEST_TIMEOUT)
+                .await
+                .map_err(|e| format!("API-key login failed: {e}"))?;
+        }
+        let live = Live { server, lease, total: TokenCounts::default() };
+        let first_event = self.h.events.last_seq() == 0;
+        let resumable = self.record.thread_id.clone().filter(|_| self.record.thread_persisted);
+        if let Some(thread_id) = resumable {
+            let mut params = self.thread_params();
+            params.insert("threadId".into(), thread_id.clone().into());
+            params.insert("excludeTurns".into(), true.into());
+            match live.server.request("thread/resume", Value::Object(params), DEFAULT_REQUEST_TIMEOUT).await {
+                Ok(_) => {
+                    self.live = Some(live);
+                    if first_event {
+                        // A session created from an existing thread announces it once.
+                        self.emit(EventKind::Init { thread_id, resumed: true });
+                    }
+                    return Ok(());
+                }
+                Err(RpcError::Server { message, .. }) => {
+                    self.emit(EventKind::Progress {
+                        message: format!("thread {thread_id} could not be resumed ({message}); starting a new thread"),
+                    });
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        } else if let Some(old) = self.record.thread_id.clone() {
+            self.emit(EventKind::Progress {
+                message: format!("thread {old} had no turns on disk to resume; starting a new thread"),
+            });
+        }
+        let result = live
+            .server
+            .request("thread/start", Value::Object(self.thread_params()), DEFAULT_REQUEST_TIMEOUT)
+            .await
+            .map_err(|e| e.to_string())?;
+        let thread_id = result
+            .pointer("/thread/id")
+            .and_then(Value::as_str)
+            .ok_or("thread/start returned no thread id")?
+            .to_owned();
+        self.record.thread_id = Some(thread_id.clone());
+        self.record.thread_persisted = false;
+        self.save_record();
+        self.live = Some(live);
+        self.emit(EventKind::Init { thread_id, resumed: false });
+        Ok(())
+    }
+
+    fn thread_params(&self) -> Map<String, Value> {
+        let cfg = &self.ctx.config;
+        let mut p = Map::new();
+        p.insert("cwd".into(), self.h.workspace().display().to_string().into());
+        p.insert("approvalPolicy".into(), cfg.approval_policy.as_str().into());
+        p.insert("sandbox".into(), cfg.sandbox.as_str().into());
+        if let Some(m) = &self.record.model {
+            p.insert("model".into(), m.clone().into());
+        }
+        if let Some(i) = &self.record.instructions {
+            p.insert("developerInstructions".into(), i.clone().into());
+        }
+        p
+    }
+
+    async fn turn(&mut self) -> Flow {
+        let batch = self.h.take_batch();
+        if batch.is_empty() {
+            return Flow::Continue;
+        }
+        let Some(thread_id) = self.record.thread_id.clone() else {
+            self.h.requeue(batch);
+            return Flow::Continue;
+        };
+        let Some(live) = self.live.as_ref() else {
+            self.h.requeue(batch);
+            return Flow::Continue;
+        };
+        self.set_state(SessionState::Running);
+        let input: Vec<Value> = batch.iter().map(|m| json!({"type": "text", "text": m.text})).collect();
+        let mut params = json!({"threadId": thread_id, "input": input});
+        if let Some(effort) = &self.record.effort {
+            params["effort"] = effort.clone().into();
+        }
+        let message_ids: Vec<String> = batch.iter().map(|m| m.message_id.clone()).collect();
+        let started = Instant::now();
+        let turn_id = match live.server.request("turn/start", params, DEFAULT_REQUEST_TIMEOUT).await {
+            Ok(v) => v.pointer("/turn/id").and_then(Value::as_str).unwrap_or_default().to_owned(),
+            Err(e) if e.is_fatal() => {
+                // The child died before the turn began: the messages were never delivered.
+                self.h.requeue(batch);
+                self.child_died("before a turn").await;
+                return Flow::Continue;
+            }
+            Err(e) => {
+                // codex refused the turn; report it against these messages so none waits forever.
+                self.emit(EventKind::TurnStarted { turn_id: String::new(), message_ids });
+                self.emit(EventKind::Error { code: "turn_rejected".into(), message: e.to_string(), retryable: false });
+                self.emit(EventKind::Result {
+                    turn_id: String::new(),
+                    status: TurnStatus::Failed,
+                    text: String::new(),
+                    usage: Usage::default(),
+                });
+                self.ctx.metrics.turns.get_or_create(&status_label(TurnStatus::Failed)).inc();
+                return Flow::Continue;
+            }
+        };
+        self.emit(EventKind::TurnStarted { turn_id: turn_id.clone(), message_ids });
+        let mut out = self.drive(Some(turn_id.clone()), false).await;
+        out.turn_id = turn_id;
+        let status = out.status.unwrap_or(TurnStatus::Failed);
+        if let Some(ctx_tokens) = out.context_tokens {
+            self.record.context_tokens = ctx_tokens;
+        }
+        self.record.usage.add(&out.usage);
+        self.record.turns_since_compaction += 1;
+        self.record.thread_persisted = true;
+        self.save_record();
+        self.ctx.setup.sync_auth_from(&self.h.codex_home());
+        if let Some((code, message, retryable)) = out.error.take() {
+            self.emit(EventKind::Error { code, message, retryable });
+        }
+        self.emit(EventKind::Result { turn_id: out.turn_id.clone(), status, text: std::mem::take(&mut out.text), usage: out.usage });
+        let _ = self.h.events.sync();
+        self.ctx.metrics.turns.get_or_create(&status_label(status)).inc();
+        self.ctx.metrics.turn_duration.observe(started.elapsed().as_secs_f64());
+        let threshold = self.ctx.config.compact_at_tokens;
+        if threshold > 0 && self.record.context_tokens >= threshold && self.record.turns_since_compaction > 0 {
+            self.want_compact = true;
+        }
+        match out.stop_requested.take() {
+            Some(reply) => {
+                self.stop_child("stopping").await;
+                let _ = reply.send(());
+                Flow::Exit
+            }
+            None => Flow::Continue,
+        }
+    }
+
+    async fn compact(&mut self) -> Flow {
+        self.want_compact = false;
+        let Some(thread_id) = self.record.thread_id.clone() else { return Flow::Continue };
+        let Some(live) = self.live.as_ref() else { return Flow::Continue };
+        self.set_state(SessionState::Compacting);
+        self.emit(EventKind::Compaction { phase: CompactionPhase::Started, context_tokens: self.record.context_tokens });
+        match live.server.request("thread/compact/start", json!({"threadId": thread_id}), DEFAULT_REQUEST_TIMEOUT).await {
+            Ok(_) => {}
+            Err(e) if e.is_fatal() => {
+                self.want_compact = true;
+                self.child_died("before a compaction").await;
+                return Flow::Continue;
+            }
+            Err(e) => {
+                self.emit(EventKind::Error { code: "compaction_failed".into(), message: e.to_string(), retryable: true });
+                return Flow::Continue;
+            }
+        }
+        let mut out = self.drive(None, true).await;
+        self.record.usage.add(&out.usage);
+        if out.status == Some(TurnStatus::Completed) {
+            self.record.compactions += 1;
+            self.record.turns_since_compaction = 0;
+            self.record.context_tokens = out.compacted_estimate.unwrap_or(0);
+            self.record.thread_persisted = true;
+            self.save_record();
+            self.ctx.metrics.compactions.inc();
+            self.emit(EventKind::Compaction { phase: CompactionPhase::Completed, context_tokens: self.record.context_tokens });
+        } else {
+            self.save_record();
+            let (code, message, retryable) = out
+                .error
+                .take()
+                .unwrap_or_else(|| ("compaction_failed".into(), "the compaction did not complete".into(), true));
+            self.emit(EventKind::Error { code, message, retryable });
+        }
+        self.ctx.setup.sync_auth_from(&self.h.codex_home());
+        match out.stop_requested.take() {
+            Some(reply) => {
+                self.stop_child("stopping").await;
+                let _ = reply.send(());
+                Flow::Exit
+            }
+            None => Flow::Continue,
+        }
+    }
+
+    /// Reads codex until the turn ends. `turn_id` is known for user turns; a compaction's turn id
+    /// comes from its `turn/started`.
+    async fn drive(&mut self, turn_id: Option<String>, compaction: bool) -> Outcome {
+        let mut out = Outcome::default();
+        let mut current = turn_id;
+        let mut last_emit = Instant::now();
+        let timeout = self.ctx.config.turn_timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut kill_at: Option<tokio::time::Instant> = None;
+        let mut timed_out = false;
+        let mut heartbeat = tokio::time::interval(Duration::from_secs(1));
+        let mut agent_text = String::new();
+        loop {
+            let Some(live) = self.live.as_mut() else {
+                out.status = Some(TurnStatus::Failed);
+                return out;
+            };
+            tokio::select! {
+                incoming = live.server.next_incoming() => {
+                    let Some(incoming) = incoming else {
+                        self.child_died("during a turn").await;
+                        out.status = Some(TurnStatus::Failed);
+                        if out.error.is_none() {
+                            out.error = Some(("codex_exited".into(), "codex app-server exited during the turn; it will be restarted and the thread resumed".into(), true));
+                        }
+                        if out.text.is_empty() { out.text = agent_text; }
+                        return out;
+                    };
+                    match incoming {
+                        Incoming::Request { id, method, .. } => {
+                            self.answer(id, &method).await;
+                            last_emit = Instant::now();
+                        }
+                        Incoming::Notification { method, params } => {
+                            if self.on_notification(&method, params, &mut current, compaction, &mut out, &mut agent_text, &mut last_emit) {
+                                if timed_out {
+                                    out.status = Some(TurnStatus::Failed);
+                                }
+                                if out.text.is_empty() { out.text = agent_text; }
+                                return out;
+                            }
+                        }
+                    }
+                }
+                cmd = self.rx.recv() => match cmd {
+                    Some(Command::Interrupt) => self.interrupt(&current, &mut kill_at).await,
+                    Some(Command::Compact) => self.want_compact = true,
+                    Some(Command::Wake) | None => {}
+                    Some(Command::Evict) => self.evict_requested = false,
+                    Some(Command::Start(reply)) => { let _ = reply.send(Ok(self.record.thread_id.clone().unwrap_or_default())); }
+                    Some(Command::Stop(reply)) => {
+                        out.stop_requested = Some(reply);
+                        self.interrupt(&current, &mut kill_at).await;
+                    }
+                },
+                _ = heartbeat.tick() => {
+                    if last_emit.elapsed() >= HEARTBEAT {
+                        self.emit(EventKind::Activity { kind: "heartbeat".into(), detail: Map::new() });
+                        last_emit = Instant::now();
+                    }
+                }
+                () = tokio::time::sleep_until(deadline), if !timed_out => {
+                    timed_out = true;
+                    out.error = Some((
+                        "turn_timeout".into(),
+                        format!("the turn ran past --turn-timeout ({} s) and was interrupted", timeout.as_secs()),
+                        true,
+                    ));
+                    self.interrupt(&current, &mut kill_at).await;
+                }
+                () = sleep_opt(kill_at) => {
+                    // codex did not end the turn after turn/interrupt: stop the child.
+                    tracing::warn!(session = %self.h.key.id, "codex did not end an interrupted turn; killing it");
+                    self.stop_child("unresponsive after turn/interrupt").await;
+                    out.status = Some(if timed_out || out.stop_requested.is_none() { TurnStatus::Failed } else { TurnStatus::Interrupted });
+                    if out.text.is_empty() { out.text = agent_text; }
+                    return out;
+                }
+            }
+        }
+    }
+
+    /// Handles one notification during a turn; true when the turn ended.
+    #[allow(clippy::too_many_arguments)]
+    fn on_notification(
+        &mut self,
+        method: &str,
+        params: Value,
+        current: &mut Option<String>,
+        compaction: bool,
+        out: &mut Outcome,
+        agent_text: &mut String,
+        last_emit: &mut Instant,
+    ) -> bool {
+        let redactor = self.ctx.redactor.clone();
+        let is_current = |tid: &str, current: &Option<String>| current.as_deref().is_none_or(|c| c == tid);
+        match method {
+            "turn/started" => {
+                if let Ok(n) = serde_json::from_value::<TurnNotification>(params) {
+                    if current.is_none() {
+                        *current = Some(n.turn.id);
+                    }
+                }
+            }
+            "item/agentMessage/delta" => {
+                if let Ok(d) = serde_json::from_value::<AgentMessageDelta>(params) {
+                    if !compaction && is_current(&d.turn_id, current) {
+                        agent_text.push_str(&d.delta);
+                        self.emit(EventKind::Delta { text: redactor.redact(&d.delta).into_owned() });
+                        *last_emit = Instant::now();
+                    }
+                }
+            }
+            "item/started" | "item/completed" => {
+                if let Ok(n) = serde_json::from_value::<ItemNotification>(params) {
+                    let item_type = n.item_type().to_owned();
+                    if method == "item/completed" && item_type == "agentMessage" {
+                        if let Some(t) = n.item.get("text").and_then(Value::as_str) {
+                            out.text = redactor.redact(t).into_owned();
+                        }
+                        agent_text.clear();
+                    }
+                    if item_type != "userMessage" {
+                        let mut detail = Map::new();
+                        detail.insert("item_type".into(), item_type.into());
+                        if let Some(id) = n.item.get("id").and_then(Value::as_str) {
+                            detail.insert("item_id".into(), id.into());
+                        }
+                        let kind = if method == "item/started" { "item_started" } else { "item_completed" };
+                        self.emit(EventKind::Activity { kind: kind.into(), detail });
+                        *last_emit = Instant::now();
+                    }
+                }
+            }
+            "thread/tokenUsage/updated" => {
+                if let (Some(live), Ok(u)) = (self.live.as_mut(), serde_json::from_value::<TokenUsageUpdated>(params.clone())) {
+                    let for_this_turn = params.get("turnId").and_then(Value::as_str).is_some_and(|t| is_current(t, current));
+                    let total = u.token_usage.total;
+                    if for_this_turn && total != live.total {
+                        let d = total.since(&live.total);
+                        out.usage.add(&Usage {
+                            input_tokens: d.input_tokens,
+                            cached_input_tokens: d.cached_input_tokens,
+                            output_tokens: d.output_tokens,
+                        });
+                        self.ctx.metrics.tokens.get_or_create(&crate::metrics::TokenLabel { kind: "input" }).inc_by(d.input_tokens);
+                        self.ctx.metrics.tokens.get_or_create(&crate::metrics::TokenLabel { kind: "cached_input" }).inc_by(d.cached_input_tokens);
+                        self.ctx.metrics.tokens.get_or_create(&crate::metrics::TokenLabel { kind: "output" }).inc_by(d.output_tokens);
+                        if compaction {
+                            out.compacted_estimate = Some(u.token_usage.last.total_tokens);
+                        } else {
+                            out.context_tokens = Some(u.token_usage.last.input_tokens);
+                        }
+                    }
+                    live.total = total;
+                }
+            }
+            "error" => {
+                if let Ok(e) = serde_json::from_value::<ErrorNotification>(params) {
+                    let message = redactor.redact(&e.error.message).into_owned();
+                    if e.will_retry {
+                        let mut detail = Map::new();
+                        detail.insert("message".into(), message.into());
+                        self.emit(EventKind::Activity { kind: "retry".into(), detail });
+                        *last_emit = Instant::now();
+                    } else if out.error.is_none() {
+                        out.error = Some((e.error.code(), message, false));
+                    }
+                }
+            }
+            "warning" | "configWarning" | "deprecationNotice" => {
+                let text = params
+                    .get("message")
+                    .or_else(|| params.get("summary"))
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                if !text.is_empty() && method == "warning" {
+                    self.emit(EventKind::Progress { message: redactor.redact(text).into_owned() });
+                    *last_emit = Instant::now();
+                }
+            }
+            "turn/completed" => {
+                if let Ok(n) = serde_json::from_value::<TurnNotification>(params) {
+                    if !is_current(&n.turn.id, current) {
+                        return false;
+                    }
+                    out.status = Some(match n.turn.status.as_str() {
+                        "completed" => TurnStatus::Completed,
+                        "interrupted" => TurnStatus::Interrupted,
+                        _ => TurnStatus::Failed,
+                    });
+                    if let Some(err) = n.turn.error {
+                        if out.error.is_none() && out.status == Some(TurnStatus::Failed) {
+                            out.error = Some((err.code(), redactor.redact(&err.message).into_owned(), false));
+                        }
+                    }
+                    if out.status == Some(TurnStatus::Failed) && out.error.is_none() {
+                        out.error = Some(("turn_failed".into(), "codex reported the turn as failed".into(), false));
+                    }
+                    return true;
+                }
+            }
+            _ => {}
+        }
+        false
+    }
+
+    async fn interrupt(&mut self, current: &Option<String>, kill_at: &mut Option<tokio::time::Instant>) {
+        let (Some(live), Some(thread_id)) = (self.live.as_ref(), self.record.thread_id.clone()) else { return };
+        if let Some(turn_id) = current {
+            let r = live
+                .server
+                .request("turn/interrupt", json!({"threadId": thread_id, "turnId": turn_id}), Duration::from_secs(10))
+                .await;
+            if let Err(e) = r {
+                tracing::warn!(session = %self.h.key.id, error = %e, "turn/interrupt failed");
+            }
+        }
+        if kill_at.is_none() {
+            *kill_at = Some(tokio::time::Instant::now() + INTERRUPT_GRACE);
+        }
+    }
+
+    async fn answer(&mut self, id: Value, method: &str) {
+        let Some(live) = self.live.as_ref() else { return };
+        let answer = answer_server_request(method, self.ctx.config.approval_decision);
+        let (result, decision) = match answer {
+            Answer::Result(v) => {
+                let d = v.get("decision").or_else(|| v.get("action")).and_then(Value::as_str).map(str::to_owned);
+                (live.server.respond(id, v).await, d)
+            }
+            Answer::Error { code, message } => (live.server.respond_error(id, code, &message).await, None),
+        };
+        if let Err(e) = result {
+            tracing::warn!(session = %self.h.key.id, error = %e, "could not answer a codex request");
+        }
+        let mut detail = Map::new();
+        detail.insert("method".into(), method.into());
+        if let Some(d) = decision {
+            detail.insert("decision".into(), d.into());
+        }
+        self.emit(EventKind::Activity { kind: "approval".into(), detail });
+    }
+
+    async fn child_died(&mut self, when: &str) {
+        if let Some(live) = self.live.take() {
+            tracing::warn!(session = %self.h.key.id, when, stderr = %live.server.stderr_tail(), "codex app-server exited");
+            self.ctx.metrics.codex_restarts.inc();
+            live.server.shutdown(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn stop_child(&mut self, why: &str) {
+        if let Some(live) = self.live.take() {
+            tracing::debug!(session = %self.h.key.id, why, "stopping codex app-server");
+            live.server.shutdown(STOP_GRACE).await;
+            drop(live.lease);
+        }
+    }
+
+    fn emit(&self, kind: EventKind) {
+        if let Err(e) = self.h.events.append(&kind) {
+            tracing::error!(session = %self.h.key.id, error = %e, "cannot append to the event log");
+        }
+    }
+
+    fn set_state(&self, state: SessionState) {
+        self.h.update(|s| s.state = state);
+    }
+
+    fn save_record(&self) {
+        if let Err(e) = self.record.save(&self.h.record_path()) {
+            tracing::error!(session = %self.h.key.id, error = %e, "cannot write session.json");
+        }
+        let record = self.record.clone();
+        self.h.update(|s| s.record = record);
+    }
+}
+
+impl Live {
+    fn lease_idle_deadline(&self, idle: Duration) -> tokio::time::Instant {
+        tokio::time::Instant::now() + idle
+    }
+}
+
+fn status_label(s: TurnStatus) -> crate::metrics::StatusLabel {
+    crate::metrics::StatusLabel { status: s.as_str().to_owned() }
+}
+
+async fn next_incoming(live: &mut Option<Live>) -> Option<Incoming> {
+    match live {
+        Some(l) => l.server.next_incoming().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(t) => sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Path helper for the engine: the session directory for `key` under `root`.
+pub fn session_dir(root: &Path, owner_key: &str, id: &str) -> PathBuf {
+    root.join("sessions").join(owner_key).join(id)
+}

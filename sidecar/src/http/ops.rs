@@ -1,0 +1,123 @@
+//! Operational endpoints: `/healthz` (the process answers), `/readyz` (codex runs and the model
+//! provider answers), `/metrics` (Prometheus text) and `/v1/status` (versions, provider, limits,
+//! counts, GPU).
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::{AppState, Owner};
+
+/// How long a readiness result is reused.
+const READY_TTL: Duration = Duration::from_secs(5);
+
+/// Caches the last readiness check so probes do not hammer the provider.
+#[derive(Debug, Default)]
+pub struct ReadyCache {
+    last: Mutex<Option<(Instant, bool, Value)>>,
+}
+
+/// `GET /healthz` -> 200 `{"status":"ok"}` while the process serves.
+pub async fn healthz() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// `GET /readyz` -> 200 when `codex --version` runs and the provider's `/models` answers with any
+/// HTTP status below 500; 503 otherwise. Body: `{"ready", "checks":{"codex":{...},"provider":{...}}}`.
+pub async fn readyz(State(st): State<AppState>) -> Response {
+    if let Ok(guard) = st.ready.last.lock() {
+        if let Some((at, ok, body)) = guard.as_ref() {
+            if at.elapsed() < READY_TTL {
+                return ready_response(*ok, body.clone());
+            }
+        }
+    }
+    let cfg = &st.engine.ctx().config;
+    let codex = crate::codex::rpc::codex_version(&cfg.codex_bin).await;
+    let url = cfg.provider_probe_url();
+    let provider = probe(&url).await;
+    let ok = codex.is_ok() && provider.is_ok();
+    let body = json!({
+        "ready": ok,
+        "checks": {
+            "codex": match &codex {
+                Ok(v) => json!({"ok": true, "version": v}),
+                Err(e) => json!({"ok": false, "error": e}),
+            },
+            "provider": match &provider {
+                Ok(status) => json!({"ok": true, "url": url, "status": status}),
+                Err(e) => json!({"ok": false, "url": url, "error": e}),
+            },
+        }
+    });
+    if let Ok(mut guard) = st.ready.last.lock() {
+        *guard = Some((Instant::now(), ok, body.clone()));
+    }
+    ready_response(ok, body)
+}
+
+fn ready_response(ok: bool, body: Value) -> Response {
+    let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(body)).into_response()
+}
+
+async fn probe(url: &str) -> Result<u16, String> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .build()
+        .map_err(|e| e.to_string())?;
+    match client.get(url).send().await {
+        Ok(r) if r.status().as_u16() < 500 => Ok(r.status().as_u16()),
+        Ok(r) => Err(format!("HTTP {}", r.status().as_u16())),
+        Err(e) if e.is_timeout() => Err("timed out after 3 s".to_owned()),
+        Err(e) if e.is_connect() => Err("connection refused or unreachable".to_owned()),
+        Err(_) => Err("request failed".to_owned()),
+    }
+}
+
+/// `GET /metrics` -> Prometheus text exposition.
+pub async fn metrics(State(st): State<AppState>) -> Response {
+    let c = st.engine.counts();
+    st.metrics.live_sessions.set(c.live as i64);
+    st.metrics.sessions.set(c.sessions as i64);
+    st.metrics.queue_depth.set(c.queued as i64);
+    (
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        st.metrics.encode(),
+    )
+        .into_response()
+}
+
+/// `GET /v1/status` (authenticated) -> versions, provider, model, limits, counts and GPU.
+pub async fn status(State(st): State<AppState>, Owner(_owner): Owner) -> Json<Value> {
+    let cfg = &st.engine.ctx().config;
+    let gpu = st.gpu.clone();
+    let gpu_status = tokio::task::spawn_blocking(move || gpu.status()).await.ok();
+    Json(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "codex_version": cfg.codex_version,
+        "provider": cfg.provider.as_str(),
+        "provider_base_url": cfg.provider_base_url,
+        "model": cfg.model,
+        "approval_policy": cfg.approval_policy.as_str(),
+        "sandbox": cfg.sandbox.as_str(),
+        "auth": st.auth.algorithm().unwrap_or("none"),
+        "limits": {
+            "max_live_sessions": cfg.max_live_sessions,
+            "compact_at_tokens": cfg.compact_at_tokens,
+            "idle_timeout_secs": cfg.idle_timeout.as_secs(),
+            "turn_timeout_secs": cfg.turn_timeout.as_secs(),
+            "body_bytes": cfg.limits.body_bytes,
+            "text_bytes": cfg.limits.text_bytes,
+            "queued_messages": cfg.limits.queued_messages,
+        },
+        "counts": st.engine.counts(),
+        "uptime_seconds": st.started.elapsed().as_secs(),
+        "gpu": gpu_status,
+    }))
+}

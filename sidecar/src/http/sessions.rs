@@ -1,0 +1,219 @@
+//! Session handlers: create, list, get, delete, send a message, poll or stream events, interrupt,
+//! compact. Every handler takes the [`Owner`] (authenticated subject): another owner's session is a
+//! 404.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::Stream;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{AppState, Owner, json_error, query_error};
+use crate::engine::{CreateSession, SessionView, valid_session_id};
+use crate::engine::session::SessionHandle;
+use crate::error::ApiError;
+
+fn check_id(id: &str) -> Result<(), ApiError> {
+    if valid_session_id(id) {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request("invalid_session_id", "session id must match [A-Za-z0-9._-]{1,128}"))
+    }
+}
+
+fn created_body(view: &SessionView, resumed: bool) -> serde_json::Value {
+    json!({"id": view.id, "thread_id": view.thread_id, "resumed": resumed, "state": view.state})
+}
+
+/// `POST /v1/sessions` -> 201 (created) or 200 (that id exists for this owner).
+pub async fn create(
+    State(st): State<AppState>,
+    Owner(owner): Owner,
+    body: Result<Json<CreateSession>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(req) = body.map_err(json_error)?;
+    let (created, view, resumed) = st.engine.create(&owner, req).await?;
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(created_body(&view, resumed))).into_response())
+}
+
+/// `GET /v1/sessions` -> `{"sessions":[...]}`.
+pub async fn list(State(st): State<AppState>, Owner(owner): Owner) -> Json<serde_json::Value> {
+    Json(json!({"sessions": st.engine.list(&owner)}))
+}
+
+/// `GET /v1/sessions/{id}`.
+pub async fn get_one(
+    State(st): State<AppState>,
+    Owner(owner): Owner,
+    Path(id): Path<String>,
+) -> Result<Json<SessionView>, ApiError> {
+    check_id(&id)?;
+    let h = st.engine.get(&owner, &id)?;
+    Ok(Json(st.engine.view(&h)))
+}
+
+/// `DELETE /v1/sessions/{id}` -> 204.
+pub async fn delete(
+    State(st): State<AppState>,
+    Owner(owner): Owner,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    check_id(&id)?;
+    st.engine.delete(&owner, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /v1/sessions/{id}/messages` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SendMessage {
+    /// The message text.
+    pub text: String,
+}
+
+/// `POST /v1/sessions/{id}/messages` -> 202 `{"message_id","queued"}` once the message is on disk.
+pub async fn send(
+    State(st): State<AppState>,
+    Owner(owner): Owner,
+    Path(id): Path<String>,
+    body: Result<Json<SendMessage>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    check_id(&id)?;
+    let Json(msg) = body.map_err(json_error)?;
+    let (message_id, queued) = st.engine.send(&owner, &id, msg.text).await?;
+    Ok((StatusCode::ACCEPTED, Json(json!({"message_id": message_id, "queued": queued}))).into_response())
+}
+
+/// `POST /v1/sessions/{id}/interrupt` -> 202.
+pub async fn interrupt(
+    State(st): State<AppState>,
+    Owner(owner): Owner,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    check_id(&id)?;
+    st.engine.interrupt(&owner, &id)?;
+    Ok((StatusCode::ACCEPTED, Json(json!({"accepted": true}))).into_response())
+}
+
+/// `POST /v1/sessions/{id}/compact` -> 202.
+pub async fn compact(
+    State(st): State<AppState>,
+    Owner(owner): Owner,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    check_id(&id)?;
+    st.engine.compact(&owner, &id)?;
+    Ok((StatusCode::ACCEPTED, Json(json!({"accepted": true}))).into_response())
+}
+
+/// `GET .../events` query.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsQuery {
+    /// Return events with seq > after (default 0).
+    #[serde(default)]
+    pub after: u64,
+    /// Seconds to wait when none exist yet (default 0, at most 120).
+    #[serde(default)]
+    pub wait: u64,
+    /// Most events to return (default 500, at most 1000).
+    pub limit: Option<usize>,
+}
+
+/// `GET /v1/sessions/{id}/events?after=SEQ&wait=SECS&limit=N` -> `{"events":[...],"next":SEQ}`.
+/// Returns at once when events after SEQ exist, else long-polls up to `wait` seconds.
+pub async fn events(
+    State(st): State<AppState>,
+    Owner(owner): Owner,
+    Path(id): Path<String>,
+    q: Result<Query<EventsQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    check_id(&id)?;
+    let Query(q) = q.map_err(query_error)?;
+    let limits = st.engine.ctx().config.limits;
+    let limit = q.limit.unwrap_or(500).clamp(1, limits.max_events_per_poll);
+    let wait = Duration::from_secs(q.wait.min(limits.max_wait_secs));
+    let h = st.engine.get(&owner, &id)?;
+    let lines = poll(&h, q.after, limit, wait).await?;
+    let next = q.after + lines.len() as u64;
+    let mut body = String::with_capacity(32 + lines.iter().map(|l| l.len() + 1).sum::<usize>());
+    body.push_str("{\"events\":[");
+    for (i, l) in lines.iter().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(l);
+    }
+    body.push_str("],\"next\":");
+    body.push_str(&next.to_string());
+    body.push('}');
+    Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+/// Events after `after`, waiting up to `wait` for the first one.
+async fn poll(h: &SessionHandle, after: u64, limit: usize, wait: Duration) -> Result<Vec<Arc<str>>, ApiError> {
+    let mut rx = h.events.subscribe();
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        rx.borrow_and_update();
+        let lines = h.events.read_after(after, limit).map_err(|e| ApiError::internal(format!("cannot read events: {e}")))?;
+        if !lines.is_empty() {
+            return Ok(lines);
+        }
+        match tokio::time::timeout_at(deadline, rx.changed()).await {
+            Ok(Ok(())) => continue,
+            _ => return Ok(Vec::new()),
+        }
+    }
+}
+
+/// `GET /v1/sessions/{id}/events/stream`: the same events as server-sent events (`id:` = seq,
+/// `event:` = type), resuming after the `Last-Event-ID` header (or `?after=`).
+pub async fn stream(
+    State(st): State<AppState>,
+    Owner(owner): Owner,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    q: Result<Query<EventsQuery>, QueryRejection>,
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+    check_id(&id)?;
+    let Query(q) = q.map_err(query_error)?;
+    let after = match headers.get("last-event-id") {
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .ok_or_else(|| ApiError::bad_request("invalid_last_event_id", "Last-Event-ID must be an event seq"))?,
+        None => q.after,
+    };
+    let h = st.engine.get(&owner, &id)?;
+    let state = (h, after, VecDeque::<Arc<str>>::new());
+    let s = futures::stream::unfold(state, |(h, mut cursor, mut buf)| async move {
+        loop {
+            if let Some(line) = buf.pop_front() {
+                cursor += 1;
+                let kind = serde_json::from_str::<serde_json::Value>(&line)
+                    .ok()
+                    .and_then(|v| v.get("type").and_then(|t| t.as_str()).map(str::to_owned))
+                    .unwrap_or_else(|| "event".to_owned());
+                let ev = SseEvent::default().id(cursor.to_string()).event(kind).data(line.as_ref());
+                return Some((Ok(ev), (h, cursor, buf)));
+            }
+            match poll(&h, cursor, 100, Duration::from_secs(3600)).await {
+                Ok(lines) => buf.extend(lines),
+                Err(_) => return None,
+            }
+        }
+    });
+    Ok(Sse::new(s).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}

@@ -1,0 +1,60 @@
+//! `session.json`: who owns a session, its codex thread and its counters. Rewritten atomically
+//! (temp file + rename) whenever one of them changes.
+
+use std::io;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::store::events::Usage;
+
+/// The persisted part of a session.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SessionRecord {
+    /// Session id (unique per owner).
+    pub id: String,
+    /// The JWT `sub` that created it.
+    pub owner: String,
+    /// The codex thread, once started.
+    pub thread_id: Option<String>,
+    /// Whether the thread has a rollout on disk (codex writes it at the first turn), i.e. can be
+    /// resumed by `thread/resume`.
+    pub thread_persisted: bool,
+    /// Creation time (RFC 3339).
+    pub created_at: String,
+    /// Developer instructions given at creation.
+    pub instructions: Option<String>,
+    /// Model override given at creation.
+    pub model: Option<String>,
+    /// Reasoning effort given at creation (`turn/start`'s `effort`).
+    pub effort: Option<String>,
+    /// Tokens used by every turn so far (compactions included).
+    pub usage: Usage,
+    /// The thread's current context size (`tokenUsage.last.inputTokens`).
+    pub context_tokens: u64,
+    /// Completed compactions.
+    pub compactions: u64,
+    /// User turns since the last compaction.
+    pub turns_since_compaction: u64,
+}
+
+impl SessionRecord {
+    /// Reads `session.json`.
+    ///
+    /// # Errors
+    /// I/O errors, or invalid JSON as `InvalidData`.
+    pub fn load(path: &Path) -> io::Result<SessionRecord> {
+        let bytes = std::fs::read(path)?;
+        serde_json::from_slice(&bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    }
+
+    /// Writes `session.json` atomically, mode 0600.
+    ///
+    /// # Errors
+    /// Any I/O error.
+    pub fn save(&self, path: &Path) -> io::Result<()> {
+        let bytes = serde_json::to_vec_pretty(self).map_err(io::Error::other)?;
+        crate::codex::home::write_private(path, &bytes)
+    }
+}

@@ -262,6 +262,7 @@ impl Actor {
             }
             if self.evict_requested {
                 self.evict_requested = false;
+                self.ctx.metrics.evictions.inc();
                 self.stop_child("evicted to make room").await;
                 continue;
             }
@@ -295,6 +296,10 @@ impl Actor {
             Command::Evict => self.evict_requested = true,
             Command::Start(reply) => {
                 let r = self.ensure_thread().await.map(|()| self.record.thread_id.clone().unwrap_or_default());
+                if let Some(live) = &self.live {
+                    // A lease starts busy; an idle session must be evictable.
+                    live.lease.set_idle();
+                }
                 let _ = reply.send(r);
             }
             Command::Stop(reply) => {
@@ -333,6 +338,7 @@ impl Actor {
         let busy = self.live.as_ref().is_some_and(|l| l.lease.try_set_busy());
         if !busy {
             // The pool asked for this slot between turns: give it back, then acquire again.
+            self.ctx.metrics.evictions.inc();
             self.stop_child("evicted to make room").await;
             return Flow::Continue;
         }

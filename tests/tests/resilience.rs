@@ -1,0 +1,230 @@
+//! Failures a user would otherwise hit: the model server down (turn timeout), `kill -9` of the
+//! sidecar, idle eviction and LRU eviction of codex children, and a codex child that dies.
+
+use std::time::{Duration, Instant};
+
+use codex_e2e::harness::{Sidecar, assert_gapless, free_port, of_type};
+use codex_e2e::model::ScriptedModel;
+use serde_json::{Value, json};
+
+const T: Duration = Duration::from_secs(90);
+
+#[tokio::test]
+async fn a_turn_with_the_model_server_down_times_out_with_a_clear_error() -> anyhow::Result<()> {
+    // Nothing listens on this port: codex retries forever ("Reconnecting...").
+    let down = format!("http://127.0.0.1:{}/v1", free_port());
+    let sc = Sidecar::start(&down, &["--turn-timeout", "8"]).await?;
+    let api = sc.api("alice");
+    assert_eq!(api.create(json!({"id": "t"})).await.0, 201);
+    let t0 = Instant::now();
+    assert_eq!(api.send("t", "anyone there?").await.0, 202);
+    let events = api.until_results("t", 0, 1, Duration::from_secs(60)).await?;
+    let elapsed = t0.elapsed();
+    assert!(elapsed >= Duration::from_secs(7), "the deadline is enforced, not earlier: {elapsed:?}");
+    let retries: Vec<&Value> = events.iter().filter(|e| e["type"] == "activity" && e["kind"] == "retry").collect();
+    assert!(!retries.is_empty(), "codex's retry notices are surfaced: {events:?}");
+    let errors = of_type(&events, "error");
+    assert_eq!(errors.len(), 1, "{events:?}");
+    assert_eq!(errors[0]["code"], "turn_timeout");
+    assert_eq!(errors[0]["retryable"], true);
+    assert_eq!(events.last().expect("result")["status"], "failed");
+    // readiness tells the truth about the provider
+    let (status, ready) = codex_e2e::harness::Api::new(&sc.base, None).call("GET", "/readyz", None).await;
+    assert_eq!(status, 503, "{ready}");
+    assert_eq!(ready["checks"]["provider"]["ok"], false);
+    assert_eq!(ready["checks"]["codex"]["ok"], true);
+    Ok(())
+}
+
+#[tokio::test]
+async fn heartbeats_keep_coming_during_a_long_turn() -> anyhow::Result<()> {
+    let model = ScriptedModel::start().await?;
+    let sc = Sidecar::start(&model.base_url(), &[]).await?;
+    let api = sc.api("alice");
+    api.create(json!({"id": "h"})).await;
+    api.send("h", "[[hang]]").await;
+    let events = api
+        .collect_until("h", 0, Duration::from_secs(40), |e| e["type"] == "activity" && e["kind"] == "heartbeat")
+        .await?;
+    let started = events.iter().find(|e| e["type"] == "turn_started").expect("turn started");
+    let t0 = time_of(started);
+    let hb = time_of(events.last().expect("heartbeat"));
+    assert!(hb - t0 <= 20.0, "first heartbeat within 20 s of the turn start ({}s)", hb - t0);
+    Ok(())
+}
+
+fn time_of(e: &Value) -> f64 {
+    // seconds of the day from an RFC 3339 "....THH:MM:SS.fffZ"
+    let t = e["time"].as_str().unwrap_or_default();
+    let hms = t.split('T').nth(1).unwrap_or("0:0:0Z").trim_end_matches('Z');
+    let mut parts = hms.split(':');
+    let h: f64 = parts.next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    let m: f64 = parts.next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    let s: f64 = parts.next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    h * 3600.0 + m * 60.0 + s
+}
+
+#[tokio::test]
+async fn kill_9_loses_no_accepted_message_and_no_event() -> anyhow::Result<()> {
+    let model = ScriptedModel::start().await?;
+    let mut sc = Sidecar::start(&model.base_url(), &[]).await?;
+    let api = sc.api("alice");
+    let (_, created) = api.create(json!({"id": "k"})).await;
+    let thread_id = created["thread_id"].as_str().expect("thread").to_owned();
+    api.send("k", "before the crash").await;
+    let before = api.until_results("k", 0, 1, T).await?;
+
+    // A turn is running, a second message is queued behind it (202), then kill -9.
+    api.send("k", "slow turn [[delay_ms=1000]]").await;
+    api.collect_until("k", before.len() as u64, T, |e| e["type"] == "turn_started").await?;
+    let (status, queued) = api.send("k", "accepted just before the crash").await;
+    assert_eq!(status, 202);
+    assert_eq!(queued["message_id"], "msg_3");
+    sc.kill9().await;
+
+    sc.restart().await?;
+    let api = api.with_base(&sc.base);
+    // Everything from seq 1 again, read across the restart: gapless, no duplicates, unchanged.
+    let all = api.until_results("k", 0, 3, T).await?;
+    assert_gapless(&all, 1);
+    assert_eq!(&all[..before.len()], &before[..], "events from before the crash are unchanged");
+    let after: Vec<&Value> = all[before.len()..].iter().collect();
+    let errors: Vec<&&Value> = after.iter().filter(|e| e["type"] == "error").collect();
+    assert_eq!(errors.len(), 1, "{after:?}");
+    assert_eq!(errors[0]["code"], "turn_lost");
+    let results: Vec<&&Value> = after.iter().filter(|e| e["type"] == "result").collect();
+    assert_eq!(results[0]["status"], "failed", "the interrupted turn is closed");
+    assert_eq!(results[1]["text"], "echo: accepted just before the crash", "the queued message ran");
+    let started: Vec<&&Value> = after.iter().filter(|e| e["type"] == "turn_started").collect();
+    assert_eq!(started.last().expect("turn")["message_ids"], json!(["msg_3"]));
+    assert!(after.iter().all(|e| e["type"] != "init"), "same thread resumed, no new init");
+    let (_, view) = api.call("GET", "/v1/sessions/k", None).await;
+    assert_eq!(view["thread_id"], thread_id.as_str());
+
+    // a client that polled up to some cursor before the crash continues exactly there
+    let cursor = before.len() as u64;
+    let (_, page) = api.events("k", cursor, 0).await;
+    assert_eq!(page["events"][0]["seq"].as_u64(), Some(cursor + 1));
+    Ok(())
+}
+
+#[tokio::test]
+async fn idle_sessions_are_stopped_and_resumed_transparently() -> anyhow::Result<()> {
+    let model = ScriptedModel::start().await?;
+    let sc = Sidecar::start(&model.base_url(), &["--idle-timeout", "2"]).await?;
+    let api = sc.api("alice");
+    let (_, created) = api.create(json!({"id": "idle"})).await;
+    api.send("idle", "remember KESTREL").await;
+    let first = api.until_results("idle", 0, 1, T).await?;
+    assert_eq!(live(&api).await, 1);
+    wait_for(|| async { live(&api).await == 0 }, Duration::from_secs(20)).await?;
+
+    api.send("idle", "still there?").await;
+    let second = api.until_results("idle", first.len() as u64, 1, T).await?;
+    assert!(of_type(&second, "init").is_empty(), "no new init: {second:?}");
+    assert_eq!(second.last().expect("result")["text"], "echo: still there?");
+    let (_, view) = api.call("GET", "/v1/sessions/idle", None).await;
+    assert_eq!(view["thread_id"], created["thread_id"]);
+    let last = model.requests().into_iter().last().expect("request");
+    assert!(last.body.to_string().contains("KESTREL"), "the resumed thread kept its history");
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_least_recently_used_idle_child_makes_room() -> anyhow::Result<()> {
+    let model = ScriptedModel::start().await?;
+    let sc = Sidecar::start(&model.base_url(), &["--max-live-sessions", "2"]).await?;
+    let api = sc.api("alice");
+    // Each session gets a first turn (codex writes a thread to disk at its first turn), then a
+    // second round forces every one of them to be evicted and resumed.
+    for round in 0..2 {
+        for id in ["a", "b", "c"] {
+            if round == 0 {
+                assert_eq!(api.create(json!({"id": id})).await.0, 201);
+            }
+            let after = seq(&api, id).await - 1;
+            assert_eq!(api.send(id, &format!("{id} round {round}")).await.0, 202);
+            let ev = api.until_results(id, after, 1, T).await?;
+            assert_eq!(ev.last().expect("result")["status"], "completed");
+            assert!(live(&api).await <= 2, "never more than --max-live-sessions children");
+        }
+    }
+    for id in ["a", "b", "c"] {
+        let (_, events) = api.events(id, 0, 0).await;
+        let events = events["events"].as_array().cloned().unwrap_or_default();
+        assert_eq!(of_type(&events, "init").len(), 1, "{id}: resumed, never re-initialised");
+        assert_eq!(of_type(&events, "result").len(), 2);
+    }
+    let text = reqwest::get(format!("{}/metrics", sc.base)).await?.text().await?;
+    assert!(!text.contains("codex_sidecar_evictions_total 0"), "evictions were counted: {text}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_dead_codex_child_is_restarted_and_its_thread_resumed() -> anyhow::Result<()> {
+    let model = ScriptedModel::start().await?;
+    let sc = Sidecar::start(&model.base_url(), &[]).await?;
+    let api = sc.api("alice");
+    let (_, created) = api.create(json!({"id": "d"})).await;
+    api.send("d", "remember OSPREY").await;
+    let first = api.until_results("d", 0, 1, T).await?;
+    // kill every codex app-server child of this sidecar
+    let pid = sc.pid().expect("pid");
+    let killed = kill_children(pid);
+    assert!(killed > 0, "found the codex child");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    api.send("d", "after the crash").await;
+    let second = api.until_results("d", first.len() as u64, 1, T).await?;
+    assert_eq!(second.last().expect("result")["text"], "echo: after the crash");
+    assert!(of_type(&second, "init").is_empty());
+    let (_, view) = api.call("GET", "/v1/sessions/d", None).await;
+    assert_eq!(view["thread_id"], created["thread_id"]);
+    assert!(model.requests().last().expect("req").body.to_string().contains("OSPREY"));
+    let text = reqwest::get(format!("{}/metrics", sc.base)).await?.text().await?;
+    assert!(text.contains("codex_sidecar_codex_restarts_total 1"), "{text}");
+    Ok(())
+}
+
+fn kill_children(parent: u32) -> usize {
+    let mut n = 0;
+    let Ok(dir) = std::fs::read_dir("/proc") else { return 0 };
+    for e in dir.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // field 4 (after the parenthesised name) is the parent pid
+        let ppid = stat.rsplit(')').next().and_then(|r| r.split_whitespace().nth(1)).and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(parent) {
+            // SAFETY: signals a child process of the sidecar under test.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+            n += 1;
+        }
+    }
+    n
+}
+
+async fn live(api: &codex_e2e::harness::Api) -> u64 {
+    let (_, s) = api.call("GET", "/v1/status", None).await;
+    s["counts"]["live"].as_u64().unwrap_or(u64::MAX)
+}
+
+async fn seq(api: &codex_e2e::harness::Api, id: &str) -> u64 {
+    let (_, v) = api.call("GET", &format!("/v1/sessions/{id}"), None).await;
+    v["next_seq"].as_u64().unwrap_or(1)
+}
+
+async fn wait_for<F, Fut>(f: F, timeout: Duration) -> anyhow::Result<()>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !f().await {
+        if Instant::now() > deadline {
+            anyhow::bail!("condition not met within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
+}

@@ -1,0 +1,317 @@
+//! The session API against the real codex and the scripted model: a text turn, messages queued
+//! during a turn, interrupt, compaction at the threshold (once), thread resume by id, server-sent
+//! events, and bad input.
+
+use std::time::Duration;
+
+use codex_e2e::harness::{Api, Sidecar, assert_gapless, of_type};
+use codex_e2e::model::ScriptedModel;
+use serde_json::{Value, json};
+
+const T: Duration = Duration::from_secs(90);
+
+#[tokio::test]
+async fn text_turn_streams_deltas_and_a_result() -> anyhow::Result<()> {
+    let model = ScriptedModel::start().await?;
+    let sc = Sidecar::start(&model.base_url(), &[]).await?;
+    let api = sc.api("alice");
+
+    let (status, created) = api.create(json!({"id": "chat-1", "instructions": "Be brief."})).await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["id"], "chat-1");
+    assert_eq!(created["resumed"], false);
+    let thread_id = created["thread_id"].as_str().expect("thread id").to_owned();
+
+    let (status, again) = api.create(json!({"id": "chat-1"})).await;
+    assert_eq!(status, 200, "same id for the same owner returns the session");
+    assert_eq!(again["thread_id"], thread_id.as_str());
+
+    let (status, sent) = api.send("chat-1", "hello there [[tokens=1234]]").await;
+    assert_eq!(status, 202, "{sent}");
+    assert_eq!(sent["message_id"], "msg_1");
+
+    let events = api.until_results("chat-1", 0, 1, T).await?;
+    assert_gapless(&events, 1);
+    assert_eq!(events[0]["type"], "init");
+    assert_eq!(events[0]["thread_id"], thread_id.as_str());
+    assert!(events.iter().all(|e| e["time"].as_str().is_some_and(|t| t.contains('T'))));
+    let started = of_type(&events, "turn_started");
+    assert_eq!(started.len(), 1);
+    assert_eq!(started[0]["message_ids"], json!(["msg_1"]));
+    let deltas: String = of_type(&events, "delta").iter().filter_map(|d| d["text"].as_str()).collect();
+    assert_eq!(deltas, "echo: hello there [[tokens=1234]]");
+    let result = events.last().expect("result");
+    assert_eq!(result["status"], "completed");
+    assert_eq!(result["text"], "echo: hello there [[tokens=1234]]");
+    assert_eq!(result["turn_id"], started[0]["turn_id"]);
+    assert_eq!(result["usage"]["input_tokens"], 1234);
+
+    let (status, view) = api.call("GET", "/v1/sessions/chat-1", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(view["state"], "idle");
+    assert_eq!(view["queued"], 0);
+    assert_eq!(view["context_tokens"], 1234);
+    assert_eq!(view["usage"]["input_tokens"], 1234);
+    assert_eq!(view["next_seq"].as_u64(), Some(events.len() as u64 + 1));
+
+    // the instructions reached codex as developer instructions
+    let req = model.requests().into_iter().next().expect("a model request");
+    assert!(req.body.to_string().contains("Be brief."));
+
+    let (status, list) = api.call("GET", "/v1/sessions", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(list["sessions"].as_array().map(Vec::len), Some(1));
+
+    // a long-poll with nothing new returns after `wait` with no events and the same cursor
+    let last = result["seq"].as_u64().expect("seq");
+    let t0 = std::time::Instant::now();
+    let (status, empty) = api.events("chat-1", last, 1).await;
+    assert_eq!(status, 200);
+    assert_eq!(empty["events"], json!([]));
+    assert_eq!(empty["next"].as_u64(), Some(last));
+    assert!(t0.elapsed() >= Duration::from_millis(900));
+
+    let (status, _) = api.call("DELETE", "/v1/sessions/chat-1", None).await;
+    assert_eq!(status, 204);
+    let (status, gone) = api.call("GET", "/v1/sessions/chat-1", None).await;
+    assert_eq!(status, 404);
+    assert_eq!(gone["error"]["code"], "session_not_found");
+    Ok(())
+}
+
+#[tokio::test]
+async fn messages_sent_during_a_turn_are_queued_and_sent_as_the_next_turn() -> anyhow::Result<()> {
+    let model = ScriptedModel::start().await?;
+    let sc = Sidecar::start(&model.base_url(), &[]).await?;
+    let api = sc.api("alice");
+    assert_eq!(api.create(json!({"id": "q"})).await.0, 201);
+
+    assert_eq!(api.send("q", "first [[delay_ms=500]]").await.0, 202);
+    // wait until the first turn is running, then queue two more
+    api.collect_until("q", 0, T, |e| e["type"] == "turn_started").await?;
+    let (s2, b2) = api.send("q", "second").await;
+    let (s3, b3) = api.send("q", "third").await;
+    assert_eq!((s2, s3), (202, 202));
+    assert_eq!(b2["queued"], 1);
+    assert_eq!(b3["queued"], 2);
+
+    let events = api.until_results("q", 0, 2, T).await?;
+    assert_gapless(&events, 1);
+    let started = of_type(&events, "turn_started");
+    assert_eq!(started.len(), 2, "two turns: {events:?}");
+    assert_eq!(started[0]["message_ids"], json!(["msg_1"]));
+    assert_eq!(started[1]["message_ids"], json!(["msg_2", "msg_3"]), "queued messages form one turn");
+    let results = of_type(&events, "result");
+    assert_eq!(results[0]["text"], "echo: first [[delay_ms=500]]");
+    assert_eq!(results[0]["status"], "completed", "the queued messages did not steer the running turn");
+    assert_eq!(results[1]["text"], "echo: second\nthird");
+    assert_eq!(results[1]["status"], "completed");
+    Ok(())
+}
+
+#[tokio::test]
+async fn interrupt_stops_the_running_turn() -> anyhow::Result<()> {
+    let model = ScriptedModel::start().await?;
+    let sc = Sidecar::start(&model.base_url(), &[]).await?;
+    let api = sc.api("alice");
+    assert_eq!(api.create(json!({"id": "i"})).await.0, 201);
+    assert_eq!(api.send("i", "never ends [[hang]]").await.0, 202);
+    api.collect_until("i", 0, T, |e| e["type"] == "turn_started").await?;
+    model.wait_for_requests(1, T).await?;
+    let (status, view) = api.call("GET", "/v1/sessions/i", None).await;
+    assert_eq!((status, view["state"].as_str()), (200, Some("running")));
+
+    let (status, _) = api.call("POST", "/v1/sessions/i/interrupt", None).await;
+    assert_eq!(status, 202);
+    let events = api.until_results("i", 0, 1, Duration::from_secs(30)).await?;
+    let result = events.last().expect("result");
+    assert_eq!(result["status"], "interrupted", "{events:?}");
+
+    // the session still works afterwards
+    assert_eq!(api.send("i", "after").await.0, 202);
+    let last = result["seq"].as_u64().expect("seq");
+    let more = api.until_results("i", last, 1, T).await?;
+    assert_eq!(more.last().expect("result")["text"], "echo: after");
+    Ok(())
+}
+
+#[tokio::test]
+async fn compaction_runs_once_when_context_passes_the_threshold() -> anyhow::Result<()> {
+    let model = ScriptedModel::start().await?;
+    let sc = Sidecar::start(&model.base_url(), &["--compact-at-tokens", "5000"]).await?;
+    let api = sc.api("alice");
+    assert_eq!(api.create(json!({"id": "c"})).await.0, 201);
+
+    // below the threshold: no compaction
+    assert_eq!(api.send("c", "small [[tokens=4999]]").await.0, 202);
+    let e1 = api.until_results("c", 0, 1, T).await?;
+    // at the threshold: compaction after the turn
+    assert_eq!(api.send("c", "big [[tokens=5000]]").await.0, 202);
+    let e2 = api
+        .collect_until("c", e1.len() as u64, T, |e| e["type"] == "compaction" && e["phase"] == "completed")
+        .await?;
+    let comp = of_type(&e2, "compaction");
+    assert_eq!(comp.len(), 2, "{e2:?}");
+    assert_eq!(comp[0]["phase"], "started");
+    assert_eq!(comp[0]["context_tokens"], 5000);
+    assert!(comp[1]["context_tokens"].as_u64().is_some_and(|t| t < 5000), "{}", comp[1]);
+    // two more turns with a small context: no new compaction
+    let after = e1.len() as u64 + e2.len() as u64;
+    assert_eq!(api.send("c", "third").await.0, 202);
+    let e3 = api.until_results("c", after, 1, T).await?;
+    assert_eq!(api.send("c", "fourth").await.0, 202);
+    let e4 = api.until_results("c", after + e3.len() as u64, 1, T).await?;
+    assert!(of_type(&e3, "compaction").is_empty() && of_type(&e4, "compaction").is_empty());
+    assert_eq!(model.compaction_requests(), 1, "exactly one compaction request reached the model");
+    let (_, view) = api.call("GET", "/v1/sessions/c", None).await;
+    assert_eq!(view["compactions"], 1);
+    assert!(of_type(&e1, "compaction").is_empty());
+
+    // an explicit compaction request works too
+    assert_eq!(api.call("POST", "/v1/sessions/c/compact", None).await.0, 202);
+    let last = after + e3.len() as u64 + e4.len() as u64;
+    api.collect_until("c", last, T, |e| e["type"] == "compaction" && e["phase"] == "completed").await?;
+    assert_eq!(model.compaction_requests(), 2);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_new_session_can_continue_an_existing_thread() -> anyhow::Result<()> {
+    let model = ScriptedModel::start().await?;
+    let sc = Sidecar::start(&model.base_url(), &[]).await?;
+    let alice = sc.api("alice");
+    let (_, a) = alice.create(json!({"id": "a"})).await;
+    let thread_id = a["thread_id"].as_str().expect("thread").to_owned();
+    alice.send("a", "remember the word PELICAN").await;
+    alice.until_results("a", 0, 1, T).await?;
+
+    let (status, b) = alice.create(json!({"id": "b", "thread_id": thread_id})).await;
+    assert_eq!(status, 201, "{b}");
+    assert_eq!(b["resumed"], true);
+    assert_eq!(b["thread_id"], thread_id.as_str());
+    alice.send("b", "what was the word?").await;
+    let events = alice.until_results("b", 0, 1, T).await?;
+    assert_eq!(events[0]["type"], "init");
+    assert_eq!(events[0]["resumed"], true);
+    // the model saw the earlier conversation in the resumed thread
+    let last = model.requests().into_iter().last().expect("request");
+    assert!(last.body.to_string().contains("PELICAN"), "history carried over");
+
+    // unknown thread, and another owner's thread, are both thread_not_found
+    let (status, err) = alice.create(json!({"thread_id": "01a1fc6a-0000-7000-8000-000000000000"})).await;
+    assert_eq!((status, err["error"]["code"].as_str()), (404, Some("thread_not_found")));
+    let (status, err) = sc.api("bob").create(json!({"thread_id": thread_id})).await;
+    assert_eq!((status, err["error"]["code"].as_str()), (404, Some("thread_not_found")));
+    Ok(())
+}
+
+#[tokio::test]
+async fn server_sent_events_resume_from_last_event_id() -> anyhow::Result<()> {
+    let model = ScriptedModel::start().await?;
+    let sc = Sidecar::start(&model.base_url(), &[]).await?;
+    let api = sc.api("alice");
+    api.create(json!({"id": "s"})).await;
+    api.send("s", "streamed").await;
+    let all = api.until_results("s", 0, 1, T).await?;
+
+    let token = codex_e2e::harness::mint("alice", None, 600);
+    let http = reqwest::Client::new();
+    let read = |last_id: Option<u64>| {
+        let http = http.clone();
+        let token = token.clone();
+        let url = format!("{}/v1/sessions/s/events/stream", sc.base);
+        async move {
+            let mut req = http.get(url).bearer_auth(token);
+            if let Some(id) = last_id {
+                req = req.header("Last-Event-ID", id.to_string());
+            }
+            let mut resp = req.send().await.expect("stream");
+            assert_eq!(resp.status(), 200);
+            let mut text = String::new();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            while let Ok(Ok(Some(chunk))) = tokio::time::timeout_at(deadline, resp.chunk()).await {
+                text.push_str(&String::from_utf8_lossy(&chunk));
+                if text.contains("event: result") {
+                    break;
+                }
+            }
+            text
+        }
+    };
+    let text = read(None).await;
+    let ids: Vec<u64> = text.lines().filter_map(|l| l.strip_prefix("id: ")).filter_map(|v| v.parse().ok()).collect();
+    assert_eq!(ids, (1..=all.len() as u64).collect::<Vec<_>>());
+    assert!(text.contains("event: init") && text.contains("event: delta"));
+    let text = read(Some(3)).await;
+    let ids: Vec<u64> = text.lines().filter_map(|l| l.strip_prefix("id: ")).filter_map(|v| v.parse().ok()).collect();
+    assert_eq!(ids.first(), Some(&4), "resumes after Last-Event-ID");
+    Ok(())
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_stable_error_and_loses_nothing() -> anyhow::Result<()> {
+    let model = ScriptedModel::start().await?;
+    let sc = Sidecar::start(&model.base_url(), &[]).await?;
+    let api = sc.api("alice");
+    assert_eq!(api.create(json!({"id": "ok"})).await.0, 201);
+    let http = reqwest::Client::new();
+    let token = codex_e2e::harness::mint("alice", None, 600);
+    let raw = |method: reqwest::Method, path: &str, body: &'static str| {
+        let req = http
+            .request(method, format!("{}{}", sc.base, path))
+            .bearer_auth(&token)
+            .header("content-type", "application/json")
+            .body(body);
+        async move {
+            let r = req.send().await.expect("send");
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let code = |v: &Value| v["error"]["code"].as_str().unwrap_or("").to_owned();
+
+    let (s, b) = raw(reqwest::Method::POST, "/v1/sessions/ok/messages", "{not json").await;
+    assert_eq!((s, code(&b).as_str()), (400, "invalid_json"));
+    let (s, b) = raw(reqwest::Method::POST, "/v1/sessions/ok/messages", r#"{"txt":"x"}"#).await;
+    assert_eq!((s, code(&b).as_str()), (400, "invalid_request"));
+    let (s, b) = raw(reqwest::Method::POST, "/v1/sessions", r#"{"id":"../../etc"}"#).await;
+    assert_eq!((s, code(&b).as_str()), (400, "invalid_session_id"));
+    let (s, b) = raw(reqwest::Method::POST, "/v1/sessions", r#"{"id":"a/b"}"#).await;
+    assert_eq!((s, code(&b).as_str()), (400, "invalid_session_id"));
+    let (s, b) = api.call("GET", "/v1/sessions/..%2F..%2Fetc/events", None).await;
+    assert_eq!((s, code(&b).as_str()), (400, "invalid_session_id"));
+    let (s, b) = api.call("GET", "/v1/sessions/ok/events?after=-1", None).await;
+    assert_eq!((s, code(&b).as_str()), (400, "invalid_query"));
+    let (s, b) = api.call("GET", "/v1/sessions/nope/events", None).await;
+    assert_eq!((s, code(&b).as_str()), (404, "session_not_found"));
+    let (s, b) = api.send("ok", &"x".repeat(300 * 1024)).await;
+    assert_eq!((s, code(&b).as_str()), (413, "text_too_large"));
+    let (s, b) = api.call("POST", "/v1/sessions/ok/messages", Some(json!({"text": "y".repeat(2 * 1024 * 1024)}))).await;
+    assert_eq!((s, code(&b).as_str()), (413, "body_too_large"));
+    let (s, b) = api.call("PATCH", "/v1/sessions/ok", None).await;
+    assert_eq!((s, code(&b).as_str()), (405, "method_not_allowed"));
+    let (s, b) = api.call("GET", "/v2/nothing", None).await;
+    assert_eq!((s, code(&b).as_str()), (404, "not_found"));
+    let no_ct = http
+        .post(format!("{}/v1/sessions/ok/messages", sc.base))
+        .bearer_auth(&token)
+        .body(r#"{"text":"x"}"#)
+        .send()
+        .await?;
+    assert_eq!(no_ct.status().as_u16(), 415);
+
+    // queue cap: keep a turn hanging, then fill the queue
+    assert_eq!(api.send("ok", "[[hang]]").await.0, 202);
+    api.collect_until("ok", 0, T, |e| e["type"] == "turn_started").await?;
+    for i in 0..100 {
+        let (s, b) = api.send("ok", &format!("queued {i}")).await;
+        assert_eq!(s, 202, "{b}");
+    }
+    let (s, b) = api.send("ok", "one too many").await;
+    assert_eq!((s, code(&b).as_str()), (429, "queue_full"));
+    let (_, view) = api.call("GET", "/v1/sessions/ok", None).await;
+    assert_eq!(view["queued"], 100, "nothing already accepted was lost");
+    // the process is still healthy
+    assert_eq!(Api::new(&sc.base, None).call("GET", "/healthz", None).await.0, 200);
+    Ok(())
+}

@@ -28,7 +28,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Cmd {
     /// Serve the HTTP API.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Print an HS256 API token signed with --jwt-secret-file (for curl and scripts).
     Token(TokenArgs),
 }
@@ -65,7 +65,7 @@ pub struct TokenArgs {
 pub async fn main() -> i32 {
     let cli = Cli::parse();
     match cli.command {
-        Cmd::Serve(args) => match serve(args).await {
+        Cmd::Serve(args) => match serve(*args).await {
             Ok(()) => 0,
             Err(message) => {
                 eprintln!("codex-sidecar: error: {message}");
@@ -76,11 +76,19 @@ pub async fn main() -> i32 {
             let secret = match std::fs::read(&args.jwt_secret_file) {
                 Ok(s) => s,
                 Err(e) => {
-                    eprintln!("codex-sidecar: error: --jwt-secret-file {}: {e}", args.jwt_secret_file.display());
+                    eprintln!(
+                        "codex-sidecar: error: --jwt-secret-file {}: {e}",
+                        args.jwt_secret_file.display()
+                    );
                     return 2;
                 }
             };
-            match crate::auth::mint_hs256(&secret, &args.sub, args.audience.as_deref(), Duration::from_secs(args.ttl)) {
+            match crate::auth::mint_hs256(
+                &secret,
+                &args.sub,
+                args.audience.as_deref(),
+                Duration::from_secs(args.ttl),
+            ) {
                 Ok(token) => {
                     println!("{token}");
                     0
@@ -97,7 +105,10 @@ pub async fn main() -> i32 {
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 /// Loads settings, checks them, and serves until SIGINT/SIGTERM.
@@ -108,8 +119,10 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
     init_tracing();
     let settings = match &args.config {
         Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|e| format!("--config {}: {e}", path.display()))?;
-            let file = ServeSettings::from_toml(&text).map_err(|e| format!("--config {}: {e}", path.display()))?;
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("--config {}: {e}", path.display()))?;
+            let file = ServeSettings::from_toml(&text)
+                .map_err(|e| format!("--config {}: {e}", path.display()))?;
             file.merge(args.settings)
         }
         None => args.settings,
@@ -129,7 +142,9 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
         ready: Arc::new(ReadyCache::default()),
         started: Instant::now(),
     };
-    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| format!("--listen {listen}: {e}"))?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("--listen {listen}: {e}"))?;
     let cfg = &engine.ctx().config;
     tracing::info!(
         listen = %listen,

@@ -127,7 +127,10 @@ pub struct ConfigError {
 }
 
 fn bad(setting: impl Into<String>, message: impl Into<String>) -> ConfigError {
-    ConfigError { setting: setting.into(), message: message.into() }
+    ConfigError {
+        setting: setting.into(),
+        message: message.into(),
+    }
 }
 
 impl Config {
@@ -140,13 +143,18 @@ impl Config {
         let p = s.paths;
         let a = s.agent;
         let listen_text = p.listen.unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
-        let listen: SocketAddr = listen_text
-            .parse()
-            .map_err(|e| bad(format!("--listen {listen_text}"), format!("not an IP:PORT address: {e}")))?;
+        let listen: SocketAddr = listen_text.parse().map_err(|e| {
+            bad(
+                format!("--listen {listen_text}"),
+                format!("not an IP:PORT address: {e}"),
+            )
+        })?;
         if p.insecure_no_auth && !listen.ip().is_loopback() {
             return Err(bad(
                 "--insecure-no-auth",
-                format!("refused because --listen {listen} is not a loopback address; configure --jwt-secret-file or --jwt-public-key-file"),
+                format!(
+                    "refused because --listen {listen} is not a loopback address; configure --jwt-secret-file or --jwt-public-key-file"
+                ),
             ));
         }
         let authenticator = Authenticator::from_files(
@@ -159,14 +167,25 @@ impl Config {
 
         let state_dir = match p.state_dir {
             Some(d) => d,
-            None => default_state_dir()
-                .ok_or_else(|| bad("--state-dir", "no default: neither XDG_STATE_HOME nor HOME is set"))?,
+            None => default_state_dir().ok_or_else(|| {
+                bad(
+                    "--state-dir",
+                    "no default: neither XDG_STATE_HOME nor HOME is set",
+                )
+            })?,
         };
-        std::fs::create_dir_all(&state_dir)
-            .map_err(|e| bad(format!("--state-dir {}", state_dir.display()), format!("cannot create: {e}")))?;
-        let state_dir = state_dir
-            .canonicalize()
-            .map_err(|e| bad(format!("--state-dir {}", state_dir.display()), e.to_string()))?;
+        std::fs::create_dir_all(&state_dir).map_err(|e| {
+            bad(
+                format!("--state-dir {}", state_dir.display()),
+                format!("cannot create: {e}"),
+            )
+        })?;
+        let state_dir = state_dir.canonicalize().map_err(|e| {
+            bad(
+                format!("--state-dir {}", state_dir.display()),
+                e.to_string(),
+            )
+        })?;
 
         let codex_bin_arg = p.codex_bin.unwrap_or_else(|| PathBuf::from("codex"));
         let codex_bin = find_executable(&codex_bin_arg).ok_or_else(|| {
@@ -180,7 +199,9 @@ impl Config {
             .map_err(|e| bad(format!("--codex-bin {}", codex_bin.display()), e))?;
 
         let provider = a.provider.unwrap_or(ProviderKind::Openai);
-        let provider_base_url = a.provider_base_url.map(|u| u.trim_end_matches('/').to_owned());
+        let provider_base_url = a
+            .provider_base_url
+            .map(|u| u.trim_end_matches('/').to_owned());
         if let Some(url) = &provider_base_url {
             if provider == ProviderKind::Openai {
                 return Err(bad(
@@ -189,20 +210,35 @@ impl Config {
                 ));
             }
             if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return Err(bad(format!("--provider-base-url {url}"), "must start with http:// or https://"));
+                return Err(bad(
+                    format!("--provider-base-url {url}"),
+                    "must start with http:// or https://",
+                ));
             }
         } else if provider == ProviderKind::Custom {
-            return Err(bad("--provider custom", "needs --provider-base-url URL (the Responses API base, e.g. http://127.0.0.1:8000/v1)"));
+            return Err(bad(
+                "--provider custom",
+                "needs --provider-base-url URL (the Responses API base, e.g. http://127.0.0.1:8000/v1)",
+            ));
         }
         if let Some(key) = &a.provider_env_key {
             if provider != ProviderKind::Custom {
-                return Err(bad("--provider-env-key", "only used with --provider custom"));
+                return Err(bad(
+                    "--provider-env-key",
+                    "only used with --provider custom",
+                ));
             }
             if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                return Err(bad(format!("--provider-env-key {key}"), "not an environment variable name"));
+                return Err(bad(
+                    format!("--provider-env-key {key}"),
+                    "not an environment variable name",
+                ));
             }
             if std::env::var_os(key).is_none() {
-                return Err(bad(format!("--provider-env-key {key}"), format!("environment variable {key} is not set")));
+                return Err(bad(
+                    format!("--provider-env-key {key}"),
+                    format!("environment variable {key} is not set"),
+                ));
             }
         }
         for kv in &a.codex_config {
@@ -270,20 +306,30 @@ fn resolve_codex_auth(
     provider: ProviderKind,
 ) -> Result<CodexAuth, ConfigError> {
     match (auth_json, api_key_file) {
-        (Some(_), Some(_)) => Err(bad("--auth-json/--openai-api-key-file", "give one of them, not both")),
+        (Some(_), Some(_)) => Err(bad(
+            "--auth-json/--openai-api-key-file",
+            "give one of them, not both",
+        )),
         (Some(path), None) => {
             let setting = format!("--auth-json {}", path.display());
-            let text = std::fs::read_to_string(&path).map_err(|e| bad(&setting, format!("cannot read: {e}")))?;
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| bad(&setting, format!("cannot read: {e}")))?;
             // Checked for shape only; its content never reaches a message.
             serde_json::from_str::<serde_json::Value>(&text)
                 .ok()
                 .filter(serde_json::Value::is_object)
-                .ok_or_else(|| bad(&setting, "not a JSON object (expected the auth.json written by `codex login`)"))?;
+                .ok_or_else(|| {
+                    bad(
+                        &setting,
+                        "not a JSON object (expected the auth.json written by `codex login`)",
+                    )
+                })?;
             Ok(CodexAuth::AuthJson(path))
         }
         (None, Some(path)) => {
             let setting = format!("--openai-api-key-file {}", path.display());
-            let key = std::fs::read_to_string(&path).map_err(|e| bad(&setting, format!("cannot read: {e}")))?;
+            let key = std::fs::read_to_string(&path)
+                .map_err(|e| bad(&setting, format!("cannot read: {e}")))?;
             let key = key.trim();
             if key.is_empty() {
                 return Err(bad(&setting, "the file is empty"));
@@ -320,11 +366,15 @@ fn default_state_dir() -> Option<PathBuf> {
 pub fn find_executable(bin: &Path) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
     let is_exec = |p: &Path| {
-        std::fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
+        std::fs::metadata(p)
+            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false)
     };
     if bin.components().count() > 1 || bin.is_absolute() {
         return is_exec(bin).then(|| bin.to_path_buf());
     }
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|d| d.join(bin)).find(|p| is_exec(p))
+    std::env::split_paths(&path)
+        .map(|d| d.join(bin))
+        .find(|p| is_exec(p))
 }

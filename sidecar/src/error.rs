@@ -19,7 +19,11 @@ pub struct ApiError {
 impl ApiError {
     /// An error with this status, code and message.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into() }
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
     }
 
     /// 400 with a code.
@@ -29,7 +33,11 @@ impl ApiError {
 
     /// 404 `session_not_found`.
     pub fn session_not_found(id: &str) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "session_not_found", format!("no session `{id}`"))
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "session_not_found",
+            format!("no session `{id}`"),
+        )
     }
 
     /// 500 `internal` (an I/O error on the state dir, for instance).
@@ -48,7 +56,10 @@ impl IntoResponse for ApiError {
         let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
         let mut resp = (self.status, axum::Json(body)).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
-            let value = format!("Bearer error=\"invalid_token\", error_description=\"{}\"", self.code);
+            let value = format!(
+                "Bearer error=\"invalid_token\", error_description=\"{}\"",
+                self.code
+            );
             let value = HeaderValue::from_str(&value).unwrap_or(HeaderValue::from_static("Bearer"));
             resp.headers_mut().insert(header::WWW_AUTHENTICATE, value);
         }

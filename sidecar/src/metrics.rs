@@ -60,21 +60,61 @@ impl Metrics {
         let sessions = Gauge::default();
         let queue_depth = Gauge::default();
         let turns = Family::<StatusLabel, Counter>::default();
-        let turn_duration = Histogram::new([0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0]);
+        let turn_duration =
+            Histogram::new([0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0]);
         let compactions = Counter::default();
         let codex_restarts = Counter::default();
         let evictions = Counter::default();
         let tokens = Family::<TokenLabel, Counter>::default();
-        registry.register("live_sessions", "Sessions with a running codex app-server child", live_sessions.clone());
-        registry.register("sessions", "Sessions known to the sidecar", sessions.clone());
-        registry.register("queue_depth", "Messages waiting for a turn", queue_depth.clone());
+        registry.register(
+            "live_sessions",
+            "Sessions with a running codex app-server child",
+            live_sessions.clone(),
+        );
+        registry.register(
+            "sessions",
+            "Sessions known to the sidecar",
+            sessions.clone(),
+        );
+        registry.register(
+            "queue_depth",
+            "Messages waiting for a turn",
+            queue_depth.clone(),
+        );
         registry.register("turns", "Finished turns by status", turns.clone());
-        registry.register("turn_duration_seconds", "Turn wall time in seconds", turn_duration.clone());
-        registry.register("compactions", "Completed thread compactions", compactions.clone());
-        registry.register("codex_restarts", "codex app-server children that exited unexpectedly", codex_restarts.clone());
-        registry.register("evictions", "codex children stopped when idle or to make room", evictions.clone());
+        registry.register(
+            "turn_duration_seconds",
+            "Turn wall time in seconds",
+            turn_duration.clone(),
+        );
+        registry.register(
+            "compactions",
+            "Completed thread compactions",
+            compactions.clone(),
+        );
+        registry.register(
+            "codex_restarts",
+            "codex app-server children that exited unexpectedly",
+            codex_restarts.clone(),
+        );
+        registry.register(
+            "evictions",
+            "codex children stopped when idle or to make room",
+            evictions.clone(),
+        );
         registry.register("tokens", "Tokens used, by kind", tokens.clone());
-        Self { registry, live_sessions, sessions, queue_depth, turns, turn_duration, compactions, codex_restarts, evictions, tokens }
+        Self {
+            registry,
+            live_sessions,
+            sessions,
+            queue_depth,
+            turns,
+            turn_duration,
+            compactions,
+            codex_restarts,
+            evictions,
+            tokens,
+        }
     }
 
     /// The text exposition of every metric.

@@ -27,12 +27,12 @@ impl Redactor {
         if secret.len() < MIN_SECRET_LEN {
             return;
         }
-        if let Ok(mut s) = self.secrets.write() {
-            if !s.iter().any(|k| k == secret) {
-                s.push(secret.to_owned());
-                // Longest first, so a secret that contains another is replaced whole.
-                s.sort_by_key(|k| std::cmp::Reverse(k.len()));
-            }
+        if let Ok(mut s) = self.secrets.write()
+            && !s.iter().any(|k| k == secret)
+        {
+            s.push(secret.to_owned());
+            // Longest first, so a secret that contains another is replaced whole.
+            s.sort_by_key(|k| std::cmp::Reverse(k.len()));
         }
     }
 
@@ -48,7 +48,9 @@ impl Redactor {
 
     /// `text` with every known secret replaced; borrowed when nothing matched.
     pub fn redact<'a>(&self, text: &'a str) -> Cow<'a, str> {
-        let Ok(secrets) = self.secrets.read() else { return Cow::Borrowed(text) };
+        let Ok(secrets) = self.secrets.read() else {
+            return Cow::Borrowed(text);
+        };
         let mut out = Cow::Borrowed(text);
         for s in secrets.iter() {
             if out.contains(s.as_str()) {
@@ -76,6 +78,9 @@ mod tests {
     fn json_strings_are_all_secrets() {
         let r = Redactor::new();
         r.add_json_strings(&serde_json::json!({"tokens": {"access_token": "eyJaaaaaaaaaa.bbbbbbbb", "refresh_token": "rt_12345678"}}));
-        assert_eq!(r.redact("x eyJaaaaaaaaaa.bbbbbbbb y rt_12345678"), "x [REDACTED] y [REDACTED]");
+        assert_eq!(
+            r.redact("x eyJaaaaaaaaaa.bbbbbbbb y rt_12345678"),
+            "x [REDACTED] y [REDACTED]"
+        );
     }
 }

@@ -151,13 +151,21 @@ pub struct AgentSettings {
     /// Base URL of the provider's Responses API (`http://host:port/v1`). Required for `custom`;
     /// moves `ollama`/`lmstudio` off their default ports; not accepted for `openai`.
     #[arg(long, value_name = "URL")]
-    #[serde(default, skip_serializing_if = "Option::is_none", alias = "provider-base-url")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        alias = "provider-base-url"
+    )]
     pub provider_base_url: Option<String>,
 
     /// Name of the environment variable whose value codex sends as `Authorization: Bearer` to a
     /// `custom` provider. The variable must be set in the sidecar's environment.
     #[arg(long, value_name = "NAME")]
-    #[serde(default, skip_serializing_if = "Option::is_none", alias = "provider-env-key")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        alias = "provider-env-key"
+    )]
     pub provider_env_key: Option<String>,
 
     /// Extra codex settings as `KEY=VALUE` (a TOML value; dotted keys allowed), passed to every
@@ -168,12 +176,20 @@ pub struct AgentSettings {
 
     /// When codex asks before running commands: `untrusted`, `on-request` or `never` (default).
     #[arg(long, value_enum, value_name = "POLICY")]
-    #[serde(default, skip_serializing_if = "Option::is_none", alias = "approval-policy")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        alias = "approval-policy"
+    )]
     pub approval_policy: Option<ApprovalPolicy>,
 
     /// The sidecar's answer when codex does ask: `accept` or `decline` (default).
     #[arg(long, value_enum, value_name = "DECISION")]
-    #[serde(default, skip_serializing_if = "Option::is_none", alias = "approval-decision")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        alias = "approval-decision"
+    )]
     pub approval_decision: Option<ApprovalDecision>,
 
     /// Codex's sandbox: `read-only`, `workspace-write` (default) or `danger-full-access`.
@@ -184,38 +200,62 @@ pub struct AgentSettings {
     /// Compact a thread (`thread/compact/start`) after a turn whose context
     /// (`tokenUsage.last.inputTokens`) reached this many tokens. Default 40000; 0 disables.
     #[arg(long, value_name = "N")]
-    #[serde(default, skip_serializing_if = "Option::is_none", alias = "compact-at-tokens")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        alias = "compact-at-tokens"
+    )]
     #[schemars(range(min = 0))]
     pub compact_at_tokens: Option<u64>,
 
     /// At most this many `codex app-server` children at once; the least recently used idle one is
     /// stopped to make room. Default 8.
     #[arg(long, value_name = "N")]
-    #[serde(default, skip_serializing_if = "Option::is_none", alias = "max-live-sessions")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        alias = "max-live-sessions"
+    )]
     #[schemars(range(min = 1, max = 1024))]
     pub max_live_sessions: Option<u32>,
 
     /// Seconds an idle session keeps its codex child before it is stopped. Default 600.
     #[arg(long, value_name = "SECS")]
-    #[serde(default, skip_serializing_if = "Option::is_none", alias = "idle-timeout")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        alias = "idle-timeout"
+    )]
     #[schemars(range(min = 1))]
     pub idle_timeout: Option<u64>,
 
     /// Seconds a turn may run before it is interrupted (`turn/interrupt`) and reported as an error.
     /// Default 600.
     #[arg(long, value_name = "SECS")]
-    #[serde(default, skip_serializing_if = "Option::is_none", alias = "turn-timeout")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        alias = "turn-timeout"
+    )]
     #[schemars(range(min = 1))]
     pub turn_timeout: Option<u64>,
 
     /// Required `aud` claim of API tokens. Unset: `aud` is not checked.
     #[arg(long, value_name = "AUD")]
-    #[serde(default, skip_serializing_if = "Option::is_none", alias = "jwt-audience")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        alias = "jwt-audience"
+    )]
     pub jwt_audience: Option<String>,
 
     /// MCP servers codex may start, by name. Config file and CRD only (no flag).
     #[arg(skip)]
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty", alias = "mcp-servers")]
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        alias = "mcp-servers"
+    )]
     pub mcp_servers: BTreeMap<String, McpServer>,
 }
 
@@ -246,22 +286,38 @@ pub struct PathSettings {
 
     /// A file holding an OpenAI API key; each session logs in with it (`account/login/start`).
     #[arg(long, value_name = "PATH")]
-    #[serde(default, skip_serializing_if = "Option::is_none", alias = "openai-api-key-file")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        alias = "openai-api-key-file"
+    )]
     pub openai_api_key_file: Option<PathBuf>,
 
     /// HS256 secret for API tokens (the file's bytes, trailing newline removed).
     #[arg(long, value_name = "PATH")]
-    #[serde(default, skip_serializing_if = "Option::is_none", alias = "jwt-secret-file")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        alias = "jwt-secret-file"
+    )]
     pub jwt_secret_file: Option<PathBuf>,
 
     /// RS256 (RSA) or ES256 (P-256) public key in PEM for API tokens.
     #[arg(long, value_name = "PATH")]
-    #[serde(default, skip_serializing_if = "Option::is_none", alias = "jwt-public-key-file")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        alias = "jwt-public-key-file"
+    )]
     pub jwt_public_key_file: Option<PathBuf>,
 
     /// Serve `/v1/*` without authentication. Refused unless `--listen` is a loopback address.
     #[arg(long)]
-    #[serde(default, skip_serializing_if = "std::ops::Not::not", alias = "insecure-no-auth")]
+    #[serde(
+        default,
+        skip_serializing_if = "std::ops::Not::not",
+        alias = "insecure-no-auth"
+    )]
     pub insecure_no_auth: bool,
 }
 
@@ -328,7 +384,11 @@ impl ServeSettings {
                 idle_timeout: fa.idle_timeout.or(a.idle_timeout),
                 turn_timeout: fa.turn_timeout.or(a.turn_timeout),
                 jwt_audience: fa.jwt_audience.or(a.jwt_audience),
-                mcp_servers: if fa.mcp_servers.is_empty() { a.mcp_servers } else { fa.mcp_servers },
+                mcp_servers: if fa.mcp_servers.is_empty() {
+                    a.mcp_servers
+                } else {
+                    fa.mcp_servers
+                },
             },
         }
     }
@@ -362,7 +422,10 @@ mod tests {
     #[test]
     fn flags_win_over_file_and_lists_append() {
         let file = ServeSettings {
-            paths: PathSettings { listen: Some("a:1".into()), ..Default::default() },
+            paths: PathSettings {
+                listen: Some("a:1".into()),
+                ..Default::default()
+            },
             agent: AgentSettings {
                 model: Some("file-model".into()),
                 turn_timeout: Some(9),

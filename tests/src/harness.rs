@@ -20,7 +20,10 @@ pub fn codex_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("CODEX_BIN") {
         return PathBuf::from(p);
     }
-    if let Ok(out) = std::process::Command::new("npm").args(["root", "-g"]).output() {
+    if let Ok(out) = std::process::Command::new("npm")
+        .args(["root", "-g"])
+        .output()
+    {
         let root = String::from_utf8_lossy(&out.stdout).trim().to_owned();
         let native = Path::new(&root)
             .join("@openai/codex/node_modules/@openai/codex-linux-x64/vendor/x86_64-unknown-linux-musl/bin/codex");
@@ -38,13 +41,20 @@ pub fn sidecar_bin() -> PathBuf {
         return PathBuf::from(p);
     }
     let exe = std::env::current_exe().unwrap_or_default();
-    let profile_dir = exe.parent().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_default();
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
     profile_dir.join("codex-sidecar-under-test")
 }
 
 /// A free loopback port.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
 }
 
 /// A running sidecar.
@@ -70,8 +80,14 @@ impl Sidecar {
     }
 
     /// Like [`Sidecar::start`], with extra environment variables.
-    pub async fn start_with_env(model_base_url: &str, extra: &[&str], envs: &[(&str, &str)]) -> anyhow::Result<Sidecar> {
-        let tmp = tempfile::Builder::new().prefix("codex-e2e-").tempdir_in(tmp_root())?;
+    pub async fn start_with_env(
+        model_base_url: &str,
+        extra: &[&str],
+        envs: &[(&str, &str)],
+    ) -> anyhow::Result<Sidecar> {
+        let tmp = tempfile::Builder::new()
+            .prefix("codex-e2e-")
+            .tempdir_in(tmp_root())?;
         let state_dir = tmp.path().join("state");
         let secret_file = tmp.path().join("jwt-secret");
         std::fs::write(&secret_file, format!("{TEST_SECRET}\n"))?;
@@ -98,7 +114,10 @@ impl Sidecar {
             log_path: tmp.path().join("sidecar.log"),
             _tmp: tmp,
             args,
-            envs: envs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            envs: envs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
             secret_file,
         };
         s.spawn().await?;
@@ -108,12 +127,18 @@ impl Sidecar {
     async fn spawn(&mut self) -> anyhow::Result<()> {
         let port = free_port();
         self.base = format!("http://127.0.0.1:{port}");
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log_path)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)?;
         let mut cmd = Command::new(sidecar_bin());
         cmd.args(&self.args)
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .envs(self.envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .env("RUST_LOG", std::env::var("E2E_SIDECAR_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("E2E_SIDECAR_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -123,18 +148,21 @@ impl Sidecar {
         let deadline = Instant::now() + Duration::from_secs(60);
         let http = reqwest::Client::new();
         loop {
-            if let Ok(r) = http.get(format!("{}/healthz", self.base)).send().await {
-                if r.status().is_success() {
-                    return Ok(());
-                }
+            if let Ok(r) = http.get(format!("{}/healthz", self.base)).send().await
+                && r.status().is_success()
+            {
+                return Ok(());
             }
-            if let Some(c) = self.child.as_mut() {
-                if let Ok(Some(status)) = c.try_wait() {
-                    bail!("sidecar exited with {status} at start-up:\n{}", self.log());
-                }
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                bail!("sidecar exited with {status} at start-up:\n{}", self.log());
             }
             if Instant::now() > deadline {
-                bail!("sidecar did not answer /healthz within 60 s:\n{}", self.log());
+                bail!(
+                    "sidecar did not answer /healthz within 60 s:\n{}",
+                    self.log()
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -190,7 +218,10 @@ pub fn mint(sub: &str, aud: Option<&str>, ttl: i64) -> String {
 
 /// An HS256 token signed with `secret`.
 pub fn mint_with(sub: &str, aud: Option<&str>, ttl: i64, secret: &[u8]) -> String {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
     let mut claims = json!({"sub": sub, "exp": now + ttl, "iat": now});
     if let Some(aud) = aud {
         claims["aud"] = aud.into();
@@ -214,18 +245,28 @@ pub struct Api {
 impl Api {
     /// A client for `base` sending `Authorization: Bearer <token>` when given.
     pub fn new(base: &str, token: Option<String>) -> Api {
-        Api { base: base.to_owned(), token, http: reqwest::Client::new() }
+        Api {
+            base: base.to_owned(),
+            token,
+            http: reqwest::Client::new(),
+        }
     }
 
     /// The same client pointed at another base URL (after a restart).
     pub fn with_base(&self, base: &str) -> Api {
-        Api { base: base.to_owned(), ..self.clone() }
+        Api {
+            base: base.to_owned(),
+            ..self.clone()
+        }
     }
 
     /// Any request.
     pub async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
         let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap_or(reqwest::Method::GET);
-        let mut req = self.http.request(method, format!("{}{}", self.base, path)).timeout(Duration::from_secs(180));
+        let mut req = self
+            .http
+            .request(method, format!("{}{}", self.base, path))
+            .timeout(Duration::from_secs(180));
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
         }
@@ -249,12 +290,22 @@ impl Api {
 
     /// `POST /v1/sessions/{id}/messages`.
     pub async fn send(&self, id: &str, text: &str) -> (u16, Value) {
-        self.call("POST", &format!("/v1/sessions/{id}/messages"), Some(json!({"text": text}))).await
+        self.call(
+            "POST",
+            &format!("/v1/sessions/{id}/messages"),
+            Some(json!({"text": text})),
+        )
+        .await
     }
 
     /// `GET /v1/sessions/{id}/events?after=&wait=`.
     pub async fn events(&self, id: &str, after: u64, wait: u64) -> (u16, Value) {
-        self.call("GET", &format!("/v1/sessions/{id}/events?after={after}&wait={wait}"), None).await
+        self.call(
+            "GET",
+            &format!("/v1/sessions/{id}/events?after={after}&wait={wait}"),
+            None,
+        )
+        .await
     }
 
     /// Polls events after `after` until one satisfies `done` (or the timeout passes); returns every
@@ -284,19 +335,32 @@ impl Api {
                 }
             }
             if body["next"].as_u64() != Some(cursor) {
-                bail!("`next` {} does not match the last seq {cursor}", body["next"]);
+                bail!(
+                    "`next` {} does not match the last seq {cursor}",
+                    body["next"]
+                );
             }
             if Instant::now() > deadline {
-                bail!("timed out after {timeout:?}; events so far: {}", Value::Array(out));
+                bail!(
+                    "timed out after {timeout:?}; events so far: {}",
+                    Value::Array(out)
+                );
             }
         }
     }
 
     /// Collects events until `n` `result` events arrived.
-    pub async fn until_results(&self, id: &str, after: u64, n: usize, timeout: Duration) -> anyhow::Result<Vec<Value>> {
+    pub async fn until_results(
+        &self,
+        id: &str,
+        after: u64,
+        n: usize,
+        timeout: Duration,
+    ) -> anyhow::Result<Vec<Value>> {
         let count = std::sync::atomic::AtomicUsize::new(0);
         self.collect_until(id, after, timeout, |e| {
-            e["type"] == "result" && count.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 == n
+            e["type"] == "result"
+                && count.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 == n
         })
         .await
     }
@@ -310,6 +374,10 @@ pub fn of_type<'a>(events: &'a [Value], t: &str) -> Vec<&'a Value> {
 /// Asserts seqs are exactly `first, first+1, ...`.
 pub fn assert_gapless(events: &[Value], first: u64) {
     for (i, e) in events.iter().enumerate() {
-        assert_eq!(e["seq"].as_u64(), Some(first + i as u64), "gap or duplicate at {i}: {e}");
+        assert_eq!(
+            e["seq"].as_u64(),
+            Some(first + i as u64),
+            "gap or duplicate at {i}: {e}"
+        );
     }
 }

@@ -22,14 +22,20 @@ async fn jwt_rejections_and_ownership() -> anyhow::Result<()> {
         const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
         let mut out = String::new();
         for chunk in bytes.chunks(3) {
-            let n = chunk.iter().enumerate().fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (16 - 8 * i)));
+            let n = chunk
+                .iter()
+                .enumerate()
+                .fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (16 - 8 * i)));
             for i in 0..=chunk.len() {
                 let _ = out.write_char(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
             }
         }
         out
     };
-    let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() + 600;
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs()
+        + 600;
     let alg_none = format!(
         "{}.{}.",
         b64(&json!({"alg": "none", "typ": "JWT"})),
@@ -37,12 +43,29 @@ async fn jwt_rejections_and_ownership() -> anyhow::Result<()> {
     );
     let cases: Vec<(&str, Option<String>, &str)> = vec![
         ("no token", None, "missing_token"),
-        ("expired", Some(mint("alice", Some("codex-sidecar"), -3600)), "token_expired"),
-        ("wrong audience", Some(mint("alice", Some("someone-else"), 600)), "invalid_audience"),
-        ("no audience", Some(mint("alice", None, 600)), "missing_claim"),
+        (
+            "expired",
+            Some(mint("alice", Some("codex-sidecar"), -3600)),
+            "token_expired",
+        ),
+        (
+            "wrong audience",
+            Some(mint("alice", Some("someone-else"), 600)),
+            "invalid_audience",
+        ),
+        (
+            "no audience",
+            Some(mint("alice", None, 600)),
+            "missing_claim",
+        ),
         (
             "wrong key",
-            Some(mint_with("alice", Some("codex-sidecar"), 600, b"another-secret-0123456789abcdef-0123456789")),
+            Some(mint_with(
+                "alice",
+                Some("codex-sidecar"),
+                600,
+                b"another-secret-0123456789abcdef-0123456789",
+            )),
             "invalid_signature",
         ),
         ("alg none", Some(alg_none), "algorithm_not_allowed"),
@@ -56,12 +79,23 @@ async fn jwt_rejections_and_ownership() -> anyhow::Result<()> {
         }
         let resp = req.send().await?;
         assert_eq!(resp.status().as_u16(), 401, "{name}");
-        let www = resp.headers().get("www-authenticate").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
-        assert!(www.starts_with("Bearer"), "{name}: WWW-Authenticate {www:?}");
+        let www = resp
+            .headers()
+            .get("www-authenticate")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        assert!(
+            www.starts_with("Bearer"),
+            "{name}: WWW-Authenticate {www:?}"
+        );
         let body: Value = resp.json().await?;
         assert_eq!(body["error"]["code"], code, "{name}: {body}");
         if let Some(t) = &token {
-            assert!(!body.to_string().contains(t.as_str()), "{name}: the token is not echoed");
+            assert!(
+                !body.to_string().contains(t.as_str()),
+                "{name}: the token is not echoed"
+            );
         }
     }
     // another subject cannot see, use or even detect alice's session
@@ -73,7 +107,11 @@ async fn jwt_rejections_and_ownership() -> anyhow::Result<()> {
         ("DELETE", "/v1/sessions/mine"),
     ] {
         let (status, body) = bob.call(method, path, None).await;
-        assert_eq!((status, body["error"]["code"].as_str()), (404, Some("session_not_found")), "{method} {path}");
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (404, Some("session_not_found")),
+            "{method} {path}"
+        );
     }
     assert_eq!(bob.send("mine", "hi").await.0, 404);
     let (_, list) = bob.call("GET", "/v1/sessions", None).await;
@@ -84,8 +122,20 @@ async fn jwt_rejections_and_ownership() -> anyhow::Result<()> {
     let (_, alices) = ok.call("GET", "/v1/sessions/mine", None).await;
     assert_ne!(bobs["thread_id"], alices["thread_id"]);
     // unauthenticated health endpoints stay open
-    assert_eq!(Api::new(&sc.base, None).call("GET", "/healthz", None).await.0, 200);
-    assert_eq!(Api::new(&sc.base, None).call("GET", "/readyz", None).await.0, 200);
+    assert_eq!(
+        Api::new(&sc.base, None)
+            .call("GET", "/healthz", None)
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        Api::new(&sc.base, None)
+            .call("GET", "/readyz", None)
+            .await
+            .0,
+        200
+    );
     Ok(())
 }
 
@@ -101,11 +151,18 @@ async fn secrets_never_reach_logs_events_or_files_other_than_0600() -> anyhow::R
     .await?;
     let api = sc.api("alice");
     api.create(json!({"id": "s"})).await;
-    api.send("s", &format!("please repeat [[reply=the key is {PROVIDER_KEY}]]")).await;
+    api.send(
+        "s",
+        &format!("please repeat [[reply=the key is {PROVIDER_KEY}]]"),
+    )
+    .await;
     let events = api.until_results("s", 0, 1, T).await?;
     // codex sent the key to the provider...
     let req = model.requests().into_iter().next().expect("request");
-    assert_eq!(req.authorization.as_deref(), Some(format!("Bearer {PROVIDER_KEY}").as_str()));
+    assert_eq!(
+        req.authorization.as_deref(),
+        Some(format!("Bearer {PROVIDER_KEY}").as_str())
+    );
     // ...but the sidecar never repeats it: events are redacted, logs never had it
     let all = Value::Array(events).to_string();
     assert!(!all.contains(PROVIDER_KEY), "{all}");
@@ -117,7 +174,11 @@ async fn secrets_never_reach_logs_events_or_files_other_than_0600() -> anyhow::R
     use std::os::unix::fs::PermissionsExt;
     for name in ["config.toml", "session.json"] {
         let p = find(&sc.state_dir, name).expect(name);
-        assert_eq!(std::fs::metadata(&p)?.permissions().mode() & 0o777, 0o600, "{name}");
+        assert_eq!(
+            std::fs::metadata(&p)?.permissions().mode() & 0o777,
+            0o600,
+            "{name}"
+        );
     }
     Ok(())
 }
@@ -146,7 +207,12 @@ async fn twenty_concurrent_sessions_lose_no_events() -> anyhow::Result<()> {
         let api = api.clone();
         async move { api.create(json!({"id": id})).await.0 }
     });
-    assert!(futures::future::join_all(creates).await.iter().all(|s| *s == 201));
+    assert!(
+        futures::future::join_all(creates)
+            .await
+            .iter()
+            .all(|s| *s == 201)
+    );
     let runs = ids.iter().map(|id| {
         let api = api.clone();
         async move {
@@ -176,16 +242,33 @@ async fn twenty_concurrent_sessions_lose_no_events() -> anyhow::Result<()> {
             .flat_map(|e| e["message_ids"].as_array().cloned().unwrap_or_default())
             .filter_map(|v| v.as_str().map(str::to_owned))
             .collect();
-        assert_eq!(delivered, vec!["msg_1", "msg_2"], "{id}: every message delivered once, in order");
-        let texts: String = of_type(&events, "result").iter().filter_map(|e| e["text"].as_str()).collect();
-        assert!(texts.contains(&format!("{id} first")) && texts.contains(&format!("{id} second")), "{id}: {texts}");
-        assert!(of_type(&events, "result").iter().all(|e| e["status"] == "completed"));
+        assert_eq!(
+            delivered,
+            vec!["msg_1", "msg_2"],
+            "{id}: every message delivered once, in order"
+        );
+        let texts: String = of_type(&events, "result")
+            .iter()
+            .filter_map(|e| e["text"].as_str())
+            .collect();
+        assert!(
+            texts.contains(&format!("{id} first")) && texts.contains(&format!("{id} second")),
+            "{id}: {texts}"
+        );
+        assert!(
+            of_type(&events, "result")
+                .iter()
+                .all(|e| e["status"] == "completed")
+        );
         // re-reading the whole log gives exactly what was streamed
         let (_, page) = api.events(&id, 0, 0).await;
         assert_eq!(page["events"].as_array().map(Vec::len), Some(events.len()));
     }
     let (_, status) = api.call("GET", "/v1/status", None).await;
-    assert!(status["counts"]["live"].as_u64().is_some_and(|l| l <= 8), "{status}");
+    assert!(
+        status["counts"]["live"].as_u64().is_some_and(|l| l <= 8),
+        "{status}"
+    );
     assert_eq!(status["counts"]["sessions"], 20);
     let _ = TEST_SECRET;
     Ok(())

@@ -18,18 +18,31 @@ async fn a_turn_with_the_model_server_down_times_out_with_a_clear_error() -> any
     assert_eq!(api.create(json!({"id": "t"})).await.0, 201);
     let t0 = Instant::now();
     assert_eq!(api.send("t", "anyone there?").await.0, 202);
-    let events = api.until_results("t", 0, 1, Duration::from_secs(60)).await?;
+    let events = api
+        .until_results("t", 0, 1, Duration::from_secs(60))
+        .await?;
     let elapsed = t0.elapsed();
-    assert!(elapsed >= Duration::from_secs(7), "the deadline is enforced, not earlier: {elapsed:?}");
-    let retries: Vec<&Value> = events.iter().filter(|e| e["type"] == "activity" && e["kind"] == "retry").collect();
-    assert!(!retries.is_empty(), "codex's retry notices are surfaced: {events:?}");
+    assert!(
+        elapsed >= Duration::from_secs(7),
+        "the deadline is enforced, not earlier: {elapsed:?}"
+    );
+    let retries: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["type"] == "activity" && e["kind"] == "retry")
+        .collect();
+    assert!(
+        !retries.is_empty(),
+        "codex's retry notices are surfaced: {events:?}"
+    );
     let errors = of_type(&events, "error");
     assert_eq!(errors.len(), 1, "{events:?}");
     assert_eq!(errors[0]["code"], "turn_timeout");
     assert_eq!(errors[0]["retryable"], true);
     assert_eq!(events.last().expect("result")["status"], "failed");
     // readiness tells the truth about the provider
-    let (status, ready) = codex_e2e::harness::Api::new(&sc.base, None).call("GET", "/readyz", None).await;
+    let (status, ready) = codex_e2e::harness::Api::new(&sc.base, None)
+        .call("GET", "/readyz", None)
+        .await;
     assert_eq!(status, 503, "{ready}");
     assert_eq!(ready["checks"]["provider"]["ok"], false);
     assert_eq!(ready["checks"]["codex"]["ok"], true);
@@ -44,19 +57,32 @@ async fn heartbeats_keep_coming_during_a_long_turn() -> anyhow::Result<()> {
     api.create(json!({"id": "h"})).await;
     api.send("h", "[[hang]]").await;
     let events = api
-        .collect_until("h", 0, Duration::from_secs(40), |e| e["type"] == "activity" && e["kind"] == "heartbeat")
+        .collect_until("h", 0, Duration::from_secs(40), |e| {
+            e["type"] == "activity" && e["kind"] == "heartbeat"
+        })
         .await?;
-    let started = events.iter().find(|e| e["type"] == "turn_started").expect("turn started");
+    let started = events
+        .iter()
+        .find(|e| e["type"] == "turn_started")
+        .expect("turn started");
     let t0 = time_of(started);
     let hb = time_of(events.last().expect("heartbeat"));
-    assert!(hb - t0 <= 20.0, "first heartbeat within 20 s of the turn start ({}s)", hb - t0);
+    assert!(
+        hb - t0 <= 20.0,
+        "first heartbeat within 20 s of the turn start ({}s)",
+        hb - t0
+    );
     Ok(())
 }
 
 fn time_of(e: &Value) -> f64 {
     // seconds of the day from an RFC 3339 "....THH:MM:SS.fffZ"
     let t = e["time"].as_str().unwrap_or_default();
-    let hms = t.split('T').nth(1).unwrap_or("0:0:0Z").trim_end_matches('Z');
+    let hms = t
+        .split('T')
+        .nth(1)
+        .unwrap_or("0:0:0Z")
+        .trim_end_matches('Z');
     let mut parts = hms.split(':');
     let h: f64 = parts.next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
     let m: f64 = parts.next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
@@ -76,7 +102,8 @@ async fn kill_9_loses_no_accepted_message_and_no_event() -> anyhow::Result<()> {
 
     // A turn is running, a second message is queued behind it (202), then kill -9.
     api.send("k", "slow turn [[delay_ms=1000]]").await;
-    api.collect_until("k", before.len() as u64, T, |e| e["type"] == "turn_started").await?;
+    api.collect_until("k", before.len() as u64, T, |e| e["type"] == "turn_started")
+        .await?;
     let (status, queued) = api.send("k", "accepted just before the crash").await;
     assert_eq!(status, 202);
     assert_eq!(queued["message_id"], "msg_3");
@@ -87,17 +114,36 @@ async fn kill_9_loses_no_accepted_message_and_no_event() -> anyhow::Result<()> {
     // Everything from seq 1 again, read across the restart: gapless, no duplicates, unchanged.
     let all = api.until_results("k", 0, 3, T).await?;
     assert_gapless(&all, 1);
-    assert_eq!(&all[..before.len()], &before[..], "events from before the crash are unchanged");
+    assert_eq!(
+        &all[..before.len()],
+        &before[..],
+        "events from before the crash are unchanged"
+    );
     let after: Vec<&Value> = all[before.len()..].iter().collect();
     let errors: Vec<&&Value> = after.iter().filter(|e| e["type"] == "error").collect();
     assert_eq!(errors.len(), 1, "{after:?}");
     assert_eq!(errors[0]["code"], "turn_lost");
     let results: Vec<&&Value> = after.iter().filter(|e| e["type"] == "result").collect();
-    assert_eq!(results[0]["status"], "failed", "the interrupted turn is closed");
-    assert_eq!(results[1]["text"], "echo: accepted just before the crash", "the queued message ran");
-    let started: Vec<&&Value> = after.iter().filter(|e| e["type"] == "turn_started").collect();
-    assert_eq!(started.last().expect("turn")["message_ids"], json!(["msg_3"]));
-    assert!(after.iter().all(|e| e["type"] != "init"), "same thread resumed, no new init");
+    assert_eq!(
+        results[0]["status"], "failed",
+        "the interrupted turn is closed"
+    );
+    assert_eq!(
+        results[1]["text"], "echo: accepted just before the crash",
+        "the queued message ran"
+    );
+    let started: Vec<&&Value> = after
+        .iter()
+        .filter(|e| e["type"] == "turn_started")
+        .collect();
+    assert_eq!(
+        started.last().expect("turn")["message_ids"],
+        json!(["msg_3"])
+    );
+    assert!(
+        after.iter().all(|e| e["type"] != "init"),
+        "same thread resumed, no new init"
+    );
     let (_, view) = api.call("GET", "/v1/sessions/k", None).await;
     assert_eq!(view["thread_id"], thread_id.as_str());
 
@@ -121,12 +167,18 @@ async fn idle_sessions_are_stopped_and_resumed_transparently() -> anyhow::Result
 
     api.send("idle", "still there?").await;
     let second = api.until_results("idle", first.len() as u64, 1, T).await?;
-    assert!(of_type(&second, "init").is_empty(), "no new init: {second:?}");
+    assert!(
+        of_type(&second, "init").is_empty(),
+        "no new init: {second:?}"
+    );
     assert_eq!(second.last().expect("result")["text"], "echo: still there?");
     let (_, view) = api.call("GET", "/v1/sessions/idle", None).await;
     assert_eq!(view["thread_id"], created["thread_id"]);
     let last = model.requests().into_iter().last().expect("request");
-    assert!(last.body.to_string().contains("KESTREL"), "the resumed thread kept its history");
+    assert!(
+        last.body.to_string().contains("KESTREL"),
+        "the resumed thread kept its history"
+    );
     Ok(())
 }
 
@@ -146,17 +198,30 @@ async fn the_least_recently_used_idle_child_makes_room() -> anyhow::Result<()> {
             assert_eq!(api.send(id, &format!("{id} round {round}")).await.0, 202);
             let ev = api.until_results(id, after, 1, T).await?;
             assert_eq!(ev.last().expect("result")["status"], "completed");
-            assert!(live(&api).await <= 2, "never more than --max-live-sessions children");
+            assert!(
+                live(&api).await <= 2,
+                "never more than --max-live-sessions children"
+            );
         }
     }
     for id in ["a", "b", "c"] {
         let (_, events) = api.events(id, 0, 0).await;
         let events = events["events"].as_array().cloned().unwrap_or_default();
-        assert_eq!(of_type(&events, "init").len(), 1, "{id}: resumed, never re-initialised");
+        assert_eq!(
+            of_type(&events, "init").len(),
+            1,
+            "{id}: resumed, never re-initialised"
+        );
         assert_eq!(of_type(&events, "result").len(), 2);
     }
-    let text = reqwest::get(format!("{}/metrics", sc.base)).await?.text().await?;
-    assert!(!text.contains("codex_sidecar_evictions_total 0"), "evictions were counted: {text}");
+    let text = reqwest::get(format!("{}/metrics", sc.base))
+        .await?
+        .text()
+        .await?;
+    assert!(
+        !text.contains("codex_sidecar_evictions_total 0"),
+        "evictions were counted: {text}"
+    );
     Ok(())
 }
 
@@ -175,24 +240,49 @@ async fn a_dead_codex_child_is_restarted_and_its_thread_resumed() -> anyhow::Res
     tokio::time::sleep(Duration::from_millis(500)).await;
     api.send("d", "after the crash").await;
     let second = api.until_results("d", first.len() as u64, 1, T).await?;
-    assert_eq!(second.last().expect("result")["text"], "echo: after the crash");
+    assert_eq!(
+        second.last().expect("result")["text"],
+        "echo: after the crash"
+    );
     assert!(of_type(&second, "init").is_empty());
     let (_, view) = api.call("GET", "/v1/sessions/d", None).await;
     assert_eq!(view["thread_id"], created["thread_id"]);
-    assert!(model.requests().last().expect("req").body.to_string().contains("OSPREY"));
-    let text = reqwest::get(format!("{}/metrics", sc.base)).await?.text().await?;
-    assert!(text.contains("codex_sidecar_codex_restarts_total 1"), "{text}");
+    assert!(
+        model
+            .requests()
+            .last()
+            .expect("req")
+            .body
+            .to_string()
+            .contains("OSPREY")
+    );
+    let text = reqwest::get(format!("{}/metrics", sc.base))
+        .await?
+        .text()
+        .await?;
+    assert!(
+        text.contains("codex_sidecar_codex_restarts_total 1"),
+        "{text}"
+    );
     Ok(())
 }
 
 fn kill_children(parent: u32) -> usize {
     let mut n = 0;
-    let Ok(dir) = std::fs::read_dir("/proc") else { return 0 };
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
     for e in dir.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
         // field 4 (after the parenthesised name) is the parent pid
-        let ppid = stat.rsplit(')').next().and_then(|r| r.split_whitespace().nth(1)).and_then(|p| p.parse::<u32>().ok());
+        let ppid = stat
+            .rsplit(')')
+            .next()
+            .and_then(|r| r.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
         if ppid == Some(parent) {
             // SAFETY: signals a child process of the sidecar under test.
             unsafe {

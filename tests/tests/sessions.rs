@@ -16,14 +16,19 @@ async fn text_turn_streams_deltas_and_a_result() -> anyhow::Result<()> {
     let sc = Sidecar::start(&model.base_url(), &[]).await?;
     let api = sc.api("alice");
 
-    let (status, created) = api.create(json!({"id": "chat-1", "instructions": "Be brief."})).await;
+    let (status, created) = api
+        .create(json!({"id": "chat-1", "instructions": "Be brief."}))
+        .await;
     assert_eq!(status, 201, "{created}");
     assert_eq!(created["id"], "chat-1");
     assert_eq!(created["resumed"], false);
     let thread_id = created["thread_id"].as_str().expect("thread id").to_owned();
 
     let (status, again) = api.create(json!({"id": "chat-1"})).await;
-    assert_eq!(status, 200, "same id for the same owner returns the session");
+    assert_eq!(
+        status, 200,
+        "same id for the same owner returns the session"
+    );
     assert_eq!(again["thread_id"], thread_id.as_str());
 
     let (status, sent) = api.send("chat-1", "hello there [[tokens=1234]]").await;
@@ -34,11 +39,18 @@ async fn text_turn_streams_deltas_and_a_result() -> anyhow::Result<()> {
     assert_gapless(&events, 1);
     assert_eq!(events[0]["type"], "init");
     assert_eq!(events[0]["thread_id"], thread_id.as_str());
-    assert!(events.iter().all(|e| e["time"].as_str().is_some_and(|t| t.contains('T'))));
+    assert!(
+        events
+            .iter()
+            .all(|e| e["time"].as_str().is_some_and(|t| t.contains('T')))
+    );
     let started = of_type(&events, "turn_started");
     assert_eq!(started.len(), 1);
     assert_eq!(started[0]["message_ids"], json!(["msg_1"]));
-    let deltas: String = of_type(&events, "delta").iter().filter_map(|d| d["text"].as_str()).collect();
+    let deltas: String = of_type(&events, "delta")
+        .iter()
+        .filter_map(|d| d["text"].as_str())
+        .collect();
     assert_eq!(deltas, "echo: hello there [[tokens=1234]]");
     let result = events.last().expect("result");
     assert_eq!(result["status"], "completed");
@@ -55,7 +67,11 @@ async fn text_turn_streams_deltas_and_a_result() -> anyhow::Result<()> {
     assert_eq!(view["next_seq"].as_u64(), Some(events.len() as u64 + 1));
 
     // the instructions reached codex as developer instructions
-    let req = model.requests().into_iter().next().expect("a model request");
+    let req = model
+        .requests()
+        .into_iter()
+        .next()
+        .expect("a model request");
     assert!(req.body.to_string().contains("Be brief."));
 
     let (status, list) = api.call("GET", "/v1/sessions", None).await;
@@ -88,7 +104,8 @@ async fn messages_sent_during_a_turn_are_queued_and_sent_as_the_next_turn() -> a
 
     assert_eq!(api.send("q", "first [[delay_ms=500]]").await.0, 202);
     // wait until the first turn is running, then queue two more
-    api.collect_until("q", 0, T, |e| e["type"] == "turn_started").await?;
+    api.collect_until("q", 0, T, |e| e["type"] == "turn_started")
+        .await?;
     let (s2, b2) = api.send("q", "second").await;
     let (s3, b3) = api.send("q", "third").await;
     assert_eq!((s2, s3), (202, 202));
@@ -100,10 +117,17 @@ async fn messages_sent_during_a_turn_are_queued_and_sent_as_the_next_turn() -> a
     let started = of_type(&events, "turn_started");
     assert_eq!(started.len(), 2, "two turns: {events:?}");
     assert_eq!(started[0]["message_ids"], json!(["msg_1"]));
-    assert_eq!(started[1]["message_ids"], json!(["msg_2", "msg_3"]), "queued messages form one turn");
+    assert_eq!(
+        started[1]["message_ids"],
+        json!(["msg_2", "msg_3"]),
+        "queued messages form one turn"
+    );
     let results = of_type(&events, "result");
     assert_eq!(results[0]["text"], "echo: first [[delay_ms=500]]");
-    assert_eq!(results[0]["status"], "completed", "the queued messages did not steer the running turn");
+    assert_eq!(
+        results[0]["status"], "completed",
+        "the queued messages did not steer the running turn"
+    );
     assert_eq!(results[1]["text"], "echo: second\nthird");
     assert_eq!(results[1]["status"], "completed");
     Ok(())
@@ -116,14 +140,17 @@ async fn interrupt_stops_the_running_turn() -> anyhow::Result<()> {
     let api = sc.api("alice");
     assert_eq!(api.create(json!({"id": "i"})).await.0, 201);
     assert_eq!(api.send("i", "never ends [[hang]]").await.0, 202);
-    api.collect_until("i", 0, T, |e| e["type"] == "turn_started").await?;
+    api.collect_until("i", 0, T, |e| e["type"] == "turn_started")
+        .await?;
     model.wait_for_requests(1, T).await?;
     let (status, view) = api.call("GET", "/v1/sessions/i", None).await;
     assert_eq!((status, view["state"].as_str()), (200, Some("running")));
 
     let (status, _) = api.call("POST", "/v1/sessions/i/interrupt", None).await;
     assert_eq!(status, 202);
-    let events = api.until_results("i", 0, 1, Duration::from_secs(30)).await?;
+    let events = api
+        .until_results("i", 0, 1, Duration::from_secs(30))
+        .await?;
     let result = events.last().expect("result");
     assert_eq!(result["status"], "interrupted", "{events:?}");
 
@@ -148,29 +175,47 @@ async fn compaction_runs_once_when_context_passes_the_threshold() -> anyhow::Res
     // at the threshold: compaction after the turn
     assert_eq!(api.send("c", "big [[tokens=5000]]").await.0, 202);
     let e2 = api
-        .collect_until("c", e1.len() as u64, T, |e| e["type"] == "compaction" && e["phase"] == "completed")
+        .collect_until("c", e1.len() as u64, T, |e| {
+            e["type"] == "compaction" && e["phase"] == "completed"
+        })
         .await?;
     let comp = of_type(&e2, "compaction");
     assert_eq!(comp.len(), 2, "{e2:?}");
     assert_eq!(comp[0]["phase"], "started");
     assert_eq!(comp[0]["context_tokens"], 5000);
-    assert!(comp[1]["context_tokens"].as_u64().is_some_and(|t| t < 5000), "{}", comp[1]);
+    assert!(
+        comp[1]["context_tokens"].as_u64().is_some_and(|t| t < 5000),
+        "{}",
+        comp[1]
+    );
     // two more turns with a small context: no new compaction
     let after = e1.len() as u64 + e2.len() as u64;
     assert_eq!(api.send("c", "third").await.0, 202);
     let e3 = api.until_results("c", after, 1, T).await?;
     assert_eq!(api.send("c", "fourth").await.0, 202);
-    let e4 = api.until_results("c", after + e3.len() as u64, 1, T).await?;
+    let e4 = api
+        .until_results("c", after + e3.len() as u64, 1, T)
+        .await?;
     assert!(of_type(&e3, "compaction").is_empty() && of_type(&e4, "compaction").is_empty());
-    assert_eq!(model.compaction_requests(), 1, "exactly one compaction request reached the model");
+    assert_eq!(
+        model.compaction_requests(),
+        1,
+        "exactly one compaction request reached the model"
+    );
     let (_, view) = api.call("GET", "/v1/sessions/c", None).await;
     assert_eq!(view["compactions"], 1);
     assert!(of_type(&e1, "compaction").is_empty());
 
     // an explicit compaction request works too
-    assert_eq!(api.call("POST", "/v1/sessions/c/compact", None).await.0, 202);
+    assert_eq!(
+        api.call("POST", "/v1/sessions/c/compact", None).await.0,
+        202
+    );
     let last = after + e3.len() as u64 + e4.len() as u64;
-    api.collect_until("c", last, T, |e| e["type"] == "compaction" && e["phase"] == "completed").await?;
+    api.collect_until("c", last, T, |e| {
+        e["type"] == "compaction" && e["phase"] == "completed"
+    })
+    .await?;
     assert_eq!(model.compaction_requests(), 2);
     Ok(())
 }
@@ -185,7 +230,9 @@ async fn a_new_session_can_continue_an_existing_thread() -> anyhow::Result<()> {
     alice.send("a", "remember the word PELICAN").await;
     alice.until_results("a", 0, 1, T).await?;
 
-    let (status, b) = alice.create(json!({"id": "b", "thread_id": thread_id})).await;
+    let (status, b) = alice
+        .create(json!({"id": "b", "thread_id": thread_id}))
+        .await;
     assert_eq!(status, 201, "{b}");
     assert_eq!(b["resumed"], true);
     assert_eq!(b["thread_id"], thread_id.as_str());
@@ -195,13 +242,24 @@ async fn a_new_session_can_continue_an_existing_thread() -> anyhow::Result<()> {
     assert_eq!(events[0]["resumed"], true);
     // the model saw the earlier conversation in the resumed thread
     let last = model.requests().into_iter().last().expect("request");
-    assert!(last.body.to_string().contains("PELICAN"), "history carried over");
+    assert!(
+        last.body.to_string().contains("PELICAN"),
+        "history carried over"
+    );
 
     // unknown thread, and another owner's thread, are both thread_not_found
-    let (status, err) = alice.create(json!({"thread_id": "01a1fc6a-0000-7000-8000-000000000000"})).await;
-    assert_eq!((status, err["error"]["code"].as_str()), (404, Some("thread_not_found")));
+    let (status, err) = alice
+        .create(json!({"thread_id": "01a1fc6a-0000-7000-8000-000000000000"}))
+        .await;
+    assert_eq!(
+        (status, err["error"]["code"].as_str()),
+        (404, Some("thread_not_found"))
+    );
     let (status, err) = sc.api("bob").create(json!({"thread_id": thread_id})).await;
-    assert_eq!((status, err["error"]["code"].as_str()), (404, Some("thread_not_found")));
+    assert_eq!(
+        (status, err["error"]["code"].as_str()),
+        (404, Some("thread_not_found"))
+    );
     Ok(())
 }
 
@@ -239,11 +297,19 @@ async fn server_sent_events_resume_from_last_event_id() -> anyhow::Result<()> {
         }
     };
     let text = read(None).await;
-    let ids: Vec<u64> = text.lines().filter_map(|l| l.strip_prefix("id: ")).filter_map(|v| v.parse().ok()).collect();
+    let ids: Vec<u64> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("id: "))
+        .filter_map(|v| v.parse().ok())
+        .collect();
     assert_eq!(ids, (1..=all.len() as u64).collect::<Vec<_>>());
     assert!(text.contains("event: init") && text.contains("event: delta"));
     let text = read(Some(3)).await;
-    let ids: Vec<u64> = text.lines().filter_map(|l| l.strip_prefix("id: ")).filter_map(|v| v.parse().ok()).collect();
+    let ids: Vec<u64> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("id: "))
+        .filter_map(|v| v.parse().ok())
+        .collect();
     assert_eq!(ids.first(), Some(&4), "resumes after Last-Event-ID");
     Ok(())
 }
@@ -270,23 +336,48 @@ async fn bad_input_gets_a_stable_error_and_loses_nothing() -> anyhow::Result<()>
     };
     let code = |v: &Value| v["error"]["code"].as_str().unwrap_or("").to_owned();
 
-    let (s, b) = raw(reqwest::Method::POST, "/v1/sessions/ok/messages", "{not json").await;
+    let (s, b) = raw(
+        reqwest::Method::POST,
+        "/v1/sessions/ok/messages",
+        "{not json",
+    )
+    .await;
     assert_eq!((s, code(&b).as_str()), (400, "invalid_json"));
-    let (s, b) = raw(reqwest::Method::POST, "/v1/sessions/ok/messages", r#"{"txt":"x"}"#).await;
+    let (s, b) = raw(
+        reqwest::Method::POST,
+        "/v1/sessions/ok/messages",
+        r#"{"txt":"x"}"#,
+    )
+    .await;
     assert_eq!((s, code(&b).as_str()), (400, "invalid_request"));
-    let (s, b) = raw(reqwest::Method::POST, "/v1/sessions", r#"{"id":"../../etc"}"#).await;
+    let (s, b) = raw(
+        reqwest::Method::POST,
+        "/v1/sessions",
+        r#"{"id":"../../etc"}"#,
+    )
+    .await;
     assert_eq!((s, code(&b).as_str()), (400, "invalid_session_id"));
     let (s, b) = raw(reqwest::Method::POST, "/v1/sessions", r#"{"id":"a/b"}"#).await;
     assert_eq!((s, code(&b).as_str()), (400, "invalid_session_id"));
-    let (s, b) = api.call("GET", "/v1/sessions/..%2F..%2Fetc/events", None).await;
+    let (s, b) = api
+        .call("GET", "/v1/sessions/..%2F..%2Fetc/events", None)
+        .await;
     assert_eq!((s, code(&b).as_str()), (400, "invalid_session_id"));
-    let (s, b) = api.call("GET", "/v1/sessions/ok/events?after=-1", None).await;
+    let (s, b) = api
+        .call("GET", "/v1/sessions/ok/events?after=-1", None)
+        .await;
     assert_eq!((s, code(&b).as_str()), (400, "invalid_query"));
     let (s, b) = api.call("GET", "/v1/sessions/nope/events", None).await;
     assert_eq!((s, code(&b).as_str()), (404, "session_not_found"));
     let (s, b) = api.send("ok", &"x".repeat(300 * 1024)).await;
     assert_eq!((s, code(&b).as_str()), (413, "text_too_large"));
-    let (s, b) = api.call("POST", "/v1/sessions/ok/messages", Some(json!({"text": "y".repeat(2 * 1024 * 1024)}))).await;
+    let (s, b) = api
+        .call(
+            "POST",
+            "/v1/sessions/ok/messages",
+            Some(json!({"text": "y".repeat(2 * 1024 * 1024)})),
+        )
+        .await;
     assert_eq!((s, code(&b).as_str()), (413, "body_too_large"));
     let (s, b) = api.call("PATCH", "/v1/sessions/ok", None).await;
     assert_eq!((s, code(&b).as_str()), (405, "method_not_allowed"));
@@ -302,7 +393,8 @@ async fn bad_input_gets_a_stable_error_and_loses_nothing() -> anyhow::Result<()>
 
     // queue cap: keep a turn hanging, then fill the queue
     assert_eq!(api.send("ok", "[[hang]]").await.0, 202);
-    api.collect_until("ok", 0, T, |e| e["type"] == "turn_started").await?;
+    api.collect_until("ok", 0, T, |e| e["type"] == "turn_started")
+        .await?;
     for i in 0..100 {
         let (s, b) = api.send("ok", &format!("queued {i}")).await;
         assert_eq!(s, 202, "{b}");
@@ -312,6 +404,12 @@ async fn bad_input_gets_a_stable_error_and_loses_nothing() -> anyhow::Result<()>
     let (_, view) = api.call("GET", "/v1/sessions/ok", None).await;
     assert_eq!(view["queued"], 100, "nothing already accepted was lost");
     // the process is still healthy
-    assert_eq!(Api::new(&sc.base, None).call("GET", "/healthz", None).await.0, 200);
+    assert_eq!(
+        Api::new(&sc.base, None)
+            .call("GET", "/healthz", None)
+            .await
+            .0,
+        200
+    );
     Ok(())
 }

@@ -37,7 +37,12 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
         std::process::id()
     ));
     {
-        let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
     }
@@ -89,7 +94,10 @@ impl CodexSetup {
                 table.insert("model_provider".into(), CUSTOM_PROVIDER_ID.into());
                 let mut p = toml::Table::new();
                 p.insert("name".into(), "codex-sidecar custom provider".into());
-                p.insert("base_url".into(), config.provider_base_url.clone().unwrap_or_default().into());
+                p.insert(
+                    "base_url".into(),
+                    config.provider_base_url.clone().unwrap_or_default().into(),
+                );
                 if let Some(key) = &config.provider_env_key {
                     p.insert("env_key".into(), key.clone().into());
                     if let Ok(v) = std::env::var(key) {
@@ -108,10 +116,22 @@ impl CodexSetup {
                 let mut t = toml::Table::new();
                 t.insert("command".into(), s.command.clone().into());
                 if !s.args.is_empty() {
-                    t.insert("args".into(), s.args.iter().cloned().map(toml::Value::from).collect::<Vec<_>>().into());
+                    t.insert(
+                        "args".into(),
+                        s.args
+                            .iter()
+                            .cloned()
+                            .map(toml::Value::from)
+                            .collect::<Vec<_>>()
+                            .into(),
+                    );
                 }
                 if !s.env.is_empty() {
-                    let env: toml::Table = s.env.iter().map(|(k, v)| (k.clone(), v.clone().into())).collect();
+                    let env: toml::Table = s
+                        .env
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.clone().into()))
+                        .collect();
                     t.insert("env".into(), env.into());
                 }
                 servers.insert(name.clone(), t.into());
@@ -124,14 +144,24 @@ impl CodexSetup {
         );
 
         let (auth, api_key) = match &config.codex_auth {
-            CodexAuth::AuthJson(src) => (Some(AuthStore::init(&config.state_dir, src, redactor)?), None),
+            CodexAuth::AuthJson(src) => (
+                Some(AuthStore::init(&config.state_dir, src, redactor)?),
+                None,
+            ),
             CodexAuth::ApiKey(key) => {
                 redactor.add(key);
                 (None, Some(key.clone()))
             }
             CodexAuth::None => (None, None),
         };
-        Ok(Self { bin: config.codex_bin.clone(), config_toml, overrides: config.codex_config.clone(), env, auth, api_key })
+        Ok(Self {
+            bin: config.codex_bin.clone(),
+            config_toml,
+            overrides: config.codex_config.clone(),
+            env,
+            auth,
+            api_key,
+        })
     }
 
     /// Creates `home` (0700), writes config.toml and installs the newest auth.json (0600).
@@ -149,15 +179,17 @@ impl CodexSetup {
 
     /// The API key to log in with (`account/login/start`) when the home has no auth.json yet.
     pub fn api_key_login(&self, home: &Path) -> Option<&str> {
-        self.api_key.as_deref().filter(|_| !home.join("auth.json").exists())
+        self.api_key
+            .as_deref()
+            .filter(|_| !home.join("auth.json").exists())
     }
 
     /// After a turn in `home`: adopts its auth.json if codex refreshed it, and propagates.
     pub fn sync_auth_from(&self, home: &Path) {
-        if let Some(auth) = &self.auth {
-            if let Err(e) = auth.sync_from(home) {
-                tracing::warn!(error = %e, "auth.json sync failed");
-            }
+        if let Some(auth) = &self.auth
+            && let Err(e) = auth.sync_from(home)
+        {
+            tracing::warn!(error = %e, "auth.json sync failed");
         }
     }
 
@@ -211,14 +243,23 @@ fn read_copy(path: &Path) -> io::Result<Option<AuthCopy>> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
-    let mtime = fs::metadata(path)?.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+    let mtime = fs::metadata(path)?
+        .modified()
+        .unwrap_or(SystemTime::UNIX_EPOCH);
     // `last_refresh` is an RFC 3339 UTC timestamp that codex writes on every refresh; such strings
     // order chronologically. Files without it order by mtime only.
     let last_refresh = serde_json::from_slice::<serde_json::Value>(&bytes)
         .ok()
-        .and_then(|v| v.get("last_refresh").and_then(|r| r.as_str()).map(str::to_owned))
+        .and_then(|v| {
+            v.get("last_refresh")
+                .and_then(|r| r.as_str())
+                .map(str::to_owned)
+        })
         .unwrap_or_default();
-    Ok(Some(AuthCopy { bytes, freshness: (last_refresh, mtime) }))
+    Ok(Some(AuthCopy {
+        bytes,
+        freshness: (last_refresh, mtime),
+    }))
 }
 
 impl AuthStore {
@@ -233,9 +274,16 @@ impl AuthStore {
         let master = dir.join("auth.json");
         let src = read_copy(source)
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", source.display())))?
-            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("{}: not found", source.display())))?;
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("{}: not found", source.display()),
+                )
+            })?;
         let existing = read_copy(&master)?;
-        let keep_existing = existing.as_ref().is_some_and(|m| m.freshness.0 > src.freshness.0);
+        let keep_existing = existing
+            .as_ref()
+            .is_some_and(|m| m.freshness.0 > src.freshness.0);
         if !keep_existing {
             write_private(&master, &src.bytes)?;
         }
@@ -244,7 +292,10 @@ impl AuthStore {
                 redactor.add_json_strings(&v);
             }
         }
-        Ok(Self { master, homes: Mutex::new(BTreeSet::new()) })
+        Ok(Self {
+            master,
+            homes: Mutex::new(BTreeSet::new()),
+        })
     }
 
     /// Adds a CODEX_HOME to the propagation set.
@@ -266,14 +317,21 @@ impl AuthStore {
     /// # Errors
     /// Any I/O error.
     pub fn install(&self, home: &Path) -> io::Result<()> {
-        let _guard = self.homes.lock().map_err(|_| io::Error::other("auth store poisoned"))?;
+        let _guard = self
+            .homes
+            .lock()
+            .map_err(|_| io::Error::other("auth store poisoned"))?;
         self.install_locked(home)
     }
 
     fn install_locked(&self, home: &Path) -> io::Result<()> {
-        let Some(master) = read_copy(&self.master)? else { return Ok(()) };
+        let Some(master) = read_copy(&self.master)? else {
+            return Ok(());
+        };
         let target = home.join("auth.json");
-        let same = fs::read(&target).map(|b| b == master.bytes).unwrap_or(false);
+        let same = fs::read(&target)
+            .map(|b| b == master.bytes)
+            .unwrap_or(false);
         if !same {
             write_private(&target, &master.bytes)?;
         }
@@ -286,8 +344,13 @@ impl AuthStore {
     /// # Errors
     /// Any I/O error.
     pub fn sync_from(&self, home: &Path) -> io::Result<()> {
-        let homes = self.homes.lock().map_err(|_| io::Error::other("auth store poisoned"))?;
-        let Some(copy) = read_copy(&home.join("auth.json"))? else { return Ok(()) };
+        let homes = self
+            .homes
+            .lock()
+            .map_err(|_| io::Error::other("auth store poisoned"))?;
+        let Some(copy) = read_copy(&home.join("auth.json"))? else {
+            return Ok(());
+        };
         let master = read_copy(&self.master)?;
         let newer = match &master {
             None => true,
@@ -329,16 +392,32 @@ mod tests {
             store.install(h).expect("install");
         }
         // codex refreshes the tokens inside session a's home
-        fs::write(a.join("auth.json"), auth("2026-02-01T00:00:00Z", "rt-new-111111")).expect("write");
+        fs::write(
+            a.join("auth.json"),
+            auth("2026-02-01T00:00:00Z", "rt-new-111111"),
+        )
+        .expect("write");
         store.sync_from(&a).expect("sync");
         let b_text = fs::read_to_string(b.join("auth.json")).expect("read");
         assert!(b_text.contains("rt-new-111111"), "{b_text}");
-        let mode = fs::metadata(b.join("auth.json")).expect("meta").permissions().mode() & 0o777;
+        let mode = fs::metadata(b.join("auth.json"))
+            .expect("meta")
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(mode, 0o600);
         // an older copy never wins
-        fs::write(b.join("auth.json"), auth("2025-12-01T00:00:00Z", "rt-stale-22222")).expect("write");
+        fs::write(
+            b.join("auth.json"),
+            auth("2025-12-01T00:00:00Z", "rt-stale-22222"),
+        )
+        .expect("write");
         store.sync_from(&b).expect("sync");
-        assert!(fs::read_to_string(a.join("auth.json")).expect("read").contains("rt-new-111111"));
+        assert!(
+            fs::read_to_string(a.join("auth.json"))
+                .expect("read")
+                .contains("rt-new-111111")
+        );
         // secrets from the given file are known to the redactor
         assert_eq!(redactor.redact("x rt-old-000000"), "x [REDACTED]");
     }
@@ -352,13 +431,21 @@ mod tests {
         let a = dir.path().join("a");
         create_private_dir(&a).expect("mkdir");
         store.register(&a);
-        fs::write(a.join("auth.json"), auth("2026-03-01T00:00:00Z", "rt-new-111111")).expect("write");
+        fs::write(
+            a.join("auth.json"),
+            auth("2026-03-01T00:00:00Z", "rt-new-111111"),
+        )
+        .expect("write");
         store.sync_from(&a).expect("sync");
         drop(store);
         let store = AuthStore::init(dir.path(), &src, &Redactor::new()).expect("init again");
         let c = dir.path().join("c");
         create_private_dir(&c).expect("mkdir");
         store.install(&c).expect("install");
-        assert!(fs::read_to_string(c.join("auth.json")).expect("read").contains("rt-new-111111"));
+        assert!(
+            fs::read_to_string(c.join("auth.json"))
+                .expect("read")
+                .contains("rt-new-111111")
+        );
     }
 }

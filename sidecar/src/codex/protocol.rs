@@ -29,7 +29,9 @@ impl TokenCounts {
     pub fn since(&self, earlier: &TokenCounts) -> TokenCounts {
         TokenCounts {
             input_tokens: self.input_tokens.saturating_sub(earlier.input_tokens),
-            cached_input_tokens: self.cached_input_tokens.saturating_sub(earlier.cached_input_tokens),
+            cached_input_tokens: self
+                .cached_input_tokens
+                .saturating_sub(earlier.cached_input_tokens),
             output_tokens: self.output_tokens.saturating_sub(earlier.output_tokens),
             total_tokens: self.total_tokens.saturating_sub(earlier.total_tokens),
         }
@@ -89,7 +91,9 @@ impl TurnError {
             Some(Value::Object(o)) => o.keys().next().cloned(),
             _ => None,
         };
-        class.map(|c| camel_to_snake(&c)).unwrap_or_else(|| "turn_failed".to_owned())
+        class
+            .map(|c| camel_to_snake(&c))
+            .unwrap_or_else(|| "turn_failed".to_owned())
     }
 }
 
@@ -188,14 +192,19 @@ pub fn answer_server_request(method: &str, decision: ApprovalDecision) -> Answer
             Answer::Result(json!({"decision": if accept { "approved" } else { "abort" }}))
         }
         // Grants nothing beyond the sandbox: an empty permission profile for this turn.
-        "item/permissions/requestApproval" => Answer::Result(json!({"permissions": {}, "scope": "turn"})),
+        "item/permissions/requestApproval" => {
+            Answer::Result(json!({"permissions": {}, "scope": "turn"}))
+        }
         "mcpServer/elicitation/request" => Answer::Result(json!({"action": "decline"})),
         "item/tool/requestUserInput" => Answer::Result(json!({"answers": {}})),
         "item/tool/call" => Answer::Result(json!({
             "success": false,
             "contentItems": [{"type": "inputText", "text": "codex-sidecar provides no dynamic tools"}]
         })),
-        _ => Answer::Error { code: -32601, message: format!("codex-sidecar does not handle `{method}`") },
+        _ => Answer::Error {
+            code: -32601,
+            message: format!("codex-sidecar does not handle `{method}`"),
+        },
     }
 }
 
@@ -205,9 +214,15 @@ mod tests {
 
     #[test]
     fn error_codes_are_snake_case() {
-        let e = TurnError { message: String::new(), codex_error_info: Some(json!("contextWindowExceeded")) };
+        let e = TurnError {
+            message: String::new(),
+            codex_error_info: Some(json!("contextWindowExceeded")),
+        };
         assert_eq!(e.code(), "context_window_exceeded");
-        let e = TurnError { message: String::new(), codex_error_info: Some(json!({"httpConnectionFailed": {}})) };
+        let e = TurnError {
+            message: String::new(),
+            codex_error_info: Some(json!({"httpConnectionFailed": {}})),
+        };
         assert_eq!(e.code(), "http_connection_failed");
         assert_eq!(TurnError::default().code(), "turn_failed");
     }
@@ -224,19 +239,41 @@ mod tests {
             "item/tool/requestUserInput",
             "item/tool/call",
         ] {
-            assert!(matches!(answer_server_request(m, ApprovalDecision::Decline), Answer::Result(_)), "{m}");
+            assert!(
+                matches!(
+                    answer_server_request(m, ApprovalDecision::Decline),
+                    Answer::Result(_)
+                ),
+                "{m}"
+            );
         }
         assert_eq!(
-            answer_server_request("item/commandExecution/requestApproval", ApprovalDecision::Accept),
+            answer_server_request(
+                "item/commandExecution/requestApproval",
+                ApprovalDecision::Accept
+            ),
             Answer::Result(json!({"decision": "accept"}))
         );
-        assert!(matches!(answer_server_request("x/unknown", ApprovalDecision::Accept), Answer::Error { code: -32601, .. }));
+        assert!(matches!(
+            answer_server_request("x/unknown", ApprovalDecision::Accept),
+            Answer::Error { code: -32601, .. }
+        ));
     }
 
     #[test]
     fn usage_delta_never_underflows() {
-        let a = TokenCounts { input_tokens: 10, cached_input_tokens: 0, output_tokens: 5, total_tokens: 15 };
-        let b = TokenCounts { input_tokens: 30, cached_input_tokens: 2, output_tokens: 6, total_tokens: 36 };
+        let a = TokenCounts {
+            input_tokens: 10,
+            cached_input_tokens: 0,
+            output_tokens: 5,
+            total_tokens: 15,
+        };
+        let b = TokenCounts {
+            input_tokens: 30,
+            cached_input_tokens: 2,
+            output_tokens: 6,
+            total_tokens: 36,
+        };
         assert_eq!(b.since(&a).input_tokens, 20);
         assert_eq!(a.since(&b), TokenCounts::default());
     }

@@ -68,13 +68,20 @@ pub enum RpcError {
 }
 
 fn stderr_suffix(tail: &str) -> String {
-    if tail.is_empty() { String::new() } else { format!(": {tail}") }
+    if tail.is_empty() {
+        String::new()
+    } else {
+        format!(": {tail}")
+    }
 }
 
 impl RpcError {
     /// Whether the child is gone (as opposed to one request failing).
     pub fn is_fatal(&self) -> bool {
-        matches!(self, Self::Closed { .. } | Self::Write(_) | Self::Spawn { .. })
+        matches!(
+            self,
+            Self::Closed { .. } | Self::Write(_) | Self::Spawn { .. }
+        )
     }
 }
 
@@ -148,9 +155,10 @@ impl AppServer {
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .process_group(0);
-        let mut child = cmd
-            .spawn()
-            .map_err(|source| RpcError::Spawn { bin: spec.bin.clone(), source })?;
+        let mut child = cmd.spawn().map_err(|source| RpcError::Spawn {
+            bin: spec.bin.clone(),
+            source,
+        })?;
         let pid = child.id();
         let stdin = child.stdin.take();
         let stdout = child.stdout.take();
@@ -178,7 +186,13 @@ impl AppServer {
             });
         }
         if let Some(stdout) = stdout {
-            tokio::spawn(read_loop(stdout, pending.clone(), tx, stderr_tail.clone(), redactor.clone()));
+            tokio::spawn(read_loop(
+                stdout,
+                pending.clone(),
+                tx,
+                stderr_tail.clone(),
+                redactor.clone(),
+            ));
         }
 
         let server = AppServer {
@@ -218,7 +232,12 @@ impl AppServer {
     /// # Errors
     /// [`RpcError::Server`] for a JSON-RPC error answer, [`RpcError::Timeout`], or a fatal error
     /// when the child is gone.
-    pub async fn request(&self, method: &str, params: Value, timeout: Duration) -> Result<Value, RpcError> {
+    pub async fn request(
+        &self,
+        method: &str,
+        params: Value,
+        timeout: Duration,
+    ) -> Result<Value, RpcError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         if let Ok(mut p) = self.pending.lock() {
@@ -233,12 +252,17 @@ impl AppServer {
         }
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(RpcError::Closed { stderr_tail: self.stderr_tail() }),
+            Ok(Err(_)) => Err(RpcError::Closed {
+                stderr_tail: self.stderr_tail(),
+            }),
             Err(_) => {
                 if let Ok(mut p) = self.pending.lock() {
                     p.remove(&id);
                 }
-                Err(RpcError::Timeout { method: method.to_owned(), secs: timeout.as_secs() })
+                Err(RpcError::Timeout {
+                    method: method.to_owned(),
+                    secs: timeout.as_secs(),
+                })
             }
         }
     }
@@ -269,7 +293,8 @@ impl AppServer {
     /// # Errors
     /// [`RpcError::Write`] when the child's stdin is closed.
     pub async fn respond_error(&self, id: Value, code: i64, message: &str) -> Result<(), RpcError> {
-        self.write_line(&json!({"id": id, "error": {"code": code, "message": message}})).await
+        self.write_line(&json!({"id": id, "error": {"code": code, "message": message}}))
+            .await
     }
 
     /// The next notification or server request; `None` once the child has closed stdout (exited).
@@ -288,19 +313,22 @@ impl AppServer {
     /// Closes stdin (codex exits 0 when it does), waits up to `grace`, then kills the process group.
     pub async fn shutdown(mut self, grace: Duration) {
         self.stdin.lock().await.take();
-        if tokio::time::timeout(grace, self.child.wait()).await.is_err() {
+        if tokio::time::timeout(grace, self.child.wait())
+            .await
+            .is_err()
+        {
             self.kill_group();
             let _ = self.child.wait().await;
         }
     }
 
     fn kill_group(&mut self) {
-        if let Some(pid) = self.pid {
-            if let Ok(pid) = i32::try_from(pid) {
-                // SAFETY: killpg only sends a signal; the group was created by process_group(0).
-                unsafe {
-                    libc::killpg(pid, libc::SIGKILL);
-                }
+        if let Some(pid) = self.pid
+            && let Ok(pid) = i32::try_from(pid)
+        {
+            // SAFETY: killpg only sends a signal; the group was created by process_group(0).
+            unsafe {
+                libc::killpg(pid, libc::SIGKILL);
             }
         }
         let _ = self.child.start_kill();
@@ -311,9 +339,15 @@ impl AppServer {
         text.push('\n');
         let mut guard = self.stdin.lock().await;
         let stdin = guard.as_mut().ok_or_else(|| {
-            RpcError::Write(std::io::Error::new(std::io::ErrorKind::BrokenPipe, "stdin closed"))
+            RpcError::Write(std::io::Error::new(
+                std::io::ErrorKind::BrokenPipe,
+                "stdin closed",
+            ))
         })?;
-        stdin.write_all(text.as_bytes()).await.map_err(RpcError::Write)?;
+        stdin
+            .write_all(text.as_bytes())
+            .await
+            .map_err(RpcError::Write)?;
         stdin.flush().await.map_err(RpcError::Write)
     }
 
@@ -381,7 +415,9 @@ async fn read_loop(
         .unwrap_or_default();
     if let Ok(mut p) = pending.lock() {
         for (_, waiter) in p.drain() {
-            let _ = waiter.send(Err(RpcError::Closed { stderr_tail: tail.clone() }));
+            let _ = waiter.send(Err(RpcError::Closed {
+                stderr_tail: tail.clone(),
+            }));
         }
     }
 }
@@ -393,13 +429,20 @@ async fn read_loop(
 pub async fn codex_version(bin: &Path) -> Result<String, String> {
     let out = tokio::time::timeout(
         Duration::from_secs(30),
-        Command::new(bin).arg("--version").stdin(Stdio::null()).output(),
+        Command::new(bin)
+            .arg("--version")
+            .stdin(Stdio::null())
+            .output(),
     )
     .await
     .map_err(|_| format!("{}: `--version` did not finish within 30 s", bin.display()))?
     .map_err(|e| format!("{}: cannot run: {e}", bin.display()))?;
     if !out.status.success() {
-        return Err(format!("{}: `--version` exited with {}", bin.display(), out.status));
+        return Err(format!(
+            "{}: `--version` exited with {}",
+            bin.display(),
+            out.status
+        ));
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }

@@ -116,7 +116,9 @@ pub fn owner_key(owner: &str) -> String {
 /// Whether `id` is a valid session id: `[A-Za-z0-9._-]{1,128}`, and not `.` or `..`.
 pub fn valid_session_id(id: &str) -> bool {
     (1..=128).contains(&id.len())
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
         && id != "."
         && id != ".."
 }
@@ -132,7 +134,12 @@ struct Scan {
 fn scan_event(scan: &mut Scan, v: &Value) {
     match v.get("type").and_then(Value::as_str) {
         Some("turn_started") => {
-            scan.open_turn = Some(v.get("turn_id").and_then(Value::as_str).unwrap_or_default().to_owned());
+            scan.open_turn = Some(
+                v.get("turn_id")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned(),
+            );
             if let Some(ids) = v.get("message_ids").and_then(Value::as_array) {
                 for n in ids.iter().filter_map(Value::as_str).filter_map(message_n) {
                     scan.delivered_through = scan.delivered_through.max(n);
@@ -140,7 +147,9 @@ fn scan_event(scan: &mut Scan, v: &Value) {
             }
         }
         Some("result") => scan.open_turn = None,
-        Some("compaction") => scan.open_compaction = v.get("phase").and_then(Value::as_str) == Some("started"),
+        Some("compaction") => {
+            scan.open_compaction = v.get("phase").and_then(Value::as_str) == Some("started")
+        }
         Some("error") if scan.open_compaction => scan.open_compaction = false,
         _ => {}
     }
@@ -151,15 +160,31 @@ impl Engine {
     ///
     /// # Errors
     /// I/O errors on the state dir (a single unreadable session is skipped with a log line).
-    pub fn open(config: Config, metrics: Arc<Metrics>, redactor: Arc<Redactor>) -> std::io::Result<Arc<Engine>> {
+    pub fn open(
+        config: Config,
+        metrics: Arc<Metrics>,
+        redactor: Arc<Redactor>,
+    ) -> std::io::Result<Arc<Engine>> {
         let setup = CodexSetup::new(&config, &redactor)?;
         let pool = Pool::new(config.max_live_sessions);
-        let ctx = Arc::new(EngineCtx { config: Arc::new(config), setup, pool, metrics, redactor });
-        let engine = Arc::new(Engine { ctx, sessions: RwLock::default(), create_lock: tokio::sync::Mutex::new(()) });
+        let ctx = Arc::new(EngineCtx {
+            config: Arc::new(config),
+            setup,
+            pool,
+            metrics,
+            redactor,
+        });
+        let engine = Arc::new(Engine {
+            ctx,
+            sessions: RwLock::default(),
+            create_lock: tokio::sync::Mutex::new(()),
+        });
         let root = engine.ctx.config.state_dir.join("sessions");
         create_private_dir(&root)?;
         for owner_dir in std::fs::read_dir(&root)?.flatten() {
-            let Ok(entries) = std::fs::read_dir(owner_dir.path()) else { continue };
+            let Ok(entries) = std::fs::read_dir(owner_dir.path()) else {
+                continue;
+            };
             for dir in entries.flatten() {
                 let path = dir.path();
                 if let Err(e) = engine.load(&path) {
@@ -180,13 +205,22 @@ impl Engine {
                 message: "the sidecar stopped while this turn was running; send the message again to retry".into(),
                 retryable: true,
             })?;
-            events.append(&EventKind::Result { turn_id, status: TurnStatus::Failed, text: String::new(), usage: Usage::default() })?;
+            events.append(&EventKind::Result {
+                turn_id,
+                status: TurnStatus::Failed,
+                text: String::new(),
+                usage: Usage::default(),
+            })?;
         }
         let inbox = Inbox::open(&dir.join("messages.jsonl"), scan.delivered_through)?;
-        let key = SessionKey { owner: record.owner.clone(), id: record.id.clone() };
+        let key = SessionKey {
+            owner: record.owner.clone(),
+            id: record.id.clone(),
+        };
         let (h, rx) = SessionHandle::new(key.clone(), dir.to_path_buf(), events, inbox, record);
         self.ctx.setup.register_home(&h.codex_home());
-        let actor = Actor::new(h.clone(), self.ctx.clone(), rx).with_pending_compaction(scan.open_compaction);
+        let actor = Actor::new(h.clone(), self.ctx.clone(), rx)
+            .with_pending_compaction(scan.open_compaction);
         tokio::spawn(actor.run());
         if let Ok(mut s) = self.sessions.write() {
             s.insert(key, h);
@@ -203,32 +237,55 @@ impl Engine {
     ///
     /// # Errors
     /// 400 `invalid_session_id`, 404 `thread_not_found`, 502 `codex_start_failed`, 500 `internal`.
-    pub async fn create(&self, owner: &str, req: CreateSession) -> Result<(bool, SessionView, bool), ApiError> {
+    pub async fn create(
+        &self,
+        owner: &str,
+        req: CreateSession,
+    ) -> Result<(bool, SessionView, bool), ApiError> {
         let id = match req.id {
             Some(id) if valid_session_id(&id) => id,
             Some(_) => {
-                return Err(ApiError::bad_request("invalid_session_id", "session id must match [A-Za-z0-9._-]{1,128}"));
+                return Err(ApiError::bad_request(
+                    "invalid_session_id",
+                    "session id must match [A-Za-z0-9._-]{1,128}",
+                ));
             }
             None => uuid::Uuid::new_v4().to_string(),
         };
-        for (field, value, max) in [("instructions", &req.instructions, 64 * 1024), ("model", &req.model, 256), ("effort", &req.effort, 64)] {
+        for (field, value, max) in [
+            ("instructions", &req.instructions, 64 * 1024),
+            ("model", &req.model, 256),
+            ("effort", &req.effort, 64),
+        ] {
             if value.as_ref().is_some_and(|v| v.len() > max) {
-                return Err(ApiError::bad_request("field_too_long", format!("`{field}` is longer than {max} bytes")));
+                return Err(ApiError::bad_request(
+                    "field_too_long",
+                    format!("`{field}` is longer than {max} bytes"),
+                ));
             }
         }
         let _guard = self.create_lock.lock().await;
-        let key = SessionKey { owner: owner.to_owned(), id: id.clone() };
+        let key = SessionKey {
+            owner: owner.to_owned(),
+            id: id.clone(),
+        };
         if let Some(h) = self.handle(&key) {
             return Ok((false, self.view(&h), true));
         }
         let rollout = match &req.thread_id {
             Some(tid) => Some(self.find_rollout(owner, tid).ok_or_else(|| {
-                ApiError::new(StatusCode::NOT_FOUND, "thread_not_found", format!("no thread `{tid}` held for this owner"))
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "thread_not_found",
+                    format!("no thread `{tid}` held for this owner"),
+                )
             })?),
             None => None,
         };
         let dir = session_dir(&self.ctx.config.state_dir, &owner_key(owner), &id);
-        let io = |e: std::io::Error| ApiError::internal(format!("cannot create the session on disk: {e}"));
+        let io = |e: std::io::Error| {
+            ApiError::internal(format!("cannot create the session on disk: {e}"))
+        };
         create_private_dir(&dir).map_err(io)?;
         let record = SessionRecord {
             id: id.clone(),
@@ -261,11 +318,18 @@ impl Engine {
             Ok(Ok(Ok(_thread))) => None,
             Ok(Ok(Err(message))) => Some(message),
             Ok(Err(_)) => Some("the session actor ended".to_owned()),
-            Err(_) => Some(format!("codex did not start a thread within {} s", START_TIMEOUT.as_secs())),
+            Err(_) => Some(format!(
+                "codex did not start a thread within {} s",
+                START_TIMEOUT.as_secs()
+            )),
         };
         if let Some(message) = failure {
             self.remove(&h).await;
-            return Err(ApiError::new(StatusCode::BAD_GATEWAY, "codex_start_failed", message));
+            return Err(ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "codex_start_failed",
+                message,
+            ));
         }
         if let Ok(mut s) = self.sessions.write() {
             s.insert(key, h.clone());
@@ -275,10 +339,21 @@ impl Engine {
 
     /// The CODEX_HOME and rollout path (relative to it) of `thread_id`, among `owner`'s sessions.
     fn find_rollout(&self, owner: &str, thread_id: &str) -> Option<(PathBuf, PathBuf)> {
-        if thread_id.is_empty() || !thread_id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
+        if thread_id.is_empty()
+            || !thread_id
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() || b == b'-')
+        {
             return None;
         }
-        let sessions: Vec<_> = self.sessions.read().ok()?.values().filter(|h| h.key.owner == owner).cloned().collect();
+        let sessions: Vec<_> = self
+            .sessions
+            .read()
+            .ok()?
+            .values()
+            .filter(|h| h.key.owner == owner)
+            .cloned()
+            .collect();
         for h in sessions {
             let snap = h.snapshot();
             if snap.record.thread_id.as_deref() != Some(thread_id) {
@@ -302,8 +377,11 @@ impl Engine {
     /// # Errors
     /// 404 `session_not_found` (also for another owner's session).
     pub fn get(&self, owner: &str, id: &str) -> Result<Arc<SessionHandle>, ApiError> {
-        self.handle(&SessionKey { owner: owner.to_owned(), id: id.to_owned() })
-            .ok_or_else(|| ApiError::session_not_found(id))
+        self.handle(&SessionKey {
+            owner: owner.to_owned(),
+            id: id.to_owned(),
+        })
+        .ok_or_else(|| ApiError::session_not_found(id))
     }
 
     /// The API view of a session.
@@ -326,7 +404,12 @@ impl Engine {
         let mut handles: Vec<_> = self
             .sessions
             .read()
-            .map(|s| s.values().filter(|h| h.key.owner == owner).cloned().collect())
+            .map(|s| {
+                s.values()
+                    .filter(|h| h.key.owner == owner)
+                    .cloned()
+                    .collect()
+            })
             .unwrap_or_default();
         handles.sort_by(|a, b| a.key.id.cmp(&b.key.id));
         handles.iter().map(|h| self.view(h)).collect()
@@ -336,7 +419,12 @@ impl Engine {
     ///
     /// # Errors
     /// 404, 413 `text_too_large`, 429 `queue_full`, 500 when the inbox cannot be written.
-    pub async fn send(&self, owner: &str, id: &str, text: String) -> Result<(String, usize), ApiError> {
+    pub async fn send(
+        &self,
+        owner: &str,
+        id: &str,
+        text: String,
+    ) -> Result<(String, usize), ApiError> {
         let limits = self.ctx.config.limits;
         if text.len() > limits.text_bytes {
             return Err(ApiError::new(
@@ -407,11 +495,22 @@ impl Engine {
 
     /// Counts for status and metrics.
     pub fn counts(&self) -> Counts {
-        let handles: Vec<_> = self.sessions.read().map(|s| s.values().cloned().collect()).unwrap_or_default();
-        let mut c = Counts { sessions: handles.len(), live: self.ctx.pool.live(), ..Default::default() };
+        let handles: Vec<_> = self
+            .sessions
+            .read()
+            .map(|s| s.values().cloned().collect())
+            .unwrap_or_default();
+        let mut c = Counts {
+            sessions: handles.len(),
+            live: self.ctx.pool.live(),
+            ..Default::default()
+        };
         for h in handles {
             c.queued += h.queued();
-            if matches!(h.snapshot().state, SessionState::Running | SessionState::Compacting) {
+            if matches!(
+                h.snapshot().state,
+                SessionState::Running | SessionState::Compacting
+            ) {
                 c.running += 1;
             }
         }
@@ -420,7 +519,11 @@ impl Engine {
 
     /// Stops every child (graceful shutdown); sessions stay on disk.
     pub async fn shutdown(&self) {
-        let handles: Vec<_> = self.sessions.read().map(|s| s.values().cloned().collect()).unwrap_or_default();
+        let handles: Vec<_> = self
+            .sessions
+            .read()
+            .map(|s| s.values().cloned().collect())
+            .unwrap_or_default();
         let waits = handles.into_iter().map(|h| async move {
             let (tx, rx) = tokio::sync::oneshot::channel();
             h.send(Command::Stop(tx));
@@ -440,7 +543,11 @@ fn find_file_containing(dir: &Path, needle: &str) -> Option<PathBuf> {
             let Ok(ft) = entry.file_type() else { continue };
             if ft.is_dir() {
                 stack.push(path);
-            } else if path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.contains(needle)) {
+            } else if path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.contains(needle))
+            {
                 return Some(path);
             }
         }
@@ -457,7 +564,17 @@ mod tests {
         for ok in ["a", "chat-1", "A.b_c-9", &"x".repeat(128)] {
             assert!(valid_session_id(ok), "{ok}");
         }
-        for bad in ["", ".", "..", "../etc", "a/b", "a b", "é", &"x".repeat(129), "a\0b"] {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "../etc",
+            "a/b",
+            "a b",
+            "é",
+            &"x".repeat(129),
+            "a\0b",
+        ] {
             assert!(!valid_session_id(bad), "{bad:?}");
         }
     }

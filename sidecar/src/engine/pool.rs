@@ -36,14 +36,21 @@ pub struct Pool {
 
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pool").field("max", &self.max).field("live", &self.live()).finish()
+        f.debug_struct("Pool")
+            .field("max", &self.max)
+            .field("live", &self.live())
+            .finish()
     }
 }
 
 impl Pool {
     /// A pool of `max` slots (at least 1).
     pub fn new(max: usize) -> Arc<Pool> {
-        Arc::new(Pool { max: max.max(1), state: Mutex::default(), released: Notify::new() })
+        Arc::new(Pool {
+            max: max.max(1),
+            state: Mutex::default(),
+            released: Notify::new(),
+        })
     }
 
     /// Slots in use.
@@ -62,25 +69,37 @@ impl Pool {
             tokio::pin!(notified);
             notified.as_mut().enable();
             {
-                let Ok(mut st) = self.state.lock() else { continue };
+                let Ok(mut st) = self.state.lock() else {
+                    continue;
+                };
                 if st.slots.len() < self.max {
                     let id = st.next_id;
                     st.next_id += 1;
                     let evict = evict.take().unwrap_or_else(|| Box::new(|| {}));
-                    st.slots.insert(id, Slot { last_used: Instant::now(), busy: true, evicting: false, evict });
-                    return Lease { pool: self.clone(), id };
+                    st.slots.insert(
+                        id,
+                        Slot {
+                            last_used: Instant::now(),
+                            busy: true,
+                            evicting: false,
+                            evict,
+                        },
+                    );
+                    return Lease {
+                        pool: self.clone(),
+                        id,
+                    };
                 }
                 let already_evicting = st.slots.values().any(|s| s.evicting);
-                if !already_evicting {
-                    if let Some(victim) = st
+                if !already_evicting
+                    && let Some(victim) = st
                         .slots
                         .values_mut()
                         .filter(|s| !s.busy && !s.evicting)
                         .min_by_key(|s| s.last_used)
-                    {
-                        victim.evicting = true;
-                        (victim.evict)();
-                    }
+                {
+                    victim.evicting = true;
+                    (victim.evict)();
                 }
             }
             notified.await;
@@ -104,7 +123,9 @@ impl Lease {
     /// Marks the holder busy (a turn or compaction is starting). False when the pool has asked
     /// for the slot back: the holder must then stop its child and acquire again.
     pub fn try_set_busy(&self) -> bool {
-        let Ok(mut st) = self.pool.state.lock() else { return false };
+        let Ok(mut st) = self.pool.state.lock() else {
+            return false;
+        };
         match st.slots.get_mut(&self.id) {
             Some(s) if !s.evicting => {
                 s.busy = true;
@@ -116,11 +137,11 @@ impl Lease {
 
     /// Marks the holder idle (evictable) and most recently used.
     pub fn set_idle(&self) {
-        if let Ok(mut st) = self.pool.state.lock() {
-            if let Some(s) = st.slots.get_mut(&self.id) {
-                s.busy = false;
-                s.last_used = Instant::now();
-            }
+        if let Ok(mut st) = self.pool.state.lock()
+            && let Some(s) = st.slots.get_mut(&self.id)
+        {
+            s.busy = false;
+            s.last_used = Instant::now();
         }
         // A waiter may now have a victim to ask.
         self.pool.released.notify_waiters();
@@ -158,11 +179,22 @@ mod tests {
         let p2 = pool.clone();
         let waiter = tokio::spawn(async move { p2.acquire(|| {}).await });
         tokio::time::sleep(Duration::from_millis(20)).await;
-        assert_eq!(*evicted.lock().expect("lock"), vec!["a"], "LRU idle holder asked first");
-        assert_eq!(pool.live(), 2, "slot not freed until the holder drops its lease");
+        assert_eq!(
+            *evicted.lock().expect("lock"),
+            vec!["a"],
+            "LRU idle holder asked first"
+        );
+        assert_eq!(
+            pool.live(),
+            2,
+            "slot not freed until the holder drops its lease"
+        );
         assert!(!a.try_set_busy(), "an evicting holder cannot start a turn");
         drop(a);
-        let c = tokio::time::timeout(Duration::from_secs(1), waiter).await.expect("acquired").expect("join");
+        let c = tokio::time::timeout(Duration::from_secs(1), waiter)
+            .await
+            .expect("acquired")
+            .expect("join");
         assert_eq!(pool.live(), 2);
         drop((b, c));
         assert_eq!(pool.live(), 0);
@@ -173,10 +205,11 @@ mod tests {
         let pool = Pool::new(1);
         let calls = Arc::new(AtomicUsize::new(0));
         let c2 = calls.clone();
-        let busy = pool.acquire(move || {
-            c2.fetch_add(1, Ordering::SeqCst);
-        })
-        .await;
+        let busy = pool
+            .acquire(move || {
+                c2.fetch_add(1, Ordering::SeqCst);
+            })
+            .await;
         let p2 = pool.clone();
         let waiter = tokio::spawn(async move { p2.acquire(|| {}).await });
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -184,6 +217,9 @@ mod tests {
         busy.set_idle();
         // an idle holder becomes a candidate at the next release/acquire round
         drop(busy);
-        tokio::time::timeout(Duration::from_secs(1), waiter).await.expect("acquired").expect("join");
+        tokio::time::timeout(Duration::from_secs(1), waiter)
+            .await
+            .expect("acquired")
+            .expect("join");
     }
 }

@@ -115,7 +115,10 @@ impl SessionHandle {
             dir,
             events,
             inbox: Mutex::new(inbox),
-            snapshot: Mutex::new(Snapshot { state: SessionState::Idle, record }),
+            snapshot: Mutex::new(Snapshot {
+                state: SessionState::Idle,
+                record,
+            }),
             cmd,
         };
         (Arc::new(h), rx)
@@ -150,8 +153,15 @@ impl SessionHandle {
     ///
     /// # Errors
     /// `Ok(Err(()))` when the queue is full; `Err` on I/O failure (nothing was queued).
-    pub fn enqueue_blocking(&self, text: String, cap: usize) -> std::io::Result<Result<(QueuedMessage, usize), ()>> {
-        let mut inbox = self.inbox.lock().map_err(|_| std::io::Error::other("inbox poisoned"))?;
+    pub fn enqueue_blocking(
+        &self,
+        text: String,
+        cap: usize,
+    ) -> std::io::Result<Result<(QueuedMessage, usize), ()>> {
+        let mut inbox = self
+            .inbox
+            .lock()
+            .map_err(|_| std::io::Error::other("inbox poisoned"))?;
         if inbox.len() >= cap {
             return Ok(Err(()));
         }
@@ -163,7 +173,10 @@ impl SessionHandle {
     }
 
     fn take_batch(&self) -> Vec<QueuedMessage> {
-        self.inbox.lock().map(|mut i| i.take_batch(MAX_BATCH)).unwrap_or_default()
+        self.inbox
+            .lock()
+            .map(|mut i| i.take_batch(MAX_BATCH))
+            .unwrap_or_default()
     }
 
     fn requeue(&self, batch: Vec<QueuedMessage>) {
@@ -228,7 +241,11 @@ enum Flow {
 
 impl Actor {
     /// An actor for `h`, reading commands from `rx`.
-    pub fn new(h: Arc<SessionHandle>, ctx: Arc<EngineCtx>, rx: mpsc::UnboundedReceiver<Command>) -> Actor {
+    pub fn new(
+        h: Arc<SessionHandle>,
+        ctx: Arc<EngineCtx>,
+        rx: mpsc::UnboundedReceiver<Command>,
+    ) -> Actor {
         let record = h.snapshot().record;
         Actor {
             h,
@@ -266,7 +283,10 @@ impl Actor {
                 self.stop_child("evicted to make room").await;
                 continue;
             }
-            let idle_deadline = self.live.as_ref().map(|l| l.lease_idle_deadline(self.ctx.config.idle_timeout));
+            let idle_deadline = self
+                .live
+                .as_ref()
+                .map(|l| l.lease_idle_deadline(self.ctx.config.idle_timeout));
             let retry_deadline = if has_work { self.retry_at } else { None };
             tokio::select! {
                 cmd = self.rx.recv() => {
@@ -295,7 +315,10 @@ impl Actor {
             Command::Interrupt => {}
             Command::Evict => self.evict_requested = true,
             Command::Start(reply) => {
-                let r = self.ensure_thread().await.map(|()| self.record.thread_id.clone().unwrap_or_default());
+                let r = self
+                    .ensure_thread()
+                    .await
+                    .map(|()| self.record.thread_id.clone().unwrap_or_default());
                 if let Some(live) = &self.live {
                     // A lease starts busy; an idle session must be evictable.
                     live.lease.set_idle();
@@ -316,10 +339,13 @@ impl Actor {
             None => self.child_died("while idle").await,
             Some(Incoming::Request { id, method, .. }) => self.answer(id, &method).await,
             Some(Incoming::Notification { method, params }) => {
-                if method == "thread/tokenUsage/updated" {
-                    if let (Some(live), Ok(u)) = (self.live.as_mut(), serde_json::from_value::<TokenUsageUpdated>(params)) {
-                        live.total = u.token_usage.total;
-                    }
+                if method == "thread/tokenUsage/updated"
+                    && let (Some(live), Ok(u)) = (
+                        self.live.as_mut(),
+                        serde_json::from_value::<TokenUsageUpdated>(params),
+                    )
+                {
+                    live.total = u.token_usage.total;
                 }
             }
         }
@@ -327,7 +353,11 @@ impl Actor {
 
     async fn work(&mut self) -> Flow {
         if let Err(message) = self.ensure_thread().await {
-            self.emit(EventKind::Error { code: "codex_unavailable".into(), message, retryable: true });
+            self.emit(EventKind::Error {
+                code: "codex_unavailable".into(),
+                message,
+                retryable: true,
+            });
             self.set_state(SessionState::Failed);
             self.retry_at = Some(Instant::now() + self.backoff);
             self.backoff = (self.backoff * 2).min(Duration::from_secs(60));
@@ -342,7 +372,11 @@ impl Actor {
             self.stop_child("evicted to make room").await;
             return Flow::Continue;
         }
-        let flow = if self.want_compact { self.compact().await } else { self.turn().await };
+        let flow = if self.want_compact {
+            self.compact().await
+        } else {
+            self.turn().await
+        };
         if let Some(live) = &self.live {
             live.lease.set_idle();
         }
@@ -362,31 +396,60 @@ impl Actor {
         self.evict_requested = false;
         let home = self.h.codex_home();
         let workspace = self.h.workspace();
-        let prepared = self.ctx.setup.prepare_home(&home).and_then(|()| std::fs::create_dir_all(&workspace));
+        let prepared = self
+            .ctx
+            .setup
+            .prepare_home(&home)
+            .and_then(|()| std::fs::create_dir_all(&workspace));
         if let Err(e) = prepared {
             return Err(format!("cannot prepare CODEX_HOME: {e}"));
         }
         let spec = self.ctx.setup.spawn_spec(&home, &workspace);
-        let server = AppServer::spawn(&spec, self.ctx.redactor.clone()).await.map_err(|e| e.to_string())?;
+        let server = AppServer::spawn(&spec, self.ctx.redactor.clone())
+            .await
+            .map_err(|e| e.to_string())?;
         if let Some(key) = self.ctx.setup.api_key_login(&home) {
             server
-                .request("account/login/start", json!({"type": "apiKey", "apiKey": key}), DEFAULT_REQUEST_TIMEOUT)
+                .request(
+                    "account/login/start",
+                    json!({"type": "apiKey", "apiKey": key}),
+                    DEFAULT_REQUEST_TIMEOUT,
+                )
                 .await
                 .map_err(|e| format!("API-key login failed: {e}"))?;
         }
-        let live = Live { server, lease, total: TokenCounts::default() };
+        let live = Live {
+            server,
+            lease,
+            total: TokenCounts::default(),
+        };
         let first_event = self.h.events.last_seq() == 0;
-        let resumable = self.record.thread_id.clone().filter(|_| self.record.thread_persisted);
+        let resumable = self
+            .record
+            .thread_id
+            .clone()
+            .filter(|_| self.record.thread_persisted);
         if let Some(thread_id) = resumable {
             let mut params = self.thread_params();
             params.insert("threadId".into(), thread_id.clone().into());
             params.insert("excludeTurns".into(), true.into());
-            match live.server.request("thread/resume", Value::Object(params), DEFAULT_REQUEST_TIMEOUT).await {
+            match live
+                .server
+                .request(
+                    "thread/resume",
+                    Value::Object(params),
+                    DEFAULT_REQUEST_TIMEOUT,
+                )
+                .await
+            {
                 Ok(_) => {
                     self.live = Some(live);
                     if first_event {
                         // A session created from an existing thread announces it once.
-                        self.emit(EventKind::Init { thread_id, resumed: true });
+                        self.emit(EventKind::Init {
+                            thread_id,
+                            resumed: true,
+                        });
                     }
                     return Ok(());
                 }
@@ -399,12 +462,18 @@ impl Actor {
             }
         } else if let Some(old) = self.record.thread_id.clone() {
             self.emit(EventKind::Progress {
-                message: format!("thread {old} had no turns on disk to resume; starting a new thread"),
+                message: format!(
+                    "thread {old} had no turns on disk to resume; starting a new thread"
+                ),
             });
         }
         let result = live
             .server
-            .request("thread/start", Value::Object(self.thread_params()), DEFAULT_REQUEST_TIMEOUT)
+            .request(
+                "thread/start",
+                Value::Object(self.thread_params()),
+                DEFAULT_REQUEST_TIMEOUT,
+            )
             .await
             .map_err(|e| e.to_string())?;
         let thread_id = result
@@ -416,14 +485,20 @@ impl Actor {
         self.record.thread_persisted = false;
         self.save_record();
         self.live = Some(live);
-        self.emit(EventKind::Init { thread_id, resumed: false });
+        self.emit(EventKind::Init {
+            thread_id,
+            resumed: false,
+        });
         Ok(())
     }
 
     fn thread_params(&self) -> Map<String, Value> {
         let cfg = &self.ctx.config;
         let mut p = Map::new();
-        p.insert("cwd".into(), self.h.workspace().display().to_string().into());
+        p.insert(
+            "cwd".into(),
+            self.h.workspace().display().to_string().into(),
+        );
         p.insert("approvalPolicy".into(), cfg.approval_policy.as_str().into());
         p.insert("sandbox".into(), cfg.sandbox.as_str().into());
         if let Some(m) = &self.record.model {
@@ -449,15 +524,26 @@ impl Actor {
             return Flow::Continue;
         };
         self.set_state(SessionState::Running);
-        let input: Vec<Value> = batch.iter().map(|m| json!({"type": "text", "text": m.text})).collect();
+        let input: Vec<Value> = batch
+            .iter()
+            .map(|m| json!({"type": "text", "text": m.text}))
+            .collect();
         let mut params = json!({"threadId": thread_id, "input": input});
         if let Some(effort) = &self.record.effort {
             params["effort"] = effort.clone().into();
         }
         let message_ids: Vec<String> = batch.iter().map(|m| m.message_id.clone()).collect();
         let started = Instant::now();
-        let turn_id = match live.server.request("turn/start", params, DEFAULT_REQUEST_TIMEOUT).await {
-            Ok(v) => v.pointer("/turn/id").and_then(Value::as_str).unwrap_or_default().to_owned(),
+        let turn_id = match live
+            .server
+            .request("turn/start", params, DEFAULT_REQUEST_TIMEOUT)
+            .await
+        {
+            Ok(v) => v
+                .pointer("/turn/id")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
             Err(e) if e.is_fatal() => {
                 // The child died before the turn began: the messages were never delivered.
                 self.h.requeue(batch);
@@ -466,19 +552,33 @@ impl Actor {
             }
             Err(e) => {
                 // codex refused the turn; report it against these messages so none waits forever.
-                self.emit(EventKind::TurnStarted { turn_id: String::new(), message_ids });
-                self.emit(EventKind::Error { code: "turn_rejected".into(), message: e.to_string(), retryable: false });
+                self.emit(EventKind::TurnStarted {
+                    turn_id: String::new(),
+                    message_ids,
+                });
+                self.emit(EventKind::Error {
+                    code: "turn_rejected".into(),
+                    message: e.to_string(),
+                    retryable: false,
+                });
                 self.emit(EventKind::Result {
                     turn_id: String::new(),
                     status: TurnStatus::Failed,
                     text: String::new(),
                     usage: Usage::default(),
                 });
-                self.ctx.metrics.turns.get_or_create(&status_label(TurnStatus::Failed)).inc();
+                self.ctx
+                    .metrics
+                    .turns
+                    .get_or_create(&status_label(TurnStatus::Failed))
+                    .inc();
                 return Flow::Continue;
             }
         };
-        self.emit(EventKind::TurnStarted { turn_id: turn_id.clone(), message_ids });
+        self.emit(EventKind::TurnStarted {
+            turn_id: turn_id.clone(),
+            message_ids,
+        });
         let mut out = self.drive(Some(turn_id.clone()), false).await;
         out.turn_id = turn_id;
         let status = out.status.unwrap_or(TurnStatus::Failed);
@@ -491,14 +591,33 @@ impl Actor {
         self.save_record();
         self.ctx.setup.sync_auth_from(&self.h.codex_home());
         if let Some((code, message, retryable)) = out.error.take() {
-            self.emit(EventKind::Error { code, message, retryable });
+            self.emit(EventKind::Error {
+                code,
+                message,
+                retryable,
+            });
         }
-        self.emit(EventKind::Result { turn_id: out.turn_id.clone(), status, text: std::mem::take(&mut out.text), usage: out.usage });
+        self.emit(EventKind::Result {
+            turn_id: out.turn_id.clone(),
+            status,
+            text: std::mem::take(&mut out.text),
+            usage: out.usage,
+        });
         let _ = self.h.events.sync();
-        self.ctx.metrics.turns.get_or_create(&status_label(status)).inc();
-        self.ctx.metrics.turn_duration.observe(started.elapsed().as_secs_f64());
+        self.ctx
+            .metrics
+            .turns
+            .get_or_create(&status_label(status))
+            .inc();
+        self.ctx
+            .metrics
+            .turn_duration
+            .observe(started.elapsed().as_secs_f64());
         let threshold = self.ctx.config.compact_at_tokens;
-        if threshold > 0 && self.record.context_tokens >= threshold && self.record.turns_since_compaction > 0 {
+        if threshold > 0
+            && self.record.context_tokens >= threshold
+            && self.record.turns_since_compaction > 0
+        {
             self.want_compact = true;
         }
         match out.stop_requested.take() {
@@ -513,11 +632,26 @@ impl Actor {
 
     async fn compact(&mut self) -> Flow {
         self.want_compact = false;
-        let Some(thread_id) = self.record.thread_id.clone() else { return Flow::Continue };
-        let Some(live) = self.live.as_ref() else { return Flow::Continue };
+        let Some(thread_id) = self.record.thread_id.clone() else {
+            return Flow::Continue;
+        };
+        let Some(live) = self.live.as_ref() else {
+            return Flow::Continue;
+        };
         self.set_state(SessionState::Compacting);
-        self.emit(EventKind::Compaction { phase: CompactionPhase::Started, context_tokens: self.record.context_tokens });
-        match live.server.request("thread/compact/start", json!({"threadId": thread_id}), DEFAULT_REQUEST_TIMEOUT).await {
+        self.emit(EventKind::Compaction {
+            phase: CompactionPhase::Started,
+            context_tokens: self.record.context_tokens,
+        });
+        match live
+            .server
+            .request(
+                "thread/compact/start",
+                json!({"threadId": thread_id}),
+                DEFAULT_REQUEST_TIMEOUT,
+            )
+            .await
+        {
             Ok(_) => {}
             Err(e) if e.is_fatal() => {
                 self.want_compact = true;
@@ -525,7 +659,11 @@ impl Actor {
                 return Flow::Continue;
             }
             Err(e) => {
-                self.emit(EventKind::Error { code: "compaction_failed".into(), message: e.to_string(), retryable: true });
+                self.emit(EventKind::Error {
+                    code: "compaction_failed".into(),
+                    message: e.to_string(),
+                    retryable: true,
+                });
                 return Flow::Continue;
             }
         }
@@ -538,14 +676,24 @@ impl Actor {
             self.record.thread_persisted = true;
             self.save_record();
             self.ctx.metrics.compactions.inc();
-            self.emit(EventKind::Compaction { phase: CompactionPhase::Completed, context_tokens: self.record.context_tokens });
+            self.emit(EventKind::Compaction {
+                phase: CompactionPhase::Completed,
+                context_tokens: self.record.context_tokens,
+            });
         } else {
             self.save_record();
-            let (code, message, retryable) = out
-                .error
-                .take()
-                .unwrap_or_else(|| ("compaction_failed".into(), "the compaction did not complete".into(), true));
-            self.emit(EventKind::Error { code, message, retryable });
+            let (code, message, retryable) = out.error.take().unwrap_or_else(|| {
+                (
+                    "compaction_failed".into(),
+                    "the compaction did not complete".into(),
+                    true,
+                )
+            });
+            self.emit(EventKind::Error {
+                code,
+                message,
+                retryable,
+            });
         }
         self.ctx.setup.sync_auth_from(&self.h.codex_home());
         match out.stop_requested.take() {
@@ -653,22 +801,26 @@ impl Actor {
         last_emit: &mut Instant,
     ) -> bool {
         let redactor = self.ctx.redactor.clone();
-        let is_current = |tid: &str, current: &Option<String>| current.as_deref().is_none_or(|c| c == tid);
+        let is_current =
+            |tid: &str, current: &Option<String>| current.as_deref().is_none_or(|c| c == tid);
         match method {
             "turn/started" => {
-                if let Ok(n) = serde_json::from_value::<TurnNotification>(params) {
-                    if current.is_none() {
-                        *current = Some(n.turn.id);
-                    }
+                if let Ok(n) = serde_json::from_value::<TurnNotification>(params)
+                    && current.is_none()
+                {
+                    *current = Some(n.turn.id);
                 }
             }
             "item/agentMessage/delta" => {
-                if let Ok(d) = serde_json::from_value::<AgentMessageDelta>(params) {
-                    if !compaction && is_current(&d.turn_id, current) {
-                        agent_text.push_str(&d.delta);
-                        self.emit(EventKind::Delta { text: redactor.redact(&d.delta).into_owned() });
-                        *last_emit = Instant::now();
-                    }
+                if let Ok(d) = serde_json::from_value::<AgentMessageDelta>(params)
+                    && !compaction
+                    && is_current(&d.turn_id, current)
+                {
+                    agent_text.push_str(&d.delta);
+                    self.emit(EventKind::Delta {
+                        text: redactor.redact(&d.delta).into_owned(),
+                    });
+                    *last_emit = Instant::now();
                 }
             }
             "item/started" | "item/completed" => {
@@ -686,15 +838,28 @@ impl Actor {
                         if let Some(id) = n.item.get("id").and_then(Value::as_str) {
                             detail.insert("item_id".into(), id.into());
                         }
-                        let kind = if method == "item/started" { "item_started" } else { "item_completed" };
-                        self.emit(EventKind::Activity { kind: kind.into(), detail });
+                        let kind = if method == "item/started" {
+                            "item_started"
+                        } else {
+                            "item_completed"
+                        };
+                        self.emit(EventKind::Activity {
+                            kind: kind.into(),
+                            detail,
+                        });
                         *last_emit = Instant::now();
                     }
                 }
             }
             "thread/tokenUsage/updated" => {
-                if let (Some(live), Ok(u)) = (self.live.as_mut(), serde_json::from_value::<TokenUsageUpdated>(params.clone())) {
-                    let for_this_turn = params.get("turnId").and_then(Value::as_str).is_some_and(|t| is_current(t, current));
+                if let (Some(live), Ok(u)) = (
+                    self.live.as_mut(),
+                    serde_json::from_value::<TokenUsageUpdated>(params.clone()),
+                ) {
+                    let for_this_turn = params
+                        .get("turnId")
+                        .and_then(Value::as_str)
+                        .is_some_and(|t| is_current(t, current));
                     let total = u.token_usage.total;
                     if for_this_turn && total != live.total {
                         let d = total.since(&live.total);
@@ -703,9 +868,23 @@ impl Actor {
                             cached_input_tokens: d.cached_input_tokens,
                             output_tokens: d.output_tokens,
                         });
-                        self.ctx.metrics.tokens.get_or_create(&crate::metrics::TokenLabel { kind: "input" }).inc_by(d.input_tokens);
-                        self.ctx.metrics.tokens.get_or_create(&crate::metrics::TokenLabel { kind: "cached_input" }).inc_by(d.cached_input_tokens);
-                        self.ctx.metrics.tokens.get_or_create(&crate::metrics::TokenLabel { kind: "output" }).inc_by(d.output_tokens);
+                        self.ctx
+                            .metrics
+                            .tokens
+                            .get_or_create(&crate::metrics::TokenLabel { kind: "input" })
+                            .inc_by(d.input_tokens);
+                        self.ctx
+                            .metrics
+                            .tokens
+                            .get_or_create(&crate::metrics::TokenLabel {
+                                kind: "cached_input",
+                            })
+                            .inc_by(d.cached_input_tokens);
+                        self.ctx
+                            .metrics
+                            .tokens
+                            .get_or_create(&crate::metrics::TokenLabel { kind: "output" })
+                            .inc_by(d.output_tokens);
                         if compaction {
                             out.compacted_estimate = Some(u.token_usage.last.total_tokens);
                         } else {
@@ -721,7 +900,10 @@ impl Actor {
                     if e.will_retry {
                         let mut detail = Map::new();
                         detail.insert("message".into(), message.into());
-                        self.emit(EventKind::Activity { kind: "retry".into(), detail });
+                        self.emit(EventKind::Activity {
+                            kind: "retry".into(),
+                            detail,
+                        });
                         *last_emit = Instant::now();
                     } else if out.error.is_none() {
                         out.error = Some((e.error.code(), message, false));
@@ -735,7 +917,9 @@ impl Actor {
                     .and_then(Value::as_str)
                     .unwrap_or_default();
                 if !text.is_empty() && method == "warning" {
-                    self.emit(EventKind::Progress { message: redactor.redact(text).into_owned() });
+                    self.emit(EventKind::Progress {
+                        message: redactor.redact(text).into_owned(),
+                    });
                     *last_emit = Instant::now();
                 }
             }
@@ -749,13 +933,22 @@ impl Actor {
                         "interrupted" => TurnStatus::Interrupted,
                         _ => TurnStatus::Failed,
                     });
-                    if let Some(err) = n.turn.error {
-                        if out.error.is_none() && out.status == Some(TurnStatus::Failed) {
-                            out.error = Some((err.code(), redactor.redact(&err.message).into_owned(), false));
-                        }
+                    if let Some(err) = n.turn.error
+                        && out.error.is_none()
+                        && out.status == Some(TurnStatus::Failed)
+                    {
+                        out.error = Some((
+                            err.code(),
+                            redactor.redact(&err.message).into_owned(),
+                            false,
+                        ));
                     }
                     if out.status == Some(TurnStatus::Failed) && out.error.is_none() {
-                        out.error = Some(("turn_failed".into(), "codex reported the turn as failed".into(), false));
+                        out.error = Some((
+                            "turn_failed".into(),
+                            "codex reported the turn as failed".into(),
+                            false,
+                        ));
                     }
                     return true;
                 }
@@ -765,12 +958,23 @@ impl Actor {
         false
     }
 
-    async fn interrupt(&mut self, current: &Option<String>, kill_at: &mut Option<tokio::time::Instant>) {
-        let (Some(live), Some(thread_id)) = (self.live.as_ref(), self.record.thread_id.clone()) else { return };
+    async fn interrupt(
+        &mut self,
+        current: &Option<String>,
+        kill_at: &mut Option<tokio::time::Instant>,
+    ) {
+        let (Some(live), Some(thread_id)) = (self.live.as_ref(), self.record.thread_id.clone())
+        else {
+            return;
+        };
         if let Some(turn_id) = current {
             let r = live
                 .server
-                .request("turn/interrupt", json!({"threadId": thread_id, "turnId": turn_id}), Duration::from_secs(10))
+                .request(
+                    "turn/interrupt",
+                    json!({"threadId": thread_id, "turnId": turn_id}),
+                    Duration::from_secs(10),
+                )
                 .await;
             if let Err(e) = r {
                 tracing::warn!(session = %self.h.key.id, error = %e, "turn/interrupt failed");
@@ -782,14 +986,22 @@ impl Actor {
     }
 
     async fn answer(&mut self, id: Value, method: &str) {
-        let Some(live) = self.live.as_ref() else { return };
+        let Some(live) = self.live.as_ref() else {
+            return;
+        };
         let answer = answer_server_request(method, self.ctx.config.approval_decision);
         let (result, decision) = match answer {
             Answer::Result(v) => {
-                let d = v.get("decision").or_else(|| v.get("action")).and_then(Value::as_str).map(str::to_owned);
+                let d = v
+                    .get("decision")
+                    .or_else(|| v.get("action"))
+                    .and_then(Value::as_str)
+                    .map(str::to_owned);
                 (live.server.respond(id, v).await, d)
             }
-            Answer::Error { code, message } => (live.server.respond_error(id, code, &message).await, None),
+            Answer::Error { code, message } => {
+                (live.server.respond_error(id, code, &message).await, None)
+            }
         };
         if let Err(e) = result {
             tracing::warn!(session = %self.h.key.id, error = %e, "could not answer a codex request");
@@ -799,7 +1011,10 @@ impl Actor {
         if let Some(d) = decision {
             detail.insert("decision".into(), d.into());
         }
-        self.emit(EventKind::Activity { kind: "approval".into(), detail });
+        self.emit(EventKind::Activity {
+            kind: "approval".into(),
+            detail,
+        });
     }
 
     async fn child_died(&mut self, when: &str) {
@@ -844,7 +1059,9 @@ impl Live {
 }
 
 fn status_label(s: TurnStatus) -> crate::metrics::StatusLabel {
-    crate::metrics::StatusLabel { status: s.as_str().to_owned() }
+    crate::metrics::StatusLabel {
+        status: s.as_str().to_owned(),
+    }
 }
 
 async fn next_incoming(live: &mut Option<Live>) -> Option<Incoming> {

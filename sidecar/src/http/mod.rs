@@ -45,7 +45,10 @@ pub struct Owner(pub String);
 impl FromRequestParts<AppState> for Owner {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let mut values = parts.headers.get_all(header::AUTHORIZATION).iter();
         let first = values.next();
         let header = match (first, values.next()) {
@@ -75,9 +78,11 @@ pub fn json_error(r: JsonRejection) -> ApiError {
         ),
         JsonRejection::JsonSyntaxError(e) => ApiError::bad_request("invalid_json", e.body_text()),
         JsonRejection::JsonDataError(e) => ApiError::bad_request("invalid_request", e.body_text()),
-        other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", "the request body is too large")
-        }
+        other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            "the request body is too large",
+        ),
         other => ApiError::bad_request("invalid_request", other.body_text()),
     }
 }
@@ -92,7 +97,10 @@ pub fn router(state: AppState) -> Router {
     let body_limit = state.engine.ctx().config.limits.body_bytes;
     Router::new()
         .route("/v1/sessions", post(sessions::create).get(sessions::list))
-        .route("/v1/sessions/{id}", get(sessions::get_one).delete(sessions::delete))
+        .route(
+            "/v1/sessions/{id}",
+            get(sessions::get_one).delete(sessions::delete),
+        )
         .route("/v1/sessions/{id}/messages", post(sessions::send))
         .route("/v1/sessions/{id}/events", get(sessions::events))
         .route("/v1/sessions/{id}/events/stream", get(sessions::stream))
@@ -104,7 +112,11 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(ops::metrics))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .method_not_allowed_fallback(|| async {
-            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route")
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed on this route",
+            )
         })
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)

@@ -30,12 +30,11 @@ pub async fn healthz() -> Json<Value> {
 /// `GET /readyz` -> 200 when `codex --version` runs and the provider's `/models` answers with any
 /// HTTP status below 500; 503 otherwise. Body: `{"ready", "checks":{"codex":{...},"provider":{...}}}`.
 pub async fn readyz(State(st): State<AppState>) -> Response {
-    if let Ok(guard) = st.ready.last.lock() {
-        if let Some((at, ok, body)) = guard.as_ref() {
-            if at.elapsed() < READY_TTL {
-                return ready_response(*ok, body.clone());
-            }
-        }
+    if let Ok(guard) = st.ready.last.lock()
+        && let Some((at, ok, body)) = guard.as_ref()
+        && at.elapsed() < READY_TTL
+    {
+        return ready_response(*ok, body.clone());
     }
     let cfg = &st.engine.ctx().config;
     let codex = crate::codex::rpc::codex_version(&cfg.codex_bin).await;
@@ -62,7 +61,11 @@ pub async fn readyz(State(st): State<AppState>) -> Response {
 }
 
 fn ready_response(ok: bool, body: Value) -> Response {
-    let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (status, Json(body)).into_response()
 }
 
@@ -87,7 +90,10 @@ pub async fn metrics(State(st): State<AppState>) -> Response {
     st.metrics.sessions.set(c.sessions as i64);
     st.metrics.queue_depth.set(c.queued as i64);
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         st.metrics.encode(),
     )
         .into_response()

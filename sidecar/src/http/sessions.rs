@@ -18,15 +18,18 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{AppState, Owner, json_error, query_error};
-use crate::engine::{CreateSession, SessionView, valid_session_id};
 use crate::engine::session::SessionHandle;
+use crate::engine::{CreateSession, SessionView, valid_session_id};
 use crate::error::ApiError;
 
 fn check_id(id: &str) -> Result<(), ApiError> {
     if valid_session_id(id) {
         Ok(())
     } else {
-        Err(ApiError::bad_request("invalid_session_id", "session id must match [A-Za-z0-9._-]{1,128}"))
+        Err(ApiError::bad_request(
+            "invalid_session_id",
+            "session id must match [A-Za-z0-9._-]{1,128}",
+        ))
     }
 }
 
@@ -42,7 +45,11 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     let Json(req) = body.map_err(json_error)?;
     let (created, view, resumed) = st.engine.create(&owner, req).await?;
-    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     Ok((status, Json(created_body(&view, resumed))).into_response())
 }
 
@@ -91,7 +98,11 @@ pub async fn send(
     check_id(&id)?;
     let Json(msg) = body.map_err(json_error)?;
     let (message_id, queued) = st.engine.send(&owner, &id, msg.text).await?;
-    Ok((StatusCode::ACCEPTED, Json(json!({"message_id": message_id, "queued": queued}))).into_response())
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"message_id": message_id, "queued": queued})),
+    )
+        .into_response())
 }
 
 /// `POST /v1/sessions/{id}/interrupt` -> 202.
@@ -157,16 +168,28 @@ pub async fn events(
     body.push_str("],\"next\":");
     body.push_str(&next.to_string());
     body.push('}');
-    Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response())
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response())
 }
 
 /// Events after `after`, waiting up to `wait` for the first one.
-async fn poll(h: &SessionHandle, after: u64, limit: usize, wait: Duration) -> Result<Vec<Arc<str>>, ApiError> {
+async fn poll(
+    h: &SessionHandle,
+    after: u64,
+    limit: usize,
+    wait: Duration,
+) -> Result<Vec<Arc<str>>, ApiError> {
     let mut rx = h.events.subscribe();
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         rx.borrow_and_update();
-        let lines = h.events.read_after(after, limit).map_err(|e| ApiError::internal(format!("cannot read events: {e}")))?;
+        let lines = h
+            .events
+            .read_after(after, limit)
+            .map_err(|e| ApiError::internal(format!("cannot read events: {e}")))?;
         if !lines.is_empty() {
             return Ok(lines);
         }
@@ -193,7 +216,12 @@ pub async fn stream(
             .to_str()
             .ok()
             .and_then(|s| s.trim().parse::<u64>().ok())
-            .ok_or_else(|| ApiError::bad_request("invalid_last_event_id", "Last-Event-ID must be an event seq"))?,
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid_last_event_id",
+                    "Last-Event-ID must be an event seq",
+                )
+            })?,
         None => q.after,
     };
     let h = st.engine.get(&owner, &id)?;
@@ -206,7 +234,10 @@ pub async fn stream(
                     .ok()
                     .and_then(|v| v.get("type").and_then(|t| t.as_str()).map(str::to_owned))
                     .unwrap_or_else(|| "event".to_owned());
-                let ev = SseEvent::default().id(cursor.to_string()).event(kind).data(line.as_ref());
+                let ev = SseEvent::default()
+                    .id(cursor.to_string())
+                    .event(kind)
+                    .data(line.as_ref());
                 return Some((Ok(ev), (h, cursor, buf)));
             }
             match poll(&h, cursor, 100, Duration::from_secs(3600)).await {

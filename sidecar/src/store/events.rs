@@ -171,7 +171,9 @@ pub struct EventLog {
 
 impl std::fmt::Debug for EventLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EventLog").field("last_seq", &*self.last_seq.borrow()).finish()
+        f.debug_struct("EventLog")
+            .field("last_seq", &*self.last_seq.borrow())
+            .finish()
     }
 }
 
@@ -182,7 +184,11 @@ impl EventLog {
     /// # Errors
     /// Any I/O error.
     pub fn open(path: &Path, mut visit: impl FnMut(&Value)) -> io::Result<EventLog> {
-        let mut file = OpenOptions::new().read(true).append(true).create(true).open(path)?;
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(path)?;
         let mut reader = BufReader::new(&mut file);
         let mut offset = 0u64;
         let mut next_seq = 1u64;
@@ -197,7 +203,10 @@ impl EventLog {
             }
             let complete = line.ends_with('\n');
             let parsed = serde_json::from_str::<Value>(line.trim_end()).ok();
-            let seq = parsed.as_ref().and_then(|v| v.get("seq")).and_then(Value::as_u64);
+            let seq = parsed
+                .as_ref()
+                .and_then(|v| v.get("seq"))
+                .and_then(Value::as_u64);
             if !complete || seq != Some(next_seq) {
                 tracing::warn!(path = %path.display(), offset, "event log: cutting off an incomplete or out-of-order line");
                 break;
@@ -205,7 +214,7 @@ impl EventLog {
             if let Some(v) = &parsed {
                 visit(v);
             }
-            if (next_seq - 1) % INDEX_STRIDE == 0 {
+            if (next_seq - 1).is_multiple_of(INDEX_STRIDE) {
                 index.push(offset);
             }
             if tail.len() == TAIL_LEN {
@@ -221,7 +230,14 @@ impl EventLog {
         }
         let (last_seq, _) = watch::channel(next_seq - 1);
         Ok(EventLog {
-            inner: Mutex::new(LogInner { file, path: path.to_path_buf(), len: offset, next_seq, index, tail }),
+            inner: Mutex::new(LogInner {
+                file,
+                path: path.to_path_buf(),
+                len: offset,
+                next_seq,
+                index,
+                tail,
+            }),
             last_seq,
         })
     }
@@ -231,9 +247,17 @@ impl EventLog {
     /// # Errors
     /// Any I/O error; the seq is then not used and the file is cut back.
     pub fn append(&self, kind: &EventKind) -> io::Result<u64> {
-        let mut inner = self.inner.lock().map_err(|_| io::Error::other("event log poisoned"))?;
+        let mut inner = self
+            .inner
+            .lock()
+            .map_err(|_| io::Error::other("event log poisoned"))?;
         let seq = inner.next_seq;
-        let mut line = serde_json::to_string(&Event { seq, time: now_rfc3339(), kind }).map_err(io::Error::other)?;
+        let mut line = serde_json::to_string(&Event {
+            seq,
+            time: now_rfc3339(),
+            kind,
+        })
+        .map_err(io::Error::other)?;
         line.push('\n');
         if let Err(e) = inner.file.write_all(line.as_bytes()) {
             let len = inner.len;
@@ -261,7 +285,10 @@ impl EventLog {
     /// # Errors
     /// Any I/O error.
     pub fn sync(&self) -> io::Result<()> {
-        let inner = self.inner.lock().map_err(|_| io::Error::other("event log poisoned"))?;
+        let inner = self
+            .inner
+            .lock()
+            .map_err(|_| io::Error::other("event log poisoned"))?;
         inner.file.sync_data()
     }
 
@@ -280,19 +307,31 @@ impl EventLog {
     /// # Errors
     /// Any I/O error reading old events back from the file.
     pub fn read_after(&self, after: u64, limit: usize) -> io::Result<Vec<Arc<str>>> {
-        let inner = self.inner.lock().map_err(|_| io::Error::other("event log poisoned"))?;
+        let inner = self
+            .inner
+            .lock()
+            .map_err(|_| io::Error::other("event log poisoned"))?;
         let last = inner.next_seq - 1;
         if after >= last || limit == 0 {
             return Ok(Vec::new());
         }
-        if let Some(&(first_tail, _)) = inner.tail.front() {
-            if after + 1 >= first_tail {
-                let skip = usize::try_from(after + 1 - first_tail).unwrap_or(usize::MAX);
-                return Ok(inner.tail.iter().skip(skip).take(limit).map(|(_, l)| l.clone()).collect());
-            }
+        if let Some(&(first_tail, _)) = inner.tail.front()
+            && after + 1 >= first_tail
+        {
+            let skip = usize::try_from(after + 1 - first_tail).unwrap_or(usize::MAX);
+            return Ok(inner
+                .tail
+                .iter()
+                .skip(skip)
+                .take(limit)
+                .map(|(_, l)| l.clone())
+                .collect());
         }
         let block = after / INDEX_STRIDE;
-        let Some(&start) = inner.index.get(usize::try_from(block).unwrap_or(usize::MAX)) else {
+        let Some(&start) = inner
+            .index
+            .get(usize::try_from(block).unwrap_or(usize::MAX))
+        else {
             return Ok(Vec::new());
         };
         let mut f = File::open(&inner.path)?;
@@ -312,11 +351,15 @@ mod tests {
     use super::*;
 
     fn delta(i: u64) -> EventKind {
-        EventKind::Delta { text: format!("d{i}") }
+        EventKind::Delta {
+            text: format!("d{i}"),
+        }
     }
 
     fn seq_of(line: &str) -> u64 {
-        serde_json::from_str::<Value>(line).expect("json")["seq"].as_u64().expect("seq")
+        serde_json::from_str::<Value>(line).expect("json")["seq"]
+            .as_u64()
+            .expect("seq")
     }
 
     #[test]
@@ -329,7 +372,11 @@ mod tests {
         for after in [0u64, 1, 63, 64, 65, 127, 200, 236, 237, 299] {
             let got = log.read_after(after, 10).expect("read");
             let want: Vec<u64> = (after + 1..=(after + 10).min(300)).collect();
-            assert_eq!(got.iter().map(|l| seq_of(l)).collect::<Vec<_>>(), want, "after {after}");
+            assert_eq!(
+                got.iter().map(|l| seq_of(l)).collect::<Vec<_>>(),
+                want,
+                "after {after}"
+            );
         }
         assert!(log.read_after(300, 10).expect("read").is_empty());
     }
@@ -349,7 +396,8 @@ mod tests {
         f.write_all(b"{\"seq\":6,\"ti").expect("write");
         drop(f);
         let mut seen = Vec::new();
-        let log = EventLog::open(&path, |v| seen.push(v["seq"].as_u64().unwrap_or(0))).expect("reopen");
+        let log =
+            EventLog::open(&path, |v| seen.push(v["seq"].as_u64().unwrap_or(0))).expect("reopen");
         assert_eq!(seen, vec![1, 2, 3, 4, 5]);
         assert_eq!(log.append(&delta(9)).expect("append"), 6);
         let all = log.read_after(0, 100).expect("read");
@@ -363,12 +411,20 @@ mod tests {
         let log = EventLog::open(&dir.path().join("e.jsonl"), |_| {}).expect("open");
         let mut detail = serde_json::Map::new();
         detail.insert("item_type".into(), "commandExecution".into());
-        log.append(&EventKind::Activity { kind: "item_started".into(), detail }).expect("append");
+        log.append(&EventKind::Activity {
+            kind: "item_started".into(),
+            detail,
+        })
+        .expect("append");
         log.append(&EventKind::Result {
             turn_id: "t".into(),
             status: TurnStatus::Completed,
             text: "hi".into(),
-            usage: Usage { input_tokens: 3, cached_input_tokens: 0, output_tokens: 1 },
+            usage: Usage {
+                input_tokens: 3,
+                cached_input_tokens: 0,
+                output_tokens: 1,
+            },
         })
         .expect("append");
         let lines = log.read_after(0, 10).expect("read");

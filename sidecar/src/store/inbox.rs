@@ -49,7 +49,11 @@ impl Inbox {
     /// # Errors
     /// Any I/O error.
     pub fn open(path: &Path, delivered_through: u64) -> io::Result<Inbox> {
-        let mut file = OpenOptions::new().read(true).append(true).create(true).open(path)?;
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(path)?;
         let mut pending = VecDeque::new();
         let mut next_n = 1;
         let mut good_len = 0u64;
@@ -80,7 +84,11 @@ impl Inbox {
         if file.metadata()?.len() != good_len {
             file.set_len(good_len)?;
         }
-        Ok(Inbox { file, next_n, pending })
+        Ok(Inbox {
+            file,
+            next_n,
+            pending,
+        })
     }
 
     /// Appends a message durably (write + fdatasync) and queues it. Returns it.
@@ -89,11 +97,19 @@ impl Inbox {
     /// Any I/O error; the message is then not queued and its line is cut back.
     pub fn push(&mut self, text: String) -> io::Result<QueuedMessage> {
         let n = self.next_n;
-        let msg = QueuedMessage { n, message_id: message_id(n), text, time: crate::store::events::now_rfc3339() };
+        let msg = QueuedMessage {
+            n,
+            message_id: message_id(n),
+            text,
+            time: crate::store::events::now_rfc3339(),
+        };
         let mut line = serde_json::to_string(&msg).map_err(io::Error::other)?;
         line.push('\n');
         let before = self.file.metadata()?.len();
-        let written = self.file.write_all(line.as_bytes()).and_then(|()| self.file.sync_data());
+        let written = self
+            .file
+            .write_all(line.as_bytes())
+            .and_then(|()| self.file.sync_data());
         if let Err(e) = written {
             let _ = self.file.set_len(before);
             return Err(e);
@@ -145,7 +161,13 @@ mod tests {
         // message 1 was delivered in a turn_started; 2 and 3 are still owed
         let mut inbox = Inbox::open(&path, 1).expect("reopen");
         let batch = inbox.take_batch(10);
-        assert_eq!(batch.iter().map(|m| m.message_id.as_str()).collect::<Vec<_>>(), ["msg_2", "msg_3"]);
+        assert_eq!(
+            batch
+                .iter()
+                .map(|m| m.message_id.as_str())
+                .collect::<Vec<_>>(),
+            ["msg_2", "msg_3"]
+        );
         inbox.requeue_front(batch);
         assert_eq!(inbox.len(), 2);
         assert_eq!(inbox.push("d".into()).expect("push").message_id, "msg_4");
@@ -157,8 +179,16 @@ mod tests {
     fn torn_line_is_cut_and_numbering_continues() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("m.jsonl");
-        Inbox::open(&path, 0).expect("open").push("a".into()).expect("push");
-        OpenOptions::new().append(true).open(&path).expect("open").write_all(b"{\"n\":2,\"mes").expect("write");
+        Inbox::open(&path, 0)
+            .expect("open")
+            .push("a".into())
+            .expect("push");
+        OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .expect("open")
+            .write_all(b"{\"n\":2,\"mes")
+            .expect("write");
         let mut inbox = Inbox::open(&path, 0).expect("reopen");
         assert_eq!(inbox.len(), 1);
         assert_eq!(inbox.push("b".into()).expect("push").n, 2);

@@ -116,6 +116,10 @@ pub struct Directives {
     pub fail: Option<u16>,
     /// `[[reply=TEXT]]`: say TEXT instead of the echo. TEXT runs up to the first `]]`.
     pub reply: Option<String>,
+    /// `[[exec=CMD]]`: answer with a `function_call` to codex's `exec_command` tool running CMD;
+    /// when codex sends the tool's output back (a request whose last input item is a
+    /// `function_call_output`), reply `tool output: <output>`.
+    pub exec: Option<String>,
 }
 
 impl Directives {
@@ -137,6 +141,7 @@ impl Directives {
             };
             match name.trim() {
                 "reply" => d.reply = Some(value.to_string()),
+                "exec" => d.exec = Some(value.to_string()),
                 "tokens" => d.tokens = value.trim().parse().ok().or(d.tokens),
                 "delay_ms" => d.delay_ms = value.trim().parse().ok().or(d.delay_ms),
                 "fail" => {
@@ -148,6 +153,20 @@ impl Directives {
         }
         d
     }
+}
+
+/// The output of a tool call when the request's last input item is a `function_call_output`
+/// (codex sending back what a command printed), else `None`.
+pub fn last_function_call_output(body: &Value) -> Option<String> {
+    let last = body.get("input")?.as_array()?.last()?;
+    if last.get("type").and_then(Value::as_str) != Some("function_call_output") {
+        return None;
+    }
+    Some(match last.get("output") {
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+        None => String::new(),
+    })
 }
 
 /// Returns the text of the last item of `body["input"]` whose `role` is `"user"`: the `text` of
@@ -529,6 +548,7 @@ async fn responses(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: 
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     let user_text = last_user_text(&body);
+    let tool_output = last_function_call_output(&body);
     let turn_texts = current_turn_user_texts(&body, turn_started_at_ms(&headers, &body));
     let is_compaction = user_text
         .as_deref()
@@ -580,7 +600,9 @@ async fn responses(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: 
     }
 
     let user_text = user_text.unwrap_or_default();
-    let (reply, input_tokens) = if is_compaction {
+    let (reply, input_tokens) = if let Some(output) = &tool_output {
+        (format!("tool output: {output}"), 100)
+    } else if is_compaction {
         (COMPACTION_SUMMARY.to_string(), COMPACTION_INPUT_TOKENS)
     } else {
         let reply = directives
@@ -601,6 +623,10 @@ async fn responses(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: 
         input_tokens,
         delay: directives.delay_ms.map(Duration::from_millis),
         hang: directives.hang,
+        tool_call: match (&directives.exec, &tool_output) {
+            (Some(cmd), None) if !is_compaction => Some(json!({"cmd": cmd}).to_string()),
+            _ => None,
+        },
     };
 
     let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(16);
@@ -644,6 +670,8 @@ struct StreamPlan {
     input_tokens: u64,
     delay: Option<Duration>,
     hang: bool,
+    /// Arguments of an `exec_command` function call to send instead of the message.
+    tool_call: Option<String>,
 }
 
 /// Formats one server-sent event as the reference shows: `event: <type>\ndata: <json>\n\n`.
@@ -675,6 +703,7 @@ async fn produce(plan: StreamPlan, tx: &mpsc::Sender<Result<Bytes, Infallible>>)
         input_tokens,
         delay,
         hang,
+        tool_call,
     } = plan;
     if !send(json!({"type": "response.created", "response": {"id": response_id}})).await {
         return;
@@ -682,6 +711,29 @@ async fn produce(plan: StreamPlan, tx: &mpsc::Sender<Result<Bytes, Infallible>>)
     if hang {
         // Keep the connection open until the body is dropped (client gone) or shutdown.
         tx.closed().await;
+        return;
+    }
+    if let Some(arguments) = tool_call {
+        let call = json!({
+            "type": "function_call", "id": format!("fc_{item_id}"), "call_id": format!("call_{item_id}"),
+            "name": "exec_command", "arguments": arguments
+        });
+        if !send(json!({"type": "response.output_item.added", "output_index": 0, "item": call}))
+            .await
+            || !send(json!({"type": "response.output_item.done", "output_index": 0, "item": call}))
+                .await
+        {
+            return;
+        }
+        send(json!({
+            "type": "response.completed",
+            "response": {"id": response_id, "usage": {
+                "input_tokens": input_tokens, "input_tokens_details": {"cached_tokens": 0},
+                "output_tokens": 10, "output_tokens_details": {"reasoning_tokens": 0},
+                "total_tokens": input_tokens + 10
+            }}
+        }))
+        .await;
         return;
     }
     if !send(json!({

@@ -413,3 +413,67 @@ async fn bad_input_gets_a_stable_error_and_loses_nothing() -> anyhow::Result<()>
     );
     Ok(())
 }
+
+/// With `--approval-policy untrusted` codex asks before running a command; the sidecar answers
+/// with `--approval-decision` and reports it, and the turn does not hang.
+#[tokio::test]
+async fn approval_requests_are_answered_with_the_configured_decision() -> anyhow::Result<()> {
+    for (decision, expect_file) in [("accept", true), ("decline", false)] {
+        let model = ScriptedModel::start().await?;
+        let sc = Sidecar::start(
+            &model.base_url(),
+            &[
+                "--approval-policy",
+                "untrusted",
+                "--approval-decision",
+                decision,
+                "--sandbox",
+                "danger-full-access",
+            ],
+        )
+        .await?;
+        let api = sc.api("alice");
+        api.create(json!({"id": "ap"})).await;
+        api.send("ap", "make a file [[exec=touch approved-by-sidecar.txt]]")
+            .await;
+        let events = api.until_results("ap", 0, 1, T).await?;
+        let approvals: Vec<&Value> = events
+            .iter()
+            .filter(|e| e["type"] == "activity" && e["kind"] == "approval")
+            .collect();
+        assert_eq!(approvals.len(), 1, "{decision}: {events:?}");
+        assert_eq!(
+            approvals[0]["method"],
+            "item/commandExecution/requestApproval"
+        );
+        assert_eq!(approvals[0]["decision"], decision);
+        let result = events.last().expect("result");
+        assert_eq!(
+            result["status"], "completed",
+            "{decision}: the turn went on after the answer"
+        );
+        assert!(
+            result["text"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("tool output:")),
+            "{result}"
+        );
+        let mut found = false;
+        let mut stack = vec![sc.state_dir.clone()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d)?.flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else if p.ends_with("workspace/approved-by-sidecar.txt") {
+                    found = true;
+                }
+            }
+        }
+        assert_eq!(
+            found, expect_file,
+            "{decision}: the command ran only when accepted"
+        );
+    }
+    Ok(())
+}

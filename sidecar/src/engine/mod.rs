@@ -104,7 +104,9 @@ pub struct Counts {
 pub struct Engine {
     ctx: Arc<EngineCtx>,
     sessions: RwLock<HashMap<SessionKey, Arc<SessionHandle>>>,
-    create_lock: tokio::sync::Mutex<()>,
+    /// One lock per session key being created, so that two creations of the same id do not race
+    /// while creations of different ids (each waits for codex to start a thread) run in parallel.
+    creating: std::sync::Mutex<HashMap<SessionKey, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// `sha256(owner)` in hex, shortened: the owner's directory name (safe whatever `sub` holds).
@@ -177,7 +179,7 @@ impl Engine {
         let engine = Arc::new(Engine {
             ctx,
             sessions: RwLock::default(),
-            create_lock: tokio::sync::Mutex::new(()),
+            creating: Default::default(),
         });
         let root = engine.ctx.config.state_dir.join("sessions");
         create_private_dir(&root)?;
@@ -242,7 +244,7 @@ impl Engine {
         owner: &str,
         req: CreateSession,
     ) -> Result<(bool, SessionView, bool), ApiError> {
-        let id = match req.id {
+        let id = match req.id.clone() {
             Some(id) if valid_session_id(&id) => id,
             Some(_) => {
                 return Err(ApiError::bad_request(
@@ -264,11 +266,37 @@ impl Engine {
                 ));
             }
         }
-        let _guard = self.create_lock.lock().await;
         let key = SessionKey {
             owner: owner.to_owned(),
             id: id.clone(),
         };
+        let key_lock = self
+            .creating
+            .lock()
+            .map_err(|_| ApiError::internal("session registry poisoned"))?
+            .entry(key.clone())
+            .or_default()
+            .clone();
+        let _guard = key_lock.lock().await;
+        let result = self.create_locked(key.clone(), req).await;
+        if let Ok(mut creating) = self.creating.lock() {
+            // The last creator of this key cleans up (others still hold a clone of the lock).
+            if creating
+                .get(&key)
+                .is_some_and(|l| Arc::strong_count(l) <= 2)
+            {
+                creating.remove(&key);
+            }
+        }
+        result
+    }
+
+    async fn create_locked(
+        &self,
+        key: SessionKey,
+        req: CreateSession,
+    ) -> Result<(bool, SessionView, bool), ApiError> {
+        let (owner, id) = (key.owner.as_str(), key.id.clone());
         if let Some(h) = self.handle(&key) {
             return Ok((false, self.view(&h), true));
         }

@@ -232,6 +232,9 @@ pub struct Actor {
     retry_at: Option<Instant>,
     backoff: Duration,
     evict_requested: bool,
+    /// When the session last did something (a turn, a compaction, a start); the idle timeout
+    /// counts from here, not from stray notifications of an idle child.
+    idle_since: tokio::time::Instant,
 }
 
 enum Flow {
@@ -257,6 +260,7 @@ impl Actor {
             retry_at: None,
             backoff: Duration::from_secs(2),
             evict_requested: false,
+            idle_since: tokio::time::Instant::now(),
         }
     }
 
@@ -286,7 +290,7 @@ impl Actor {
             let idle_deadline = self
                 .live
                 .as_ref()
-                .map(|l| l.lease_idle_deadline(self.ctx.config.idle_timeout));
+                .map(|_| self.idle_since + self.ctx.config.idle_timeout);
             let retry_deadline = if has_work { self.retry_at } else { None };
             tokio::select! {
                 cmd = self.rx.recv() => {
@@ -323,6 +327,7 @@ impl Actor {
                     // A lease starts busy; an idle session must be evictable.
                     live.lease.set_idle();
                 }
+                self.idle_since = tokio::time::Instant::now();
                 let _ = reply.send(r);
             }
             Command::Stop(reply) => {
@@ -380,6 +385,7 @@ impl Actor {
         if let Some(live) = &self.live {
             live.lease.set_idle();
         }
+        self.idle_since = tokio::time::Instant::now();
         if !matches!(self.h.snapshot().state, SessionState::Failed) {
             self.set_state(SessionState::Idle);
         }
@@ -1049,12 +1055,6 @@ impl Actor {
         }
         let record = self.record.clone();
         self.h.update(|s| s.record = record);
-    }
-}
-
-impl Live {
-    fn lease_idle_deadline(&self, idle: Duration) -> tokio::time::Instant {
-        tokio::time::Instant::now() + idle
     }
 }
 

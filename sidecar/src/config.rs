@@ -341,12 +341,15 @@ fn resolve_codex_auth(
                 .map(PathBuf::from)
                 .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".codex")))
                 .map(|d| d.join("auth.json"));
-            match home_auth.filter(|p| p.is_file()) {
-                Some(p) => resolve_codex_auth(Some(p), None, provider),
+            if let Some(p) = home_auth.filter(|p| p.is_file()) {
+                return resolve_codex_auth(Some(p), None, provider);
+            }
+            match std::env::var("OPENAI_API_KEY").ok().map(|k| k.trim().to_owned()).filter(|k| !k.is_empty()) {
+                Some(key) => Ok(CodexAuth::ApiKey(key)),
                 None => Err(bad(
                     "--provider openai",
-                    "no credentials: pass --auth-json PATH (the auth.json that `codex login` writes to ~/.codex) \
-                     or --openai-api-key-file PATH; or use a local or custom model server with \
+                    "no credentials: pass --auth-json PATH (the auth.json that `codex login` writes to ~/.codex), \
+                     --openai-api-key-file PATH, or set OPENAI_API_KEY; or use a local or custom model server with \
                      --provider ollama|lmstudio|custom --provider-base-url URL",
                 )),
             }

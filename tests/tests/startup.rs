@@ -17,6 +17,7 @@ fn refuses(args: &[&str], env: &[(&str, &str)]) -> String {
         .args(args)
         .envs(env.iter().copied())
         .env_remove("CODEX_HOME")
+        .env_remove("OPENAI_API_KEY")
         .output()
         .expect("run the sidecar");
     assert_eq!(

@@ -1,1 +1,31 @@
+//! codex-operator: reconciles `CodexAgent` resources (agents.codex-operator.dev/v1alpha1) into
+//! GPU-scheduled pods running codex-sidecar, on Kubernetes or on a plain Docker host.
+//!
+//! Modules, one job each:
+//! - [`crd`]: the custom resource types, their schema validation and the CRD YAML.
+//! - [`resources`]: desired child objects (Pod, Service, ConfigMap, PVC, JWT Secret).
+//! - [`status`]: status and conditions from observed objects.
+//! - [`probe`]: the sidecar `/v1/status` GPU check with a short-lived HS256 JWT.
+//! - [`reconcile`]: the controller and its reconcile/error policy.
+//! - [`lease`]: leader election on a coordination.k8s.io Lease.
+//! - [`metrics`]: Prometheus metrics and the `/metrics` + `/healthz` server.
+//! - [`docker`]: the same spec on a Docker host through bollard.
+
+#![warn(missing_docs)]
+
+pub mod crd;
+pub mod docker;
+pub mod lease;
+pub mod metrics;
+pub mod probe;
+pub mod reconcile;
+pub mod resources;
+pub mod status;
+
+#[cfg(test)]
+mod fixtures;
+#[cfg(test)]
+mod reconcile_tests;
+
 pub use codex_sidecar::settings::AgentSettings;
+pub use crd::{CodexAgent, CodexAgentSpec, CodexAgentStatus};

@@ -1,0 +1,190 @@
+//! `codex-operator`: run the Kubernetes controller, print the CRD, or drive a Docker host.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use codex_operator::{crd, docker, lease, metrics, probe, reconcile, resources};
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::Api;
+use tracing::{error, info};
+
+/// Runs OpenAI Codex agents (CodexAgent resources) as GPU-scheduled pods.
+#[derive(Parser, Debug)]
+#[command(name = "codex-operator", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the controller against the cluster of the current kubeconfig / service account.
+    Run(RunArgs),
+    /// Print the CodexAgent CRD as YAML (`codex-operator crd | kubectl apply -f -`).
+    Crd,
+    /// Run a CodexAgent spec on a Docker host (DOCKER_HOST or /var/run/docker.sock).
+    Docker {
+        #[command(subcommand)]
+        command: DockerCommand,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    /// Address of the /metrics and /healthz server.
+    #[arg(long, default_value = "0.0.0.0:8080", value_name = "ADDR")]
+    metrics_addr: SocketAddr,
+    /// Default sidecar image for agents without spec.image.
+    #[arg(long, env = "SIDECAR_IMAGE", value_name = "IMG", default_value = resources::DEFAULT_SIDECAR_IMAGE)]
+    sidecar_image: String,
+    /// Namespace of the leader-election Lease (default: the operator's own, from POD_NAMESPACE).
+    #[arg(
+        long,
+        env = "POD_NAMESPACE",
+        value_name = "NS",
+        default_value = "default"
+    )]
+    leader_election_namespace: String,
+    /// Name of the leader-election Lease.
+    #[arg(long, value_name = "NAME", default_value = "codex-operator")]
+    lease_name: String,
+    /// This replica's identity in the Lease and in Events (default: POD_NAME, else the hostname).
+    #[arg(long, env = "POD_NAME", value_name = "ID")]
+    identity: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum DockerCommand {
+    /// Create or update the agent's network, volume and containers from a CodexAgent YAML file.
+    Apply {
+        /// CodexAgent manifest (YAML or JSON).
+        #[arg(short = 'f', long = "filename", value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Remove the agent's containers and network (the state volume is kept).
+    Delete {
+        /// metadata.name of the agent.
+        name: String,
+        /// Also remove the state/workspace volume.
+        #[arg(long)]
+        volumes: bool,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,kube=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Crd => match crd::crd_yaml() {
+            Ok(y) => {
+                print!("{y}");
+                Ok(())
+            }
+            Err(e) => Err(anyhow::anyhow!("rendering the CRD: {e}")),
+        },
+        Command::Run(args) => run(args).await,
+        Command::Docker { command } => match command {
+            DockerCommand::Apply { file } => docker::apply_file(&file).await.map_err(Into::into),
+            DockerCommand::Delete { name, volumes } => {
+                docker::delete(&name, volumes).await.map_err(Into::into)
+            }
+        },
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("codex-operator: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let client = kube::Client::try_default().await?;
+    reconcile::check_crd(&client).await?;
+    let metrics = Arc::new(metrics::Metrics::default());
+    let addr = args.metrics_addr;
+    let m = metrics.clone();
+    tokio::spawn(async move {
+        if let Err(e) = metrics::serve(addr, m).await {
+            error!(error = %e, %addr, "metrics server failed");
+        }
+    });
+
+    let identity = args
+        .identity
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| format!("codex-operator-{}", std::process::id()));
+    let lock = Arc::new(lease::LeaseLock::new(
+        Api::<Lease>::namespaced(client.clone(), &args.leader_election_namespace),
+        args.lease_name.clone(),
+        identity.clone(),
+    ));
+    info!(%identity, lease = %args.lease_name, namespace = %args.leader_election_namespace, "waiting for leadership");
+    tokio::select! {
+        _ = lock.acquire() => {}
+        _ = shutdown_signal() => return Ok(()),
+    }
+    metrics.leader.set(1);
+    info!(%identity, "leading; starting the controller");
+
+    let ctx = Arc::new(reconcile::Context::new(
+        client,
+        resources::OperatorConfig {
+            sidecar_image: args.sidecar_image,
+        },
+        Arc::new(probe::HttpProbe::new()?),
+        metrics.clone(),
+        Some(identity),
+    ));
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let controller = tokio::spawn(reconcile::run(ctx, async move {
+        let _ = stop_rx.await;
+    }));
+    let outcome = tokio::select! {
+        _ = lock.keep_renewing() => Err(anyhow::anyhow!("lost the leader lease; exiting so that only one replica reconciles")),
+        _ = shutdown_signal() => Ok(()),
+    };
+    let _ = stop_tx.send(());
+    let _ = controller.await;
+    metrics.leader.set(0);
+    if outcome.is_ok()
+        && let Err(e) = lock.release().await
+    {
+        error!(error = %e, "releasing the lease failed");
+    }
+    outcome
+}
+
+/// Resolves on SIGINT or SIGTERM (what the kubelet sends before killing the pod).
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,518 @@
+//! The level-triggered reconciler: one `CodexAgent` in, its children and status out.
+//!
+//! Each call reads the world and converges it, in a fixed order (tests rely on it):
+//! 1. JWT Secret: `GET`; when absent and generated, `POST` it (create-if-absent: never
+//!    overwritten, a 409 from a racing replica is fine); when absent and user-supplied, the agent
+//!    reports `MissingSecret`. Then `GET` the provider Secret, if any.
+//! 2. ConfigMap, PVC, Service: `GET`, then server-side apply (field manager
+//!    [`FIELD_MANAGER`], forced) only when the observed child's [`HASH_ANNOTATION`] differs from
+//!    the desired one. The PVC is only ever created: a bound claim's spec is immutable.
+//! 3. Pod: `GET`; suspended: `DELETE` it; otherwise create it when absent, or `DELETE` it when its
+//!    hash is stale (pod specs are immutable; the next reconcile creates the new one). No pod is
+//!    created while a Secret is missing.
+//! 4. GPU probe (`/v1/status`) when GPUs sit on the sidecar and the sidecar is ready.
+//! 5. Status: server-side apply on the status subresource only when it changed.
+//! 6. Events for transitions of the Ready reason and for created/deleted pods.
+//!
+//! A reconcile with nothing changed therefore sends only `GET`s. An agent being deleted is left
+//! to the garbage collector (no requests at all).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tracing::{info, warn};
+
+use crate::crd::CodexAgent;
+use crate::metrics::Metrics;
+use crate::probe::{ProbeTarget, SidecarProbe};
+use crate::resources::{self, BuildError, HASH_ANNOTATION, OperatorConfig, SIDECAR_CONTAINER};
+use crate::status::{self, Observed, reasons, types};
+
+/// The one field manager of every server-side apply.
+pub const FIELD_MANAGER: &str = "codex-operator";
+/// Requeue interval of a Ready agent (refreshes the GPU check).
+pub const REQUEUE_READY: Duration = Duration::from_secs(300);
+/// Requeue interval of an agent that is not Ready yet (pod changes also trigger reconciles).
+pub const REQUEUE_NOT_READY: Duration = Duration::from_secs(30);
+/// First retry delay after an error; doubles per consecutive failure up to [`BACKOFF_MAX`].
+pub const BACKOFF_BASE: Duration = Duration::from_secs(5);
+/// Longest retry delay after errors.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+/// Reconcile errors.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An API request failed.
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// Building the desired children failed.
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    /// The OS random source failed while generating a JWT key.
+    #[error("generating the JWT key: {0}")]
+    Random(getrandom::Error),
+    /// The object lacks a namespace (the CRD is namespaced, so this is a bug).
+    #[error("CodexAgent has no namespace")]
+    NoNamespace,
+}
+
+impl Error {
+    /// Short label for the error metric.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kube",
+            Error::Build(_) => "build",
+            Error::Random(_) => "random",
+            Error::NoNamespace => "no_namespace",
+        }
+    }
+}
+
+/// Shared state of the reconciler.
+pub struct Context {
+    /// API client.
+    pub client: Client,
+    /// Operator-wide defaults.
+    pub config: OperatorConfig,
+    /// GPU probe (real HTTP, or a fake in tests).
+    pub probe: Arc<dyn SidecarProbe>,
+    /// Event recorder.
+    pub recorder: Recorder,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Consecutive failures per object, for the error backoff.
+    pub failures: Mutex<HashMap<ObjectRef<CodexAgent>, u32>>,
+}
+
+impl Context {
+    /// A context with a recorder reporting as `codex-operator` (instance `instance`).
+    pub fn new(
+        client: Client,
+        config: OperatorConfig,
+        probe: Arc<dyn SidecarProbe>,
+        metrics: Arc<Metrics>,
+        instance: Option<String>,
+    ) -> Self {
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: FIELD_MANAGER.into(),
+                instance,
+            },
+        );
+        Self {
+            client,
+            config,
+            probe,
+            recorder,
+            metrics,
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+fn apply_params() -> PatchParams {
+    PatchParams::apply(FIELD_MANAGER).force()
+}
+
+fn hash_of<K: Resource>(obj: &K) -> Option<&str> {
+    obj.meta()
+        .annotations
+        .as_ref()?
+        .get(HASH_ANNOTATION)
+        .map(String::as_str)
+}
+
+/// Applies `desired` unless the observed object carries the same hash. Returns true on a write.
+async fn apply_if_changed<K>(api: &Api<K>, desired: &K) -> Result<bool, Error>
+where
+    K: Resource + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
+{
+    let name = desired.meta().name.clone().unwrap_or_default();
+    let observed = api.get_opt(&name).await?;
+    if observed.as_ref().and_then(hash_of) == hash_of(desired) && observed.is_some() {
+        return Ok(false);
+    }
+    api.patch(&name, &apply_params(), &Patch::Apply(desired))
+        .await?;
+    Ok(true)
+}
+
+/// Reads `key` from Secret `name`: `Ok(None)` when the Secret or the key is missing.
+async fn read_secret_key(
+    api: &Api<Secret>,
+    name: &str,
+    key: &str,
+) -> Result<Option<Vec<u8>>, Error> {
+    let Some(secret) = api.get_opt(name).await? else {
+        return Ok(None);
+    };
+    Ok(secret.data.and_then(|mut d| d.remove(key)).map(|b| {
+        let mut v = b.0;
+        while v.last().is_some_and(|c| *c == b'\n' || *c == b'\r') {
+            v.pop();
+        }
+        v
+    }))
+}
+
+async fn publish(
+    ctx: &Context,
+    agent: &CodexAgent,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
+    let ev = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: action.into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&ev, &agent.object_ref(&())).await {
+        warn!(error = %e, agent = %agent.name_any(), "publishing an event failed");
+    }
+}
+
+/// Reconciles one agent (see the module docs for the exact sequence of requests).
+///
+/// # Errors
+/// [`Error`] when an API request fails; the controller retries with [`error_policy`]'s backoff.
+pub async fn reconcile(agent: Arc<CodexAgent>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _timer = ctx.metrics.reconcile_started();
+    let result = reconcile_inner(&agent, &ctx).await;
+    if result.is_ok()
+        && let Ok(mut f) = ctx.failures.lock()
+    {
+        f.remove(&ObjectRef::from_obj(agent.as_ref()));
+    }
+    result
+}
+
+async fn reconcile_inner(agent: &CodexAgent, ctx: &Context) -> Result<Action, Error> {
+    let ns = agent.namespace().ok_or(Error::NoNamespace)?;
+    if agent.metadata.deletion_timestamp.is_some() {
+        // Being deleted (e.g. foreground deletion): the garbage collector removes the children;
+        // recreating them now would fight it.
+        return Ok(Action::await_change());
+    }
+    let name = agent.name_any();
+    let client = ctx.client.clone();
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let mut obs = Observed::default();
+
+    let children = match resources::build(agent, &ctx.config) {
+        Ok(c) => Some(c),
+        Err(BuildError::Spec(e)) => {
+            obs.invalid_spec = Some(e.0.clone());
+            None
+        }
+        Err(e) => return Err(e.into()),
+    };
+
+    // 1. Secrets.
+    let jwt_ref = agent.spec.jwt_secret(&name);
+    let mut jwt_key = None;
+    if children.is_some() {
+        jwt_key = read_secret_key(&secrets, &jwt_ref.name, &jwt_ref.key).await?;
+        if jwt_key.is_none() && agent.spec.auth.jwt_secret_ref.is_none() {
+            let key = resources::random_jwt_key().map_err(Error::Random)?;
+            let secret = resources::jwt_secret(agent, &key)?;
+            match secrets
+                .create(
+                    &PostParams {
+                        field_manager: Some(FIELD_MANAGER.into()),
+                        ..Default::default()
+                    },
+                    &secret,
+                )
+                .await
+            {
+                Ok(_) => {
+                    jwt_key = Some(key.into_bytes());
+                    publish(
+                        ctx,
+                        agent,
+                        EventType::Normal,
+                        "SecretGenerated",
+                        "CreateSecret",
+                        format!("generated the API signing key Secret {}", jwt_ref.name),
+                    )
+                    .await;
+                }
+                // Another replica (or a user) created it first: never overwrite it, use theirs.
+                Err(kube::Error::Api(s)) if s.code == 409 => {
+                    jwt_key = read_secret_key(&secrets, &jwt_ref.name, &jwt_ref.key).await?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if jwt_key.is_none() {
+            obs.missing_secret = Some(format!(
+                "Secret {ns}/{} has no key {:?} (auth.jwtSecretRef)",
+                jwt_ref.name, jwt_ref.key
+            ));
+        }
+        let p = &agent.spec.provider;
+        if let Some(r) = p
+            .auth_json_secret_ref
+            .as_ref()
+            .or(p.api_key_secret_ref.as_ref())
+            && obs.missing_secret.is_none()
+            && read_secret_key(&secrets, &r.name, &r.key).await?.is_none()
+        {
+            obs.missing_secret = Some(format!(
+                "Secret {ns}/{} has no key {:?} (provider)",
+                r.name, r.key
+            ));
+        }
+    }
+
+    // 2. ConfigMap, PVC, Service.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let mut requeue_soon = false;
+    if let Some(children) = &children {
+        apply_if_changed(
+            &Api::<ConfigMap>::namespaced(client.clone(), &ns),
+            &children.config_map,
+        )
+        .await?;
+        let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
+        let pvc_name = resources::names::pvc(&name);
+        obs.pvc = match pvcs.get_opt(&pvc_name).await? {
+            Some(p) => Some(p),
+            None => Some(
+                pvcs.patch(&pvc_name, &apply_params(), &Patch::Apply(&children.pvc))
+                    .await?,
+            ),
+        };
+        apply_if_changed(
+            &Api::<Service>::namespaced(client.clone(), &ns),
+            &children.service,
+        )
+        .await?;
+
+        // 3. Pod.
+        let observed = pods.get_opt(&name).await?;
+        let terminating = observed
+            .as_ref()
+            .is_some_and(|p| p.metadata.deletion_timestamp.is_some());
+        match observed {
+            Some(_) if agent.spec.suspend => {
+                if !terminating {
+                    pods.delete(&name, &DeleteParams::default()).await?;
+                    publish(
+                        ctx,
+                        agent,
+                        EventType::Normal,
+                        "Suspended",
+                        "DeletePod",
+                        format!("deleted pod {name}; volume {pvc_name} is kept"),
+                    )
+                    .await;
+                }
+            }
+            Some(_) if terminating => requeue_soon = true,
+            Some(pod) if hash_of(&pod) != hash_of(&children.pod) => {
+                pods.delete(&name, &DeleteParams::default()).await?;
+                publish(
+                    ctx,
+                    agent,
+                    EventType::Normal,
+                    "SpecChanged",
+                    "DeletePod",
+                    format!("deleted pod {name} to apply the changed spec"),
+                )
+                .await;
+                requeue_soon = true;
+            }
+            Some(pod) => obs.pod = Some(pod),
+            None if agent.spec.suspend => {}
+            None if obs.missing_secret.is_some() => {}
+            None => {
+                let pod = pods
+                    .patch(&name, &apply_params(), &Patch::Apply(&children.pod))
+                    .await?;
+                let resumed = status::condition(agent.status.as_ref(), types::SUSPENDED)
+                    .is_some_and(|c| c.status == "True");
+                publish(
+                    ctx,
+                    agent,
+                    EventType::Normal,
+                    if resumed { "Resumed" } else { "PodCreated" },
+                    "CreatePod",
+                    format!("created pod {name}"),
+                )
+                .await;
+                obs.pod = Some(pod);
+            }
+        }
+    }
+
+    // 4. GPU probe.
+    if status::gpus_on_sidecar(agent)
+        && let (Some(pod), Some(key)) = (&obs.pod, &jwt_key)
+        && status::container_ready(pod, SIDECAR_CONTAINER)
+        && let Some(ip) = pod.status.as_ref().and_then(|s| s.pod_ip.clone())
+    {
+        let target = ProbeTarget {
+            base_url: format!("http://{ip}:{}", crate::crd::SIDECAR_PORT),
+            key: key.clone(),
+            audience: agent.spec.sidecar.jwt_audience.clone(),
+        };
+        obs.gpu = Some(
+            ctx.probe
+                .gpu_status(&target)
+                .await
+                .map_err(|e| e.to_string()),
+        );
+    }
+
+    // 5. Status.
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let new = status::compute(agent, &obs, agent.status.as_ref(), &now);
+    if agent.status.as_ref() != Some(&new) {
+        let api: Api<CodexAgent> = Api::namespaced(client.clone(), &ns);
+        let body = serde_json::json!({
+            "apiVersion": "agents.codex-operator.dev/v1alpha1",
+            "kind": "CodexAgent",
+            "status": new,
+        });
+        api.patch_status(&name, &apply_params(), &Patch::Apply(&body))
+            .await?;
+    }
+
+    // 6. Events on Ready transitions.
+    let old_ready = status::condition(agent.status.as_ref(), types::READY);
+    let new_ready = status::condition(Some(&new), types::READY);
+    if let Some(n) = new_ready
+        && old_ready.map(|o| o.reason.as_str()) != Some(n.reason.as_str())
+        && n.reason != reasons::POD_PENDING
+    {
+        let type_ = if n.status == "True" || n.reason == reasons::SUSPENDED {
+            EventType::Normal
+        } else {
+            EventType::Warning
+        };
+        publish(ctx, agent, type_, &n.reason, "Reconcile", n.message.clone()).await;
+    }
+
+    let ready = new_ready.is_some_and(|c| c.status == "True");
+    Ok(if requeue_soon {
+        Action::requeue(Duration::from_secs(2))
+    } else if ready {
+        Action::requeue(REQUEUE_READY)
+    } else if agent.spec.suspend || obs.invalid_spec.is_some() {
+        Action::await_change()
+    } else {
+        Action::requeue(REQUEUE_NOT_READY)
+    })
+}
+
+/// Backoff delay after `failures` consecutive errors: 5 s, 10 s, 20 s, ... capped at 300 s.
+pub fn backoff(failures: u32) -> Duration {
+    let exp = failures.saturating_sub(1).min(16);
+    BACKOFF_BASE.saturating_mul(1u32 << exp).min(BACKOFF_MAX)
+}
+
+/// Error policy: counts the error and retries with exponential backoff per object.
+pub fn error_policy(agent: Arc<CodexAgent>, error: &Error, ctx: Arc<Context>) -> Action {
+    warn!(agent = %agent.name_any(), %error, "reconcile failed");
+    ctx.metrics.reconcile_failed(error.metric_label());
+    let n = match ctx.failures.lock() {
+        Ok(mut f) => {
+            let n = f.entry(ObjectRef::from_obj(agent.as_ref())).or_insert(0);
+            *n += 1;
+            *n
+        }
+        Err(_) => 1,
+    };
+    Action::requeue(backoff(n))
+}
+
+/// Why the controller could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The CRD is not installed (the list call answered 404).
+    #[error(
+        "the CodexAgent CRD is not installed: run `codex-operator crd | kubectl apply -f -` \
+         (or apply manifests/crd.yaml) and restart the operator"
+    )]
+    CrdMissing,
+    /// Any other API error while checking for the CRD.
+    #[error("checking for the CodexAgent CRD: {0}")]
+    Kube(#[from] kube::Error),
+}
+
+/// Fails with [`StartError::CrdMissing`] when `codexagents.agents.codex-operator.dev` is absent.
+///
+/// # Errors
+/// See [`StartError`].
+pub async fn check_crd(client: &Client) -> Result<(), StartError> {
+    let api: Api<CodexAgent> = Api::all(client.clone());
+    match api
+        .list_metadata(&kube::api::ListParams::default().limit(1))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Err(StartError::CrdMissing),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Runs the controller until `shutdown` resolves.
+pub async fn run(
+    ctx: Arc<Context>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let client = ctx.client.clone();
+    let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=codex-operator");
+    Controller::new(
+        Api::<CodexAgent>::all(client.clone()),
+        watcher::Config::default().any_semantic(),
+    )
+    .owns(Api::<Pod>::all(client.clone()), owned.clone())
+    .owns(Api::<Service>::all(client.clone()), owned.clone())
+    .owns(Api::<ConfigMap>::all(client.clone()), owned.clone())
+    .owns(
+        Api::<PersistentVolumeClaim>::all(client.clone()),
+        owned.clone(),
+    )
+    .owns(Api::<Secret>::all(client.clone()), owned)
+    .graceful_shutdown_on(shutdown)
+    .run(reconcile, error_policy, ctx)
+    .for_each(|res| async move {
+        match res {
+            Ok((obj, _)) => tracing::debug!(agent = %obj, "reconciled"),
+            Err(e) => info!(error = %e, "reconcile failed"),
+        }
+    })
+    .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        assert_eq!(backoff(1), Duration::from_secs(5));
+        assert_eq!(backoff(2), Duration::from_secs(10));
+        assert_eq!(backoff(4), Duration::from_secs(40));
+        assert_eq!(backoff(30), BACKOFF_MAX);
+    }
+}

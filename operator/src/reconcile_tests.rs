@@ -1,0 +1,693 @@
+//! Reconciler tests through kube's mock transport: every request is asserted in order.
+
+use std::sync::Arc;
+
+use http::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::crd::CodexAgent;
+use crate::fixtures::{self, ApiServerVerifier, agent, conflict_status, testing, timeout};
+use crate::probe::{GpuDevice, GpuReport};
+use crate::reconcile::{self, Context};
+use crate::resources::{self, OperatorConfig};
+
+const JWT: &str = "/api/v1/namespaces/ns/secrets/a1-jwt";
+const SECRETS: &str = "/api/v1/namespaces/ns/secrets";
+const CM: &str = "/api/v1/namespaces/ns/configmaps/a1-config";
+const PVC: &str = "/api/v1/namespaces/ns/persistentvolumeclaims/a1-state";
+const SVC: &str = "/api/v1/namespaces/ns/services/a1";
+const POD: &str = "/api/v1/namespaces/ns/pods/a1";
+const STATUS: &str = "/apis/agents.codex-operator.dev/v1alpha1/namespaces/ns/codexagents/a1/status";
+const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/ns/events";
+
+fn gpu_agent() -> CodexAgent {
+    agent(json!({
+        "model": "gpt-5.1-codex",
+        "provider": {"type": "openai", "apiKeySecretRef": {"name": "openai", "key": "api-key"}},
+        "gpu": {"count": 2, "resourceName": "nvidia.com/mig-1g.10gb", "product": "NVIDIA-H100-80GB-HBM3",
+                "runtimeClassName": "nvidia"},
+        "nodeSelector": {"pool": "agents"},
+    }))
+}
+
+fn secret(key: &str) -> Value {
+    // "c2VjcmV0" is base64("secret").
+    json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "x", "namespace": "ns"}, "data": {key: "c2VjcmV0"}})
+}
+
+/// The children as the API server would hold them after a previous reconcile.
+fn world(a: &CodexAgent) -> (Value, Value, Value, Value) {
+    let c = resources::build(
+        a,
+        &OperatorConfig {
+            sidecar_image: "registry.test/codex-sidecar:1".into(),
+        },
+    )
+    .expect("build");
+    let v = |x: &dyn erased::Ser| x.to_value();
+    (v(&c.config_map), v(&c.pvc), v(&c.service), v(&c.pod))
+}
+
+mod erased {
+    pub trait Ser {
+        fn to_value(&self) -> serde_json::Value;
+    }
+    impl<T: serde::Serialize> Ser for T {
+        fn to_value(&self) -> serde_json::Value {
+            serde_json::to_value(self).expect("serializes")
+        }
+    }
+}
+
+/// Adds a pod status: PodScheduled (status, reason, message) and container readiness.
+fn with_pod_status(
+    mut pod: Value,
+    scheduled: (&str, &str, &str),
+    containers: &[(&str, bool, Option<&str>)],
+) -> Value {
+    let statuses: Vec<Value> = containers
+        .iter()
+        .map(|(name, ready, waiting)| {
+            let state = match waiting {
+                Some(r) => json!({"waiting": {"reason": r, "message": format!("{r} for image")}}),
+                None => json!({"running": {}}),
+            };
+            json!({"name": name, "ready": ready, "restartCount": 0, "image": "i", "imageID": "", "state": state})
+        })
+        .collect();
+    pod["spec"]["nodeName"] = json!("gpu-node-1");
+    pod["status"] = json!({
+        "phase": "Running",
+        "podIP": "10.0.0.7",
+        "conditions": [{"type": "PodScheduled", "status": scheduled.0, "reason": scheduled.1, "message": scheduled.2}],
+        "containerStatuses": statuses,
+    });
+    pod
+}
+
+fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
+    status["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == type_))
+        .unwrap_or_else(|| panic!("no {type_} condition in {status}"))
+}
+
+fn assert_owned(obj: &Value) {
+    let refs = &obj["metadata"]["ownerReferences"];
+    assert_eq!(
+        refs,
+        &json!([{"apiVersion": "agents.codex-operator.dev/v1alpha1", "kind": "CodexAgent", "name": "a1",
+                 "uid": "uid-a1", "controller": true}]),
+        "owner reference on {}",
+        obj["metadata"]["name"]
+    );
+}
+
+fn assert_apply(query: &str) {
+    assert!(query.contains("fieldManager=codex-operator"), "{query}");
+    assert!(query.contains("force=true"), "{query}");
+}
+
+async fn run(a: CodexAgent, ctx: Arc<Context>) -> kube::runtime::controller::Action {
+    timeout(reconcile::reconcile(Arc::new(a), ctx))
+        .await
+        .expect("reconcile succeeds")
+}
+
+/// Runs the reconciler against `scenario`; both must finish, and nothing else may be sent.
+async fn scenario<F>(
+    a: CodexAgent,
+    f: impl FnOnce(ApiServerVerifier) -> F,
+) -> Arc<fixtures::FakeProbe>
+where
+    F: std::future::Future<Output = ApiServerVerifier> + Send + 'static,
+{
+    scenario_with(a, None, f).await
+}
+
+async fn scenario_with<F>(
+    a: CodexAgent,
+    report: Option<GpuReport>,
+    f: impl FnOnce(ApiServerVerifier) -> F,
+) -> Arc<fixtures::FakeProbe>
+where
+    F: std::future::Future<Output = ApiServerVerifier> + Send + 'static,
+{
+    let (ctx, verifier, probe) = testing();
+    *probe.report.lock().expect("lock") = report;
+    let server = tokio::spawn(f(verifier));
+    run(a, ctx).await;
+    let verifier = timeout(server).await.expect("scenario passed");
+    verifier.done().await;
+    probe
+}
+
+#[tokio::test]
+async fn first_reconcile_creates_every_child_owned_and_gpu_scheduled() {
+    scenario(gpu_agent(), |mut s| async move {
+        s.not_found(JWT).await;
+        let created = s.echo(Method::POST, SECRETS).await;
+        assert_eq!(created.body["metadata"]["name"], "a1-jwt");
+        let key = created.body["data"]["jwt.key"]
+            .as_str()
+            .expect("generated key");
+        assert_eq!(key.len(), 88, "32 random bytes hex-encoded, base64: {key}");
+        assert_owned(&created.body);
+        let ev = s.echo(Method::POST, EVENTS).await;
+        assert_eq!(ev.body["reason"], "SecretGenerated");
+        s.found(&format!("{SECRETS}/openai"), secret("api-key"))
+            .await;
+
+        s.not_found(CM).await;
+        let cm = s.echo(Method::PATCH, CM).await;
+        assert_apply(&cm.query);
+        assert_owned(&cm.body);
+        let toml = cm.body["data"]["config.toml"].as_str().expect("config");
+        assert!(toml.contains("model = \"gpt-5.1-codex\""), "{toml}");
+        assert!(
+            toml.contains("openaiApiKeyFile = \"/etc/codex-sidecar/openai/api-key\""),
+            "{toml}"
+        );
+
+        s.not_found(PVC).await;
+        let pvc = s.echo(Method::PATCH, PVC).await;
+        assert_apply(&pvc.query);
+        assert_owned(&pvc.body);
+        assert_eq!(pvc.body["spec"]["resources"]["requests"]["storage"], "10Gi");
+
+        s.not_found(SVC).await;
+        let svc = s.echo(Method::PATCH, SVC).await;
+        assert_apply(&svc.query);
+        assert_owned(&svc.body);
+        assert_eq!(svc.body["spec"]["ports"][0]["port"], 8080);
+        assert_eq!(
+            svc.body["spec"]["selector"]["agents.codex-operator.dev/agent"],
+            "a1"
+        );
+
+        s.not_found(POD).await;
+        let pod = s.echo(Method::PATCH, POD).await;
+        assert_apply(&pod.query);
+        assert_owned(&pod.body);
+        let spec = &pod.body["spec"];
+        let sidecar = &spec["containers"][0];
+        assert_eq!(sidecar["image"], "registry.test/codex-sidecar:1");
+        assert_eq!(
+            sidecar["resources"]["limits"]["nvidia.com/mig-1g.10gb"],
+            "2"
+        );
+        assert_eq!(spec["runtimeClassName"], "nvidia");
+        assert_eq!(
+            spec["nodeSelector"],
+            json!({"pool": "agents", "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"})
+        );
+        assert_eq!(
+            spec["tolerations"],
+            json!([{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}])
+        );
+        let ev = s.echo(Method::POST, EVENTS).await;
+        assert_eq!(ev.body["reason"], "PodCreated");
+
+        let st = s.echo(Method::PATCH, STATUS).await;
+        assert_apply(&st.query);
+        let status = &st.body["status"];
+        assert_eq!(status["phase"], "Pending");
+        assert_eq!(status["endpoint"], "http://a1.ns.svc:8080");
+        assert_eq!(status["observedGeneration"], 3);
+        assert_eq!(condition(status, "Ready")["reason"], "PodPending");
+        assert_eq!(condition(status, "Suspended")["status"], "False");
+        assert_eq!(condition(status, "GPUVerified")["status"], "Unknown");
+        s
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn local_model_server_runs_in_the_pod_with_the_gpus() {
+    let a = agent(json!({
+        "model": "qwen3-coder",
+        "provider": {"type": "local", "local": {"engine": "vllm", "model": "Qwen/Qwen3-Coder-30B"}},
+        "gpu": {"count": 1},
+        "auth": {"jwtSecretRef": {"name": "mine", "key": "k"}},
+    }));
+    scenario(a, |mut s| async move {
+        s.found(&format!("{SECRETS}/mine"), secret("k")).await;
+        s.not_found(CM).await;
+        let cm = s.echo(Method::PATCH, CM).await;
+        let toml = cm.body["data"]["config.toml"].as_str().expect("config");
+        assert!(toml.contains("provider = \"custom\""), "{toml}");
+        assert!(
+            toml.contains("providerBaseUrl = \"http://127.0.0.1:8000/v1\""),
+            "{toml}"
+        );
+        assert!(
+            toml.contains("jwtSecretFile = \"/etc/codex-sidecar/jwt/k\""),
+            "{toml}"
+        );
+        s.not_found(PVC).await;
+        s.echo(Method::PATCH, PVC).await;
+        s.not_found(SVC).await;
+        s.echo(Method::PATCH, SVC).await;
+        s.not_found(POD).await;
+        let pod = s.echo(Method::PATCH, POD).await;
+        let containers = pod.body["spec"]["containers"]
+            .as_array()
+            .expect("containers");
+        assert_eq!(containers.len(), 2);
+        let model = &containers[1];
+        assert_eq!(model["name"], "model-server");
+        assert_eq!(model["image"], "docker.io/vllm/vllm-openai:latest");
+        assert_eq!(model["resources"]["limits"]["nvidia.com/gpu"], "1");
+        assert_eq!(
+            model["args"],
+            json!([
+                "--model",
+                "Qwen/Qwen3-Coder-30B",
+                "--served-model-name",
+                "qwen3-coder",
+                "--port",
+                "8000"
+            ])
+        );
+        assert_eq!(model["readinessProbe"]["httpGet"]["path"], "/health");
+        assert!(
+            containers[0]["resources"].is_null(),
+            "the GPU goes to the model server, not the sidecar"
+        );
+        assert_eq!(
+            pod.body["spec"]["volumes"][2]["secret"]["secretName"],
+            "mine"
+        );
+        s.echo(Method::POST, EVENTS).await;
+        let st = s.echo(Method::PATCH, STATUS).await;
+        assert_eq!(
+            condition(&st.body["status"], "ModelReady")["status"],
+            "False"
+        );
+        s
+    })
+    .await;
+}
+
+/// Existing children, a pod in the given state: expects GETs, then (maybe) a status patch.
+async fn observe(
+    a: CodexAgent,
+    pod: Value,
+    report: Option<GpuReport>,
+    expect_status: bool,
+) -> (Option<Value>, Vec<String>, Arc<fixtures::FakeProbe>) {
+    let (cm, pvc, svc, _) = world(&a);
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let probe = scenario_with(a, report, move |mut s| async move {
+        s.found(JWT, secret("jwt.key")).await;
+        s.found(&format!("{SECRETS}/openai"), secret("api-key"))
+            .await;
+        s.found(CM, cm).await;
+        s.found(PVC, pvc).await;
+        s.found(SVC, svc).await;
+        s.found(POD, pod).await;
+        let mut status = None;
+        let mut events = Vec::new();
+        if expect_status {
+            status = Some(s.echo(Method::PATCH, STATUS).await.body["status"].clone());
+            // Transitions of the Ready reason are published as Events.
+            if let Ok(Some(seen)) =
+                tokio::time::timeout(std::time::Duration::from_millis(300), async {
+                    Some(s.echo(Method::POST, EVENTS).await)
+                })
+                .await
+            {
+                events.push(format!(
+                    "{} {}",
+                    seen.body["type"].as_str().unwrap_or(""),
+                    seen.body["reason"].as_str().unwrap_or("")
+                ));
+            }
+        }
+        let _ = tx.send((status, events));
+        s
+    })
+    .await;
+    let (status, events) = rx.await.expect("scenario result");
+    (status, events, probe)
+}
+
+fn report(n: usize) -> GpuReport {
+    GpuReport {
+        available: n > 0,
+        driver_version: Some("570.86".into()),
+        devices: (0..n)
+            .map(|i| GpuDevice {
+                index: i as u32,
+                name: "NVIDIA H100 80GB HBM3".into(),
+                uuid: format!("GPU-{i}"),
+                memory_total_bytes: 1,
+                memory_used_bytes: 0,
+            })
+            .collect(),
+        error: (n == 0).then(|| "NVML: no CUDA-capable device is detected".into()),
+    }
+}
+
+#[tokio::test]
+async fn unschedulable_for_lack_of_gpus_says_so() {
+    let a = gpu_agent();
+    let pod = with_pod_status(
+        world(&a).3,
+        (
+            "False",
+            "Unschedulable",
+            "0/3 nodes are available: 3 Insufficient nvidia.com/mig-1g.10gb.",
+        ),
+        &[],
+    );
+    let (status, events, probe) = observe(a, pod, None, true).await;
+    let status = status.expect("status written");
+    let ready = condition(&status, "Ready");
+    assert_eq!(ready["status"], "False");
+    assert_eq!(ready["reason"], "InsufficientGPU");
+    assert!(
+        ready["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("no node has 2 free nvidia.com/mig-1g.10gb")),
+        "{ready}"
+    );
+    let scheduled = condition(&status, "PodScheduled");
+    assert_eq!(
+        (scheduled["status"].as_str(), scheduled["reason"].as_str()),
+        (Some("False"), Some("Unschedulable"))
+    );
+    assert_eq!(status["phase"], "Pending");
+    assert_eq!(events, ["Warning InsufficientGPU"]);
+    assert!(
+        probe.calls.lock().expect("lock").is_empty(),
+        "no GPU probe before the pod runs"
+    );
+}
+
+#[tokio::test]
+async fn scheduled_but_image_pull_failing_is_reported() {
+    let a = gpu_agent();
+    let pod = with_pod_status(
+        world(&a).3,
+        ("True", "", ""),
+        &[("sidecar", false, Some("ImagePullBackOff"))],
+    );
+    let (status, _, _) = observe(a, pod, None, true).await;
+    let status = status.expect("status");
+    assert_eq!(condition(&status, "PodScheduled")["status"], "True");
+    assert_eq!(condition(&status, "Ready")["reason"], "ImagePullBackOff");
+    assert_eq!(status["nodeName"], "gpu-node-1");
+}
+
+#[tokio::test]
+async fn ready_pod_with_visible_gpus_is_ready() {
+    let a = gpu_agent();
+    let pod = with_pod_status(world(&a).3, ("True", "", ""), &[("sidecar", true, None)]);
+    let (status, events, probe) = observe(a, pod, Some(report(2)), true).await;
+    let status = status.expect("status");
+    assert_eq!(condition(&status, "Ready")["status"], "True");
+    assert_eq!(condition(&status, "GPUVerified")["reason"], "GPUsVisible");
+    assert_eq!(status["phase"], "Ready");
+    assert_eq!(status["podName"], "a1");
+    assert_eq!(events, ["Normal Ready"]);
+    let calls = probe.calls.lock().expect("lock");
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].base_url, "http://10.0.0.7:8080");
+    assert_eq!(
+        calls[0].key, b"secret",
+        "probe token signed with the agent's own key"
+    );
+}
+
+#[tokio::test]
+async fn ready_pod_without_gpus_reports_nogpu() {
+    let a = gpu_agent();
+    let pod = with_pod_status(world(&a).3, ("True", "", ""), &[("sidecar", true, None)]);
+    let (status, events, _) = observe(a, pod, Some(report(0)), true).await;
+    let status = status.expect("status");
+    let gpu = condition(&status, "GPUVerified");
+    assert_eq!(
+        (gpu["status"].as_str(), gpu["reason"].as_str()),
+        (Some("False"), Some("NoGPU"))
+    );
+    assert!(
+        gpu["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("runtimeClassName")),
+        "{gpu}"
+    );
+    assert_eq!(condition(&status, "Ready")["reason"], "NoGPU");
+    assert_eq!(status["phase"], "Failed");
+    assert_eq!(events, ["Warning NoGPU"]);
+}
+
+#[tokio::test]
+async fn second_reconcile_with_nothing_changed_writes_nothing() {
+    let mut a = gpu_agent();
+    let pod = with_pod_status(world(&a).3, ("True", "", ""), &[("sidecar", true, None)]);
+    let (status, _, _) = observe(a.clone(), pod.clone(), Some(report(2)), true).await;
+    a.status = Some(serde_json::from_value(status.expect("status")).expect("status parses"));
+    // Same world, status already current: only GETs (observe asserts nothing else is sent).
+    let (status, events, _) = observe(a, pod, Some(report(2)), false).await;
+    assert!(status.is_none() && events.is_empty());
+}
+
+#[tokio::test]
+async fn suspend_deletes_the_pod_and_keeps_the_volume() {
+    let mut a = gpu_agent();
+    let pod = world(&a).3;
+    a.spec.suspend = true;
+    let (cm, pvc, svc, _) = world(&a);
+    scenario(a, |mut s| async move {
+        s.found(JWT, secret("jwt.key")).await;
+        s.found(&format!("{SECRETS}/openai"), secret("api-key"))
+            .await;
+        s.found(CM, cm).await;
+        s.found(PVC, pvc).await;
+        s.found(SVC, svc).await;
+        s.found(POD, pod.clone()).await;
+        s.expect(Method::DELETE, POD, StatusCode::OK, pod).await;
+        assert_eq!(
+            s.echo(Method::POST, EVENTS).await.body["reason"],
+            "Suspended"
+        );
+        let st = s.echo(Method::PATCH, STATUS).await.body["status"].clone();
+        assert_eq!(condition(&st, "Suspended")["status"], "True");
+        assert_eq!(condition(&st, "Ready")["reason"], "Suspended");
+        assert_eq!(st["phase"], "Suspended");
+        assert_eq!(
+            s.echo(Method::POST, EVENTS).await.body["reason"],
+            "Suspended"
+        );
+        s
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn resume_recreates_the_pod_on_the_same_volume() {
+    let mut a = gpu_agent();
+    a.status = Some(serde_json::from_value(json!({"phase": "Suspended", "conditions": [
+        {"type": "Suspended", "status": "True", "reason": "Suspended", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"},
+        {"type": "Ready", "status": "False", "reason": "Suspended", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}
+    ]})).expect("status"));
+    let (cm, pvc, svc, _) = world(&a);
+    scenario(a, |mut s| async move {
+        s.found(JWT, secret("jwt.key")).await;
+        s.found(&format!("{SECRETS}/openai"), secret("api-key"))
+            .await;
+        s.found(CM, cm).await;
+        s.found(PVC, pvc).await;
+        s.found(SVC, svc).await;
+        s.not_found(POD).await;
+        let pod = s.echo(Method::PATCH, POD).await;
+        assert_eq!(
+            pod.body["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"],
+            "a1-state"
+        );
+        assert_eq!(s.echo(Method::POST, EVENTS).await.body["reason"], "Resumed");
+        let st = s.echo(Method::PATCH, STATUS).await.body["status"].clone();
+        assert_eq!(condition(&st, "Suspended")["status"], "False");
+        s
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn changed_spec_replaces_the_pod() {
+    let a = gpu_agent();
+    let mut old_pod = world(&a).3;
+    old_pod["metadata"]["annotations"]["agents.codex-operator.dev/desired-hash"] = json!("stale");
+    let (cm, pvc, svc, _) = world(&a);
+    scenario(a, |mut s| async move {
+        s.found(JWT, secret("jwt.key")).await;
+        s.found(&format!("{SECRETS}/openai"), secret("api-key"))
+            .await;
+        s.found(CM, cm).await;
+        s.found(PVC, pvc).await;
+        s.found(SVC, svc).await;
+        s.found(POD, old_pod.clone()).await;
+        s.expect(Method::DELETE, POD, StatusCode::OK, old_pod).await;
+        assert_eq!(
+            s.echo(Method::POST, EVENTS).await.body["reason"],
+            "SpecChanged"
+        );
+        s.echo(Method::PATCH, STATUS).await;
+        s
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn changed_config_is_reapplied() {
+    let a = gpu_agent();
+    let (mut cm, pvc, svc, pod) = world(&a);
+    cm["metadata"]["annotations"]["agents.codex-operator.dev/desired-hash"] = json!("old");
+    let mut done = a.clone();
+    let pod = with_pod_status(pod, ("True", "", ""), &[("sidecar", false, None)]);
+    let (status, _, _) = observe(done.clone(), pod.clone(), None, true).await;
+    done.status = Some(serde_json::from_value(status.expect("status")).expect("parses"));
+    scenario(done, |mut s| async move {
+        s.found(JWT, secret("jwt.key")).await;
+        s.found(&format!("{SECRETS}/openai"), secret("api-key"))
+            .await;
+        s.found(CM, cm).await;
+        let applied = s.echo(Method::PATCH, CM).await;
+        assert_ne!(
+            applied.body["metadata"]["annotations"]["agents.codex-operator.dev/desired-hash"],
+            "old"
+        );
+        s.found(PVC, pvc).await;
+        s.found(SVC, svc).await;
+        s.found(POD, pod).await;
+        s
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn generated_jwt_secret_is_never_overwritten() {
+    // Another replica created the Secret between our GET and POST: we must read theirs, not
+    // replace it.
+    let a = gpu_agent();
+    let (cm, pvc, svc, _) = world(&a);
+    scenario(a, |mut s| async move {
+        s.not_found(JWT).await;
+        let post = s
+            .expect(
+                Method::POST,
+                SECRETS,
+                StatusCode::CONFLICT,
+                conflict_status(),
+            )
+            .await;
+        assert_eq!(post.body["metadata"]["name"], "a1-jwt");
+        s.found(JWT, secret("jwt.key")).await;
+        s.found(&format!("{SECRETS}/openai"), secret("api-key"))
+            .await;
+        s.found(CM, cm).await;
+        s.found(PVC, pvc).await;
+        s.found(SVC, svc).await;
+        s.not_found(POD).await;
+        s.echo(Method::PATCH, POD).await;
+        s.echo(Method::POST, EVENTS).await;
+        s.echo(Method::PATCH, STATUS).await;
+        s
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn missing_user_secret_blocks_the_pod_and_says_which() {
+    let a = agent(json!({
+        "model": "m",
+        "provider": {"type": "custom", "baseUrl": "https://gw.example/v1"},
+        "auth": {"jwtSecretRef": {"name": "api-jwt", "key": "hs256"}},
+    }));
+    let (cm, pvc, svc, _) = world(&a);
+    scenario(a, |mut s| async move {
+        s.not_found(&format!("{SECRETS}/api-jwt")).await;
+        s.found(CM, cm).await;
+        s.found(PVC, pvc).await;
+        s.found(SVC, svc).await;
+        s.not_found(POD).await;
+        let st = s.echo(Method::PATCH, STATUS).await.body["status"].clone();
+        let ready = condition(&st, "Ready");
+        assert_eq!(ready["reason"], "MissingSecret");
+        assert!(
+            ready["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("ns/api-jwt")),
+            "{ready}"
+        );
+        assert_eq!(s.echo(Method::POST, EVENTS).await.body["type"], "Warning");
+        s
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn api_errors_back_off_exponentially() {
+    let (ctx, mut s, _) = testing();
+    let a = Arc::new(gpu_agent());
+    let server = tokio::spawn(async move {
+        s.expect(Method::GET, JWT, StatusCode::INTERNAL_SERVER_ERROR, json!({"kind": "Status", "apiVersion": "v1",
+            "metadata": {}, "status": "Failure", "message": "boom", "reason": "InternalError", "code": 500})).await;
+        s
+    });
+    let err = timeout(reconcile::reconcile(a.clone(), ctx.clone()))
+        .await
+        .expect_err("500 is an error");
+    timeout(server).await.expect("scenario");
+    let first = reconcile::error_policy(a.clone(), &err, ctx.clone());
+    let second = reconcile::error_policy(a, &err, ctx.clone());
+    assert_eq!(
+        first,
+        kube::runtime::controller::Action::requeue(std::time::Duration::from_secs(5))
+    );
+    assert_eq!(
+        second,
+        kube::runtime::controller::Action::requeue(std::time::Duration::from_secs(10))
+    );
+    assert!(
+        ctx.metrics
+            .render()
+            .contains("codex_operator_reconcile_errors_total{error=\"kube\"} 2")
+    );
+}
+
+#[tokio::test]
+async fn missing_crd_gives_an_install_hint() {
+    let (ctx, mut s, _) = testing();
+    let server = tokio::spawn(async move {
+        s.expect(
+            Method::GET,
+            "/apis/agents.codex-operator.dev/v1alpha1/codexagents",
+            StatusCode::NOT_FOUND,
+            fixtures::not_found_status(),
+        )
+        .await;
+        s
+    });
+    let err = timeout(reconcile::check_crd(&ctx.client))
+        .await
+        .expect_err("missing");
+    timeout(server).await.expect("scenario");
+    assert!(
+        err.to_string()
+            .contains("codex-operator crd | kubectl apply -f -"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn an_agent_being_deleted_is_left_to_the_garbage_collector() {
+    let mut a = gpu_agent();
+    a.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        "2026-01-01T00:00:00Z".parse().expect("time"),
+    ));
+    a.metadata.finalizers = Some(vec!["foregroundDeletion".into()]);
+    // No request at all: the scenario expects none.
+    scenario(a, |s| async move { s }).await;
+}

@@ -344,7 +344,11 @@ fn resolve_codex_auth(
             if let Some(p) = home_auth.filter(|p| p.is_file()) {
                 return resolve_codex_auth(Some(p), None, provider);
             }
-            match std::env::var("OPENAI_API_KEY").ok().map(|k| k.trim().to_owned()).filter(|k| !k.is_empty()) {
+            match std::env::var("OPENAI_API_KEY")
+                .ok()
+                .map(|k| k.trim().to_owned())
+                .filter(|k| !k.is_empty())
+            {
                 Some(key) => Ok(CodexAuth::ApiKey(key)),
                 None => Err(bad(
                     "--provider openai",

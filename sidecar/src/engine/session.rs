@@ -489,7 +489,7 @@ impl Actor {
             .to_owned();
         self.record.thread_id = Some(thread_id.clone());
         self.record.thread_persisted = false;
-        self.save_record();
+        self.save_record().await;
         self.live = Some(live);
         self.emit(EventKind::Init {
             thread_id,
@@ -594,7 +594,7 @@ impl Actor {
         self.record.usage.add(&out.usage);
         self.record.turns_since_compaction += 1;
         self.record.thread_persisted = true;
-        self.save_record();
+        self.save_record().await;
         self.ctx.setup.sync_auth_from(&self.h.codex_home());
         if let Some((code, message, retryable)) = out.error.take() {
             self.emit(EventKind::Error {
@@ -609,7 +609,7 @@ impl Actor {
             text: std::mem::take(&mut out.text),
             usage: out.usage,
         });
-        let _ = self.h.events.sync();
+        self.sync_events_in_background();
         self.ctx
             .metrics
             .turns
@@ -680,14 +680,14 @@ impl Actor {
             self.record.turns_since_compaction = 0;
             self.record.context_tokens = out.compacted_estimate.unwrap_or(0);
             self.record.thread_persisted = true;
-            self.save_record();
+            self.save_record().await;
             self.ctx.metrics.compactions.inc();
             self.emit(EventKind::Compaction {
                 phase: CompactionPhase::Completed,
                 context_tokens: self.record.context_tokens,
             });
         } else {
-            self.save_record();
+            self.save_record().await;
             let (code, message, retryable) = out.error.take().unwrap_or_else(|| {
                 (
                     "compaction_failed".into(),
@@ -1049,12 +1049,33 @@ impl Actor {
         self.h.update(|s| s.state = state);
     }
 
-    fn save_record(&self) {
-        if let Err(e) = self.record.save(&self.h.record_path()) {
-            tracing::error!(session = %self.h.key.id, error = %e, "cannot write session.json");
-        }
+    /// Writes session.json (temp file, fsync, rename) on a blocking thread, so a slow disk never
+    /// stalls the async workers that deliver events; the actor waits for it, so saves stay ordered.
+    async fn save_record(&self) {
         let record = self.record.clone();
-        self.h.update(|s| s.record = record);
+        self.h.update(|s| s.record = record.clone());
+        let path = self.h.record_path();
+        let saved = tokio::task::spawn_blocking(move || record.save(&path)).await;
+        match saved {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(session = %self.h.key.id, error = %e, "cannot write session.json")
+            }
+            Err(e) => {
+                tracing::error!(session = %self.h.key.id, error = %e, "session.json writer failed")
+            }
+        }
+    }
+
+    /// Flushes the event log to stable storage in the background (`kill -9` needs no flush: every
+    /// event is written before anyone sees it; this guards against power loss).
+    fn sync_events_in_background(&self) {
+        let h = self.h.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = h.events.sync() {
+                tracing::warn!(session = %h.key.id, error = %e, "cannot fsync the event log");
+            }
+        });
     }
 }
 

@@ -203,6 +203,32 @@ impl Sidecar {
     }
 }
 
+impl Drop for Sidecar {
+    /// Stops the sidecar with SIGTERM (it stops its codex children and exits) and waits up to 10 s,
+    /// so the temporary state dir can be removed without a child still writing into it.
+    fn drop(&mut self) {
+        let Some(pid) = self.pid() else { return };
+        // SAFETY: signals the sidecar process this harness started.
+        unsafe {
+            libc::kill(pid as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // gone, or a zombie waiting to be reaped: it has finished its shutdown
+            if stat.is_empty()
+                || stat
+                    .rsplit(')')
+                    .next()
+                    .is_some_and(|r| r.trim_start().starts_with('Z'))
+            {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 fn tmp_root() -> PathBuf {
     // codex warns when CODEX_HOME is under /tmp; CARGO_TARGET_TMPDIR is inside target/.
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/e2e-tmp");

@@ -392,6 +392,33 @@ impl Api {
     }
 }
 
+/// Every file under `dir` (recursively) whose path satisfies `pred`.
+pub fn files_under(dir: &Path, pred: impl Fn(&Path) -> bool) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if pred(&p) {
+                found.push(p);
+            }
+        }
+    }
+    found
+}
+
+/// Every file under `dir` called `name`.
+pub fn files_named(dir: &Path, name: &str) -> Vec<PathBuf> {
+    files_under(dir, |p| {
+        p.file_name().and_then(|n| n.to_str()) == Some(name)
+    })
+}
+
 /// Every event of this type.
 pub fn of_type<'a>(events: &'a [Value], t: &str) -> Vec<&'a Value> {
     events.iter().filter(|e| e["type"] == t).collect()

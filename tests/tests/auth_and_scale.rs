@@ -168,12 +168,18 @@ async fn secrets_never_reach_logs_events_or_files_other_than_0600() -> anyhow::R
     assert!(!all.contains(PROVIDER_KEY), "{all}");
     assert!(all.contains("[REDACTED]"));
     assert!(!sc.log().contains(PROVIDER_KEY));
-    let on_disk = std::fs::read_to_string(find(&sc.state_dir, "events.jsonl").expect("log"))?;
+    let on_disk = std::fs::read_to_string(
+        codex_e2e::harness::files_named(&sc.state_dir, "events.jsonl")
+            .pop()
+            .expect("log"),
+    )?;
     assert!(!on_disk.contains(PROVIDER_KEY));
     // the session's files are private
     use std::os::unix::fs::PermissionsExt;
     for name in ["config.toml", "session.json"] {
-        let p = find(&sc.state_dir, name).expect(name);
+        let p = codex_e2e::harness::files_named(&sc.state_dir, name)
+            .pop()
+            .expect(name);
         assert_eq!(
             std::fs::metadata(&p)?.permissions().mode() & 0o777,
             0o600,
@@ -181,20 +187,6 @@ async fn secrets_never_reach_logs_events_or_files_other_than_0600() -> anyhow::R
         );
     }
     Ok(())
-}
-
-fn find(dir: &std::path::Path, name: &str) -> Option<std::path::PathBuf> {
-    for e in std::fs::read_dir(dir).ok()?.flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            if let Some(f) = find(&p, name) {
-                return Some(f);
-            }
-        } else if p.file_name().and_then(|n| n.to_str()) == Some(name) {
-            return Some(p);
-        }
-    }
-    None
 }
 
 #[tokio::test]

@@ -460,18 +460,10 @@ async fn approval_requests_are_answered_with_the_configured_decision() -> anyhow
                 .is_some_and(|t| t.starts_with("tool output:")),
             "{result}"
         );
-        let mut found = false;
-        let mut stack = vec![sc.state_dir.clone()];
-        while let Some(d) = stack.pop() {
-            for e in std::fs::read_dir(&d)?.flatten() {
-                let p = e.path();
-                if p.is_dir() {
-                    stack.push(p);
-                } else if p.ends_with("workspace/approved-by-sidecar.txt") {
-                    found = true;
-                }
-            }
-        }
+        let found = !codex_e2e::harness::files_under(&sc.state_dir, |p| {
+            p.ends_with("workspace/approved-by-sidecar.txt")
+        })
+        .is_empty();
         assert_eq!(
             found, expect_file,
             "{decision}: the command ran only when accepted"

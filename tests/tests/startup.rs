@@ -32,143 +32,71 @@ fn refuses(args: &[&str], env: &[(&str, &str)]) -> String {
 #[test]
 fn bad_settings_fail_at_start_up_naming_the_setting() {
     let codex = codex_bin().display().to_string();
-    let base = [
+    let custom = [
         "--provider",
         "custom",
         "--provider-base-url",
         "http://127.0.0.1:9/v1",
     ];
-    let with = |extra: &[&str]| -> Vec<String> {
-        base.iter()
-            .chain(extra.iter())
-            .map(|s| (*s).to_owned())
-            .collect()
-    };
-    let run = |args: Vec<String>, env: &[(&str, &str)]| {
-        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        refuses(&refs, env)
-    };
-
-    let err = run(
-        with(&["--insecure-no-auth", "--codex-bin", "/nonexistent/codex"]),
-        &[],
-    );
-    assert!(
-        err.contains("--codex-bin /nonexistent/codex") && err.contains("not found"),
-        "{err}"
-    );
-
-    let err = run(
-        with(&[
-            "--codex-bin",
-            &codex,
-            "--jwt-secret-file",
-            "/nonexistent/secret",
-        ]),
-        &[],
-    );
-    assert!(
-        err.contains("--jwt-secret-file") && err.contains("/nonexistent/secret"),
-        "{err}"
-    );
-
-    let err = run(with(&["--codex-bin", &codex]), &[]);
-    assert!(
-        err.contains("--jwt-secret-file") || err.contains("--insecure-no-auth"),
-        "no key given: {err}"
-    );
-
-    let err = run(
-        with(&[
-            "--codex-bin",
-            &codex,
-            "--insecure-no-auth",
-            "--listen",
-            "0.0.0.0:0",
-        ]),
-        &[],
-    );
-    assert!(
-        err.contains("--insecure-no-auth") && err.contains("loopback"),
-        "{err}"
-    );
-
-    let err = run(
-        with(&[
-            "--codex-bin",
-            &codex,
-            "--insecure-no-auth",
-            "--listen",
-            "not-an-address",
-        ]),
-        &[],
-    );
-    assert!(err.contains("--listen not-an-address"), "{err}");
-
-    let err = run(
-        vec![
-            "--codex-bin".into(),
-            codex.clone(),
-            "--insecure-no-auth".into(),
-            "--provider".into(),
-            "custom".into(),
-        ],
-        &[],
-    );
+    let open = ["--codex-bin", codex.as_str(), "--insecure-no-auth"];
+    // (flags after the custom provider, words the message must contain)
+    let cases: Vec<(Vec<&str>, Vec<&str>)> = vec![
+        (
+            vec!["--insecure-no-auth", "--codex-bin", "/nonexistent/codex"],
+            vec!["--codex-bin /nonexistent/codex", "not found"],
+        ),
+        (
+            vec![
+                "--codex-bin",
+                &codex,
+                "--jwt-secret-file",
+                "/nonexistent/secret",
+            ],
+            vec!["--jwt-secret-file", "/nonexistent/secret"],
+        ),
+        (
+            vec!["--codex-bin", &codex],
+            vec!["--jwt-secret-file", "--insecure-no-auth"],
+        ),
+        (
+            [&open[..], &["--listen", "0.0.0.0:0"]].concat(),
+            vec!["--insecure-no-auth", "loopback"],
+        ),
+        (
+            [&open[..], &["--listen", "not-an-address"]].concat(),
+            vec!["--listen not-an-address"],
+        ),
+        (
+            [&open[..], &["--provider-env-key", "E2E_UNSET_KEY_VAR"]].concat(),
+            vec!["E2E_UNSET_KEY_VAR", "not set"],
+        ),
+        (
+            [&open[..], &["--auth-json", "/nonexistent/auth.json"]].concat(),
+            vec!["--auth-json /nonexistent/auth.json"],
+        ),
+        (
+            [&open[..], &["--max-live-sessions", "0"]].concat(),
+            vec!["--max-live-sessions 0"],
+        ),
+    ];
+    for (flags, words) in cases {
+        let err = refuses(&[&custom[..], &flags[..]].concat(), &[]);
+        for w in words {
+            assert!(err.contains(w), "{flags:?}: {err}");
+        }
+    }
+    let err = refuses(&[&open[..], &["--provider", "custom"]].concat(), &[]);
     assert!(
         err.contains("--provider custom") && err.contains("--provider-base-url"),
         "{err}"
     );
-
-    let err = run(
-        with(&[
-            "--codex-bin",
-            &codex,
-            "--insecure-no-auth",
-            "--provider-env-key",
-            "E2E_UNSET_KEY_VAR",
-        ]),
-        &[],
-    );
-    assert!(
-        err.contains("E2E_UNSET_KEY_VAR") && err.contains("not set"),
-        "{err}"
-    );
-
-    let err = run(
-        with(&[
-            "--codex-bin",
-            &codex,
-            "--insecure-no-auth",
-            "--auth-json",
-            "/nonexistent/auth.json",
-        ]),
-        &[],
-    );
-    assert!(err.contains("--auth-json /nonexistent/auth.json"), "{err}");
-
     // openai with no credentials anywhere says exactly what to provide
     let home = tempfile::tempdir().expect("tempdir");
-    let err = refuses(
-        &["--codex-bin", &codex, "--insecure-no-auth"],
-        &[("HOME", &home.path().display().to_string())],
-    );
+    let err = refuses(&open, &[("HOME", &home.path().display().to_string())]);
     assert!(
         err.contains("--auth-json") && err.contains("--openai-api-key-file"),
         "{err}"
     );
-
-    let err = run(
-        with(&[
-            "--codex-bin",
-            &codex,
-            "--insecure-no-auth",
-            "--max-live-sessions",
-            "0",
-        ]),
-        &[],
-    );
-    assert!(err.contains("--max-live-sessions 0"), "{err}");
 }
 
 #[tokio::test]
@@ -231,23 +159,15 @@ async fn a_thread_that_cannot_be_resumed_is_replaced_with_a_new_init() -> anyhow
         .await?;
     sc.kill9().await;
     // the rollout disappears (disk cleaned up, volume replaced...)
-    let mut removed = 0;
-    let mut stack = vec![sc.state_dir.clone()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d)?.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p
-                .file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("rollout-"))
-            {
-                std::fs::remove_file(&p)?;
-                removed += 1;
-            }
-        }
+    let rollouts = codex_e2e::harness::files_under(&sc.state_dir, |p| {
+        p.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("rollout-"))
+    });
+    for p in &rollouts {
+        std::fs::remove_file(p)?;
     }
+    let removed = rollouts.len();
     assert_eq!(removed, 1);
     sc.restart().await?;
     let api = api.with_base(&sc.base);
@@ -312,22 +232,15 @@ async fn api_key_login_writes_a_private_auth_json_per_session() -> anyhow::Resul
     }
     let (_, st) = api.call("GET", "/v1/status", None).await;
     assert_eq!(st["provider"], "openai");
-    let mut found = 0;
-    let mut stack = vec![dir.path().join("state/sessions")];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d)?.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.file_name().and_then(|n| n.to_str()) == Some("auth.json") {
-                use std::os::unix::fs::PermissionsExt;
-                assert_eq!(std::fs::metadata(&p)?.permissions().mode() & 0o777, 0o600);
-                let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p)?)?;
-                assert_eq!(v["OPENAI_API_KEY"], KEY);
-                found += 1;
-            }
-        }
+    let auth_files =
+        codex_e2e::harness::files_named(&dir.path().join("state/sessions"), "auth.json");
+    for p in &auth_files {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(p)?.permissions().mode() & 0o777, 0o600);
+        let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(p)?)?;
+        assert_eq!(v["OPENAI_API_KEY"], KEY);
     }
+    let found = auth_files.len();
     assert_eq!(
         found, 2,
         "each session's CODEX_HOME holds its own auth.json"

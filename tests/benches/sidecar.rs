@@ -40,18 +40,15 @@
 //! Run without `--bench` (as `cargo test --benches` or `--all-targets` does) it only checks its
 //! own helpers and exits, so test runs never start the benchmark.
 
-use std::collections::VecDeque;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{ExitCode, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context as _, anyhow, bail, ensure};
-use codex_e2e::harness::{Api, Sidecar, codex_bin, mint, sidecar_bin};
+use anyhow::{Context as _, bail, ensure};
+use codex_e2e::direct::{DirectCodex, Options, method_of};
+use codex_e2e::harness::{Api, Sidecar, alive, child_pids, codex_bin, mint, sidecar_bin};
 use codex_e2e::model::ScriptedModel;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
-use tokio::process::{Child, ChildStdin, Command};
-use tokio::sync::mpsc;
 
 /// The JWT subject every request of the benchmark acts as.
 const SUBJECT: &str = "bench";
@@ -350,39 +347,10 @@ fn proc_status_kib(pid: u32, key: &str) -> Option<u64> {
         .and_then(|n| n.parse().ok())
 }
 
-/// Pids whose parent is `ppid` (from `/proc/*/stat`).
-fn children_of(ppid: u32) -> Vec<u32> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                // The command name may hold spaces and parentheses: fields start after the last ')'.
-                .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.to_owned()))
-                .and_then(|rest| rest.split_whitespace().nth(1)?.parse::<u32>().ok())
-                == Some(ppid)
-        })
-        .collect()
-}
-
-/// Whether `pid` exists and is not a zombie.
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            s.rsplit_once(')')
-                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
-        })
-        .is_some_and(|zombie| !zombie)
-}
-
 /// Kills the sidecar and waits (at most 10 s) for its codex children to exit, so that dropping
 /// it can remove its state dir (a child still writing its rollout would leave files behind).
 async fn stop_sidecar(mut sc: Sidecar) {
-    let children = sc.pid().map(children_of).unwrap_or_default();
+    let children = sc.pid().map(child_pids).unwrap_or_default();
     sc.kill9().await;
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline && children.iter().any(|&c| alive(c)) {
@@ -409,215 +377,56 @@ async fn settled_rss_kib(pid: u32, settle: Duration) -> anyhow::Result<u64> {
         .context("no samples")
 }
 
-/// Where scratch CODEX_HOMEs go: inside target/ (codex warns about homes under /tmp), as the
-/// harness does.
-fn scratch_root() -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/e2e-tmp");
-    let _ = std::fs::create_dir_all(&p);
-    p
-}
-
 // ---------------------------------------------------------------------------------------------
-// Direct stdio client for `codex app-server`
+// Direct path: `codex app-server` over stdio
 // ---------------------------------------------------------------------------------------------
 
-/// A `codex app-server` child driven directly over stdio (newline-delimited JSON), configured like
-/// the sidecar configures its children (same provider table, approval policy and sandbox), so
-/// that the only difference between the two paths is the sidecar.
-struct DirectCodex {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    /// Every message codex writes, with the instant the reader task parsed it.
-    rx: mpsc::UnboundedReceiver<(Instant, Value)>,
-    backlog: VecDeque<(Instant, Value)>,
-    next_id: u64,
-    home: tempfile::TempDir,
+/// A [`DirectCodex`] configured like the sidecar configures its children (same provider table;
+/// the thread gets the sidecar's approval policy and sandbox), so that the only difference
+/// between the two paths is the sidecar; returns it with its thread's id.
+async fn direct_codex(model_base_url: &str) -> anyhow::Result<(DirectCodex, String)> {
+    let options = Options {
+        timeout: TURN_TIMEOUT,
+        ..Options::default()
+    };
+    let mut direct = DirectCodex::spawn(model_base_url, &options).await?;
+    direct.initialize("codex-bench").await?;
+    let cwd = direct.workdir().display().to_string();
+    let thread_id = direct
+        .start_thread(json!({"cwd": cwd, "approvalPolicy": "never", "sandbox": "workspace-write"}))
+        .await?;
+    Ok((direct, thread_id))
 }
 
-impl DirectCodex {
-    /// Spawns codex with a fresh CODEX_HOME whose config.toml matches the sidecar's for
-    /// `--provider custom --provider-base-url <model> --model scripted`.
-    async fn spawn(model_base_url: &str) -> anyhow::Result<DirectCodex> {
-        let home = tempfile::Builder::new()
-            .prefix("bench-direct-")
-            .tempdir_in(scratch_root())?;
-        let config = format!(
-            "cli_auth_credentials_store = \"file\"\nmodel = \"scripted\"\nmodel_provider = \"sidecar\"\n\n\
-             [model_providers.sidecar]\nname = \"codex-sidecar custom provider\"\nbase_url = {}\nwire_api = \"responses\"\n",
-            toml_string(model_base_url)
-        );
-        std::fs::write(home.path().join("config.toml"), config)?;
-        std::fs::create_dir_all(home.path().join("workspace"))?;
-        let stderr = std::fs::File::create(home.path().join("stderr.log"))?;
-        let mut child = Command::new(codex_bin())
-            .arg("app-server")
-            .env("CODEX_HOME", home.path())
-            .current_dir(home.path().join("workspace"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("spawning {}", codex_bin().display()))?;
-        let stdin = child.stdin.take().context("codex has no stdin")?;
-        let stdout = child.stdout.take().context("codex has no stdout")?;
-        let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(stdout).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                let at = Instant::now();
-                if let Ok(v) = serde_json::from_str::<Value>(&line)
-                    && tx.send((at, v)).is_err()
-                {
-                    break;
-                }
-            }
-        });
-        Ok(DirectCodex {
-            child,
-            stdin: Some(stdin),
-            rx,
-            backlog: VecDeque::new(),
-            next_id: 1,
-            home,
+/// One direct turn: the time from writing `turn/start` to reading its `turn/completed`.
+async fn direct_timed_turn(
+    direct: &mut DirectCodex,
+    thread_id: &str,
+    text: &str,
+) -> anyhow::Result<Duration> {
+    let t0 = Instant::now();
+    let started = direct.start_turn(thread_id, text).await?;
+    let turn_id = started
+        .pointer("/turn/id")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let (t1, done) = direct
+        .read_until(|m| {
+            method_of(m) == Some("turn/completed")
+                && (turn_id.is_empty()
+                    || m.pointer("/params/turn/id").and_then(Value::as_str)
+                        == Some(turn_id.as_str()))
         })
-    }
-
-    fn stderr_tail(&self) -> String {
-        let s = std::fs::read_to_string(self.home.path().join("stderr.log")).unwrap_or_default();
-        let start = s.len().saturating_sub(2000);
-        s.get(start..).unwrap_or_default().to_owned()
-    }
-
-    async fn send(&mut self, msg: &Value) -> anyhow::Result<()> {
-        let mut line = serde_json::to_vec(msg)?;
-        line.push(b'\n');
-        let stdin = self.stdin.as_mut().context("codex stdin already closed")?;
-        stdin.write_all(&line).await?;
-        stdin.flush().await?;
-        Ok(())
-    }
-
-    async fn recv(&mut self) -> anyhow::Result<(Instant, Value)> {
-        match tokio::time::timeout(TURN_TIMEOUT, self.rx.recv()).await {
-            Ok(Some(m)) => Ok(m),
-            Ok(None) => bail!("codex closed stdout; stderr:\n{}", self.stderr_tail()),
-            Err(_) => bail!(
-                "no message from codex within {TURN_TIMEOUT:?}; stderr:\n{}",
-                self.stderr_tail()
-            ),
-        }
-    }
-
-    /// Sends a request and returns its `result`; everything else read meanwhile is kept.
-    async fn request(&mut self, method: &str, params: Value) -> anyhow::Result<Value> {
-        let id = self.next_id;
-        self.next_id += 1;
-        self.send(&json!({"id": id, "method": method, "params": params}))
-            .await?;
-        loop {
-            let (at, msg) = self.recv().await?;
-            if msg.get("id") == Some(&json!(id)) && msg.get("method").is_none() {
-                if let Some(err) = msg.get("error") {
-                    bail!("{method} failed: {err}");
-                }
-                return Ok(msg.get("result").cloned().unwrap_or(Value::Null));
-            }
-            self.backlog.push_back((at, msg));
-        }
-    }
-
-    /// The first notification named `method` whose `params` satisfy `pred`, with the instant it
-    /// was read; earlier messages are dropped. Codex never asks for approval here (policy
-    /// `never`); a server request is an error.
-    async fn wait_for(
-        &mut self,
-        method: &str,
-        pred: impl Fn(&Value) -> bool,
-    ) -> anyhow::Result<(Instant, Value)> {
-        loop {
-            let (at, msg) = match self.backlog.pop_front() {
-                Some(m) => m,
-                None => self.recv().await?,
-            };
-            if msg.get("id").is_some() && msg.get("method").is_some() {
-                bail!("unexpected request from codex: {msg}");
-            }
-            if msg.get("method").and_then(Value::as_str) == Some(method)
-                && pred(msg.get("params").unwrap_or(&Value::Null))
-            {
-                return Ok((at, msg));
-            }
-        }
-    }
-
-    /// `initialize` + `initialized` + `thread/start` with the sidecar's default thread params.
-    async fn start_thread(&mut self) -> anyhow::Result<String> {
-        self.request("initialize", json!({"clientInfo": {"name": "codex-bench", "title": "codex-bench", "version": "0.1.0"}}))
-            .await?;
-        self.send(&json!({"method": "initialized"})).await?;
-        let cwd = self.home.path().join("workspace").display().to_string();
-        let res = self
-            .request(
-                "thread/start",
-                json!({"cwd": cwd, "approvalPolicy": "never", "sandbox": "workspace-write"}),
-            )
-            .await?;
-        res.pointer("/thread/id")
-            .and_then(Value::as_str)
-            .map(str::to_owned)
-            .ok_or_else(|| anyhow!("thread/start result without thread.id: {res}"))
-    }
-
-    /// One turn: the time from writing `turn/start` to reading its `turn/completed`.
-    async fn timed_turn(&mut self, thread_id: &str, text: &str) -> anyhow::Result<Duration> {
-        let t0 = Instant::now();
-        let started = self
-            .request(
-                "turn/start",
-                json!({"threadId": thread_id, "input": [{"type": "text", "text": text}]}),
-            )
-            .await?;
-        let turn_id = started
-            .pointer("/turn/id")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned();
-        let (t1, done) = self
-            .wait_for("turn/completed", |p| {
-                turn_id.is_empty()
-                    || p.pointer("/turn/id").and_then(Value::as_str) == Some(turn_id.as_str())
-            })
-            .await?;
-        let status = done
-            .pointer("/params/turn/status")
-            .and_then(Value::as_str)
-            .unwrap_or("?");
-        ensure!(status == "completed", "direct turn ended {status}: {done}");
-        Ok(t1.duration_since(t0))
-    }
-
-    /// Closes stdin (codex exits) and waits briefly.
-    async fn stop(mut self) {
-        drop(self.stdin.take());
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await;
-    }
-}
-
-/// A TOML basic string for `s`.
-fn toml_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
+        .await?
+        .pop()
+        .context("no turn/completed")?;
+    let status = done
+        .pointer("/params/turn/status")
+        .and_then(Value::as_str)
+        .unwrap_or("?");
+    ensure!(status == "completed", "direct turn ended {status}: {done}");
+    Ok(t1.duration_since(t0))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -772,8 +581,7 @@ async fn bench_latency(cfg: &Settings, model: &ScriptedModel, sc: &Sidecar) -> a
         cfg.warmup
     );
 
-    let mut direct = DirectCodex::spawn(&model.base_url()).await?;
-    let thread_id = direct.start_thread().await?;
+    let (mut direct, thread_id) = direct_codex(&model.base_url()).await?;
     let api = sc.api(SUBJECT);
     let ev = EventsClient::new(&sc.base)?;
     let (status, created) = api.create(json!({"id": "latency"})).await;
@@ -792,7 +600,7 @@ async fn bench_latency(cfg: &Settings, model: &ScriptedModel, sc: &Sidecar) -> a
             break;
         }
         let text = format!("latency turn {i}");
-        let d = direct.timed_turn(&thread_id, &text).await?;
+        let d = direct_timed_turn(&mut direct, &thread_id, &text).await?;
         let s = sidecar_timed_turn(&api, &ev, "latency", cursor, &text).await?;
         cursor = s.cursor;
         if i >= cfg.warmup {
@@ -1007,7 +815,7 @@ async fn measure_memory(cfg: &Settings, sc: &mut Sidecar) -> anyhow::Result<()> 
     sc.restart().await?;
     let pid = sc.pid().context("no sidecar pid after restart")?;
     let rss_n = settled_rss_kib(pid, Duration::from_secs(1)).await?;
-    let kids = children_of(pid).len();
+    let kids = child_pids(pid).len();
     let (status, list) = sc.api(SUBJECT).call("GET", "/v1/sessions", None).await;
     let listed = list["sessions"].as_array().map_or(0, Vec::len);
     ensure!(
@@ -1089,7 +897,6 @@ fn self_check() -> Result<(), String> {
             == (vec![Part::Memory, Part::Latency], vec!["bogus".to_owned()]),
         "BENCH_ONLY",
     )?;
-    check(toml_string("a\"b\\") == "\"a\\\"b\\\\\"", "toml string")?;
     Ok(())
 }
 

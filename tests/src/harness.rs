@@ -213,24 +213,16 @@ impl Drop for Sidecar {
             libc::kill(pid as i32, libc::SIGTERM);
         }
         let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            // gone, or a zombie waiting to be reaped: it has finished its shutdown
-            if stat.is_empty()
-                || stat
-                    .rsplit(')')
-                    .next()
-                    .is_some_and(|r| r.trim_start().starts_with('Z'))
-            {
-                break;
-            }
+        // gone, or a zombie waiting to be reaped: it has finished its shutdown
+        while alive(pid) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 }
 
-fn tmp_root() -> PathBuf {
-    // codex warns when CODEX_HOME is under /tmp; CARGO_TARGET_TMPDIR is inside target/.
+/// Where test state dirs and scratch CODEX_HOMEs go: `target/e2e-tmp` (codex warns about a
+/// CODEX_HOME under /tmp).
+pub fn tmp_root() -> PathBuf {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/e2e-tmp");
     let _ = std::fs::create_dir_all(&p);
     p
@@ -390,6 +382,33 @@ impl Api {
         })
         .await
     }
+}
+
+/// The fields of `/proc/<pid>/stat` after the command name (which may hold spaces and
+/// parentheses, so they start after the last `)`): state, parent pid, ...
+fn proc_stat_fields(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')').map(|(_, rest)| rest.to_owned())
+}
+
+/// The pids whose parent is `parent` (from `/proc/*/stat`); empty when /proc cannot be read.
+pub fn child_pids(parent: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| {
+            proc_stat_fields(pid)
+                .and_then(|rest| rest.split_whitespace().nth(1)?.parse::<u32>().ok())
+                == Some(parent)
+        })
+        .collect()
+}
+
+/// Whether `pid` exists and is not a zombie.
+pub fn alive(pid: u32) -> bool {
+    proc_stat_fields(pid).is_some_and(|rest| !rest.trim_start().starts_with('Z'))
 }
 
 /// Every file under `dir` (recursively) whose path satisfies `pred`.

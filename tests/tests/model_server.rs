@@ -3,207 +3,38 @@
 //! codex: echo replies, `[[tokens=N]]` usage, bearer key from the provider's `env_key`, and
 //! compaction requests.
 //!
-//! The codex binary comes from `CODEX_BIN`, else the native binary of the npm package, else
-//! `codex` on PATH. The tiny JSON-RPC client below is local to this file on purpose.
+//! The codex binary is `harness::codex_bin()`; the client is `codex_e2e::direct::DirectCodex`.
 
-use std::collections::VecDeque;
-use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
-use anyhow::{Context as _, anyhow, bail};
+use anyhow::Context as _;
+use codex_e2e::direct::{DirectCodex, Options, method_of};
 use codex_e2e::model::{COMPACTION_PROMPT_PREFIX, COMPACTION_SUMMARY, ScriptedModel};
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
-use tokio::process::{Child, ChildStdin, Command};
-use tokio::sync::mpsc;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
-const NATIVE_CODEX: &str = "/usr/lib/node_modules/@openai/codex/node_modules/@openai/codex-linux-x64/vendor/x86_64-unknown-linux-musl/bin/codex";
 const API_KEY: &str = "scripted-test-key";
 
-fn codex_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("CODEX_BIN") {
-        return p.into();
-    }
-    if std::path::Path::new(NATIVE_CODEX).exists() {
-        return NATIVE_CODEX.into();
-    }
-    "codex".into()
-}
-
-/// A `codex app-server` child process with a temporary CODEX_HOME.
-struct AppServer {
-    child: Child,
-    stdin: ChildStdin,
-    rx: mpsc::UnboundedReceiver<Value>,
-    /// Messages read while waiting for something else.
-    backlog: VecDeque<Value>,
-    next_id: u64,
-    home: tempfile::TempDir,
-}
-
-impl AppServer {
-    async fn spawn(model: &ScriptedModel) -> anyhow::Result<AppServer> {
-        let home = tempfile::tempdir()?;
-        let config = format!(
-            r#"model = "scripted"
-model_provider = "scripted"
-approval_policy = "never"
-sandbox_mode = "read-only"
-
-[model_providers.scripted]
-name = "scripted"
-base_url = "{}"
-env_key = "SCRIPTED_API_KEY"
-wire_api = "responses"
-request_max_retries = 0
-stream_max_retries = 0
-"#,
-            model.base_url()
-        );
-        std::fs::write(home.path().join("config.toml"), config)?;
-        std::fs::create_dir_all(home.path().join("work"))?;
-        let stderr = std::fs::File::create(home.path().join("stderr.log"))?;
-        let mut child = Command::new(codex_bin())
-            .arg("app-server")
-            .env("CODEX_HOME", home.path())
-            .env("SCRIPTED_API_KEY", API_KEY)
-            .current_dir(home.path().join("work"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("spawning {}", codex_bin().display()))?;
-        let stdin = child.stdin.take().context("no stdin")?;
-        let stdout = child.stdout.take().context("no stdout")?;
-        let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(stdout).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                if let Ok(v) = serde_json::from_str::<Value>(&line)
-                    && tx.send(v).is_err()
-                {
-                    break;
-                }
-            }
-        });
-        Ok(AppServer {
-            child,
-            stdin,
-            rx,
-            backlog: VecDeque::new(),
-            next_id: 1,
-            home,
-        })
-    }
-
-    fn stderr_tail(&self) -> String {
-        let s = std::fs::read_to_string(self.home.path().join("stderr.log")).unwrap_or_default();
-        let start = s.len().saturating_sub(4000);
-        s.get(start..).unwrap_or_default().to_string()
-    }
-
-    async fn send(&mut self, msg: Value) -> anyhow::Result<()> {
-        let mut line = serde_json::to_vec(&msg)?;
-        line.push(b'\n');
-        self.stdin.write_all(&line).await?;
-        self.stdin.flush().await?;
-        Ok(())
-    }
-
-    async fn recv(&mut self) -> anyhow::Result<Value> {
-        match tokio::time::timeout(TIMEOUT, self.rx.recv()).await {
-            Ok(Some(v)) => Ok(v),
-            Ok(None) => bail!("codex closed stdout; stderr:\n{}", self.stderr_tail()),
-            Err(_) => bail!(
-                "no message from codex within {TIMEOUT:?}; stderr:\n{}",
-                self.stderr_tail()
-            ),
-        }
-    }
-
-    /// Sends a request and returns its `result`; other messages go to the backlog.
-    async fn request(&mut self, method: &str, params: Value) -> anyhow::Result<Value> {
-        let id = self.next_id;
-        self.next_id += 1;
-        self.send(json!({"id": id, "method": method, "params": params}))
-            .await?;
-        loop {
-            let msg = self.recv().await?;
-            if msg.get("id") == Some(&json!(id)) && msg.get("method").is_none() {
-                if let Some(err) = msg.get("error") {
-                    bail!("{method} failed: {err}");
-                }
-                return Ok(msg.get("result").cloned().unwrap_or(Value::Null));
-            }
-            self.backlog.push_back(msg);
-        }
-    }
-
-    /// Returns every notification up to and including the first one named `method`.
-    async fn collect_until(&mut self, method: &str) -> anyhow::Result<Vec<Value>> {
-        let mut seen = Vec::new();
-        loop {
-            let msg = match self.backlog.pop_front() {
-                Some(m) => m,
-                None => self.recv().await?,
-            };
-            if msg.get("id").is_some() && msg.get("method").is_some() {
-                bail!("unexpected server request (approvals are off): {msg}");
-            }
-            let done = msg.get("method").and_then(Value::as_str) == Some(method);
-            seen.push(msg);
-            if done {
-                return Ok(seen);
-            }
-        }
-    }
-
-    async fn initialize(&mut self) -> anyhow::Result<()> {
-        self.request(
-            "initialize",
-            json!({"clientInfo": {"name": "codex-e2e", "title": "codex-e2e model test", "version": "0.1.0"}}),
+/// Codex against `model`, bearer key [`API_KEY`] from the provider's `env_key`, no retries,
+/// initialized, with one thread (approvals off, read-only sandbox); returns the thread id too.
+async fn codex_with_thread(model: &ScriptedModel) -> anyhow::Result<(DirectCodex, String)> {
+    let options = Options {
+        api_key: Some(("SCRIPTED_API_KEY".into(), API_KEY.into())),
+        no_retries: true,
+        timeout: TIMEOUT,
+    };
+    let mut codex = DirectCodex::spawn(&model.base_url(), &options).await?;
+    codex.initialize("codex-e2e").await?;
+    let thread_id = codex
+        .start_thread(
+            json!({"model": "scripted", "approvalPolicy": "never", "sandbox": "read-only"}),
         )
         .await?;
-        self.send(json!({"method": "initialized"})).await
-    }
-
-    async fn start_thread(&mut self) -> anyhow::Result<String> {
-        let res = self
-            .request(
-                "thread/start",
-                json!({"model": "scripted", "approvalPolicy": "never"}),
-            )
-            .await?;
-        res.pointer("/thread/id")
-            .and_then(Value::as_str)
-            .map(str::to_string)
-            .ok_or_else(|| anyhow!("thread/start result without thread.id: {res}"))
-    }
-
-    /// Runs one text turn and returns its notifications (through `turn/completed`).
-    async fn turn(&mut self, thread_id: &str, text: &str) -> anyhow::Result<Vec<Value>> {
-        self.request(
-            "turn/start",
-            json!({"threadId": thread_id, "input": [{"type": "text", "text": text}]}),
-        )
-        .await?;
-        self.collect_until("turn/completed").await
-    }
-}
-
-impl Drop for AppServer {
-    fn drop(&mut self) {
-        let _ = self.child.start_kill();
-    }
+    Ok((codex, thread_id))
 }
 
 fn of_method<'a>(notes: &'a [Value], method: &'a str) -> impl Iterator<Item = &'a Value> + 'a {
-    notes
-        .iter()
-        .filter(move |n| n.get("method").and_then(Value::as_str) == Some(method))
+    notes.iter().filter(move |n| method_of(n) == Some(method))
 }
 
 fn turn_status(notes: &[Value]) -> Option<&str> {
@@ -232,9 +63,7 @@ fn last_input_tokens(notes: &[Value]) -> Option<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn codex_runs_a_turn_against_the_scripted_model() -> anyhow::Result<()> {
     let model = ScriptedModel::start_with_key(API_KEY).await?;
-    let mut codex = AppServer::spawn(&model).await?;
-    codex.initialize().await?;
-    let thread_id = codex.start_thread().await?;
+    let (mut codex, thread_id) = codex_with_thread(&model).await?;
 
     let notes = codex.turn(&thread_id, "hello [[tokens=5000]]").await?;
     assert_eq!(
@@ -288,9 +117,7 @@ async fn codex_runs_a_turn_against_the_scripted_model() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn codex_compaction_goes_through_the_scripted_model() -> anyhow::Result<()> {
     let model = ScriptedModel::start().await?;
-    let mut codex = AppServer::spawn(&model).await?;
-    codex.initialize().await?;
-    let thread_id = codex.start_thread().await?;
+    let (mut codex, thread_id) = codex_with_thread(&model).await?;
 
     let notes = codex
         .turn(&thread_id, "before compaction [[tokens=90000]]")
@@ -356,25 +183,15 @@ async fn codex_compaction_goes_through_the_scripted_model() -> anyhow::Result<()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn steering_hang_interrupt_and_failure_against_the_scripted_model() -> anyhow::Result<()> {
     let model = ScriptedModel::start().await?;
-    let mut codex = AppServer::spawn(&model).await?;
-    codex.initialize().await?;
-    let thread_id = codex.start_thread().await?;
+    let (mut codex, thread_id) = codex_with_thread(&model).await?;
 
     // Steering: a message sent while a turn runs joins it; codex drops the slow stream and
     // asks again with both messages as separate user items. The echo shows both.
     codex
-        .request(
-            "turn/start",
-            json!({"threadId": thread_id, "input": [{"type": "text", "text": "slow [[delay_ms=3000]]"}]}),
-        )
+        .start_turn(&thread_id, "slow [[delay_ms=3000]]")
         .await?;
     model.wait_for_requests(1, TIMEOUT).await?;
-    codex
-        .request(
-            "turn/start",
-            json!({"threadId": thread_id, "input": [{"type": "text", "text": "steer one"}]}),
-        )
-        .await?;
+    codex.start_turn(&thread_id, "steer one").await?;
     let notes = codex.collect_until("turn/completed").await?;
     assert_eq!(
         turn_status(&notes),
@@ -394,12 +211,7 @@ async fn steering_hang_interrupt_and_failure_against_the_scripted_model() -> any
 
     // [[hang]] keeps the stream open until codex lets go of it on turn/interrupt.
     let before = model.requests().len();
-    let started = codex
-        .request(
-            "turn/start",
-            json!({"threadId": thread_id, "input": [{"type": "text", "text": "hang [[hang]]"}]}),
-        )
-        .await?;
+    let started = codex.start_turn(&thread_id, "hang [[hang]]").await?;
     let turn_id = started
         .pointer("/turn/id")
         .and_then(Value::as_str)

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use codex_e2e::harness::{Sidecar, assert_gapless, free_port, of_type};
+use codex_e2e::harness::{Sidecar, assert_gapless, child_pids, free_port, of_type};
 use codex_e2e::model::ScriptedModel;
 use serde_json::{Value, json};
 
@@ -267,31 +267,16 @@ async fn a_dead_codex_child_is_restarted_and_its_thread_resumed() -> anyhow::Res
     Ok(())
 }
 
+/// SIGKILLs every child process of `parent`; returns how many there were.
 fn kill_children(parent: u32) -> usize {
-    let mut n = 0;
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return 0;
-    };
-    for e in dir.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        // field 4 (after the parenthesised name) is the parent pid
-        let ppid = stat
-            .rsplit(')')
-            .next()
-            .and_then(|r| r.split_whitespace().nth(1))
-            .and_then(|p| p.parse::<u32>().ok());
-        if ppid == Some(parent) {
-            // SAFETY: signals a child process of the sidecar under test.
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-            }
-            n += 1;
+    let children = child_pids(parent);
+    for &pid in &children {
+        // SAFETY: signals a child process of the sidecar under test.
+        unsafe {
+            libc::kill(pid as i32, libc::SIGKILL);
         }
     }
-    n
+    children.len()
 }
 
 async fn live(api: &codex_e2e::harness::Api) -> u64 {

@@ -8,8 +8,11 @@
 //! ```
 //!
 //! It installs the CRD (server-side apply), checks that the API server refuses an invalid
-//! CodexAgent with the CEL message, runs the operator in-process against the cluster (the same
-//! `reconcile::run` the binary runs), applies an agent with a `custom` provider pointing at
+//! CodexAgent with the CEL message, and starts the operator: with `CODEX_OPERATOR_E2E_IMAGE=IMG`
+//! (an image built from this repository that the cluster can pull) it installs it for real from
+//! `manifests/install.yaml` (every object server-side applied, the image replaced by IMG) and waits
+//! for its Deployment to be available; without it, it runs the operator in-process against the
+//! cluster (the same `reconcile::run` the binary runs). Then it applies an agent with a `custom` provider pointing at
 //! `CODEX_OPERATOR_E2E_PROVIDER_URL` (a Responses-API server reachable from the cluster, e.g. the
 //! scripted model server of the `tests/` crate) and waits for `Ready=True`; then suspends it
 //! (pod gone, PVC kept) and deletes the namespace. Set `CODEX_OPERATOR_E2E_GPUS=1` to request a
@@ -109,18 +112,26 @@ async fn install_apply_wait_ready_suspend() {
         .expect_err("refused");
     assert!(err.to_string().contains("custom needs baseUrl"), "{err}");
 
-    // 4. The operator, in-process.
-    let ctx = Arc::new(reconcile::Context::new(
-        client.clone(),
-        resources::OperatorConfig { sidecar_image },
-        Arc::new(probe::HttpProbe::new().expect("http")),
-        Arc::new(metrics::Metrics::default()),
-        Some("e2e".into()),
-    ));
+    // 4. The operator: installed from manifests/install.yaml, or in-process.
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let controller = tokio::spawn(reconcile::run(ctx, async move {
-        let _ = stopped.await;
-    }));
+    let controller = match std::env::var("CODEX_OPERATOR_E2E_IMAGE") {
+        Ok(image) => {
+            install_operator(&client, &image).await;
+            None
+        }
+        Err(_) => {
+            let ctx = Arc::new(reconcile::Context::new(
+                client.clone(),
+                resources::OperatorConfig { sidecar_image },
+                Arc::new(probe::HttpProbe::new().expect("http")),
+                Arc::new(metrics::Metrics::default()),
+                Some("e2e".into()),
+            ));
+            Some(tokio::spawn(reconcile::run(ctx, async move {
+                let _ = stopped.await;
+            })))
+        }
+    };
 
     // 5. An agent, Ready.
     let mut spec = json!({"model": "mock-model", "provider": {"type": "custom", "baseUrl": provider_url},
@@ -180,9 +191,83 @@ async fn install_apply_wait_ready_suspend() {
     );
 
     let _ = stop.send(());
-    let _ = controller.await;
+    if let Some(controller) = controller {
+        let _ = controller.await;
+    }
     namespaces
         .delete(&ns, &DeleteParams::default())
         .await
         .expect("delete namespace");
+}
+
+/// Applies every object of `manifests/install.yaml` (server-side apply, one field manager) with the
+/// operator image replaced by `image`, then waits up to 3 minutes for the operator's Deployment to
+/// report an available replica.
+async fn install_operator(client: &Client, image: &str) {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use kube::api::{DynamicObject, GroupVersionKind};
+    use kube::discovery::{Discovery, Scope};
+
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../manifests/install.yaml");
+    let text = std::fs::read_to_string(path).expect("manifests/install.yaml");
+    let docs: Vec<serde_json::Value> = text
+        .split("\n---")
+        .filter(|d| d.lines().any(|l| l.starts_with("kind:")))
+        .map(|d| serde_saphyr::from_str(d).expect("a YAML document"))
+        .collect();
+    // The image the install ships with (the Deployment's container), replaced everywhere it is
+    // named: the container, --sidecar-image and SIDECAR_IMAGE.
+    let shipped = docs
+        .iter()
+        .find(|d| d["kind"] == "Deployment")
+        .and_then(|d| d.pointer("/spec/template/spec/containers/0/image"))
+        .and_then(|v| v.as_str())
+        .expect("the Deployment's image")
+        .to_owned();
+    let text = text.replace(&shipped, image);
+    let discovery = Discovery::new(client.clone())
+        .run()
+        .await
+        .expect("API discovery");
+    let mut deployment = None;
+    for doc in text
+        .split("\n---")
+        .filter(|d| d.lines().any(|l| l.starts_with("kind:")))
+    {
+        let obj: DynamicObject = serde_saphyr::from_str(doc).expect("an object");
+        let types = obj.types.clone().expect("apiVersion and kind");
+        let gvk = GroupVersionKind::try_from(&types).expect("a group/version/kind");
+        let (ar, caps) = discovery
+            .resolve_gvk(&gvk)
+            .expect("a kind the cluster serves");
+        let name = obj.metadata.name.clone().expect("a name");
+        let api: Api<DynamicObject> = match (&caps.scope, obj.metadata.namespace.as_deref()) {
+            (Scope::Namespaced, Some(ns)) => Api::namespaced_with(client.clone(), ns, &ar),
+            (Scope::Namespaced, None) => Api::default_namespaced_with(client.clone(), &ar),
+            (Scope::Cluster, _) => Api::all_with(client.clone(), &ar),
+        };
+        api.patch(
+            &name,
+            &PatchParams::apply("codex-operator-e2e").force(),
+            &Patch::Apply(&obj),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("apply {} {name}: {e}", types.kind));
+        if types.kind == "Deployment" {
+            deployment = Some((obj.metadata.namespace.clone().unwrap_or_default(), name));
+        }
+    }
+    let (ns, name) = deployment.expect("install.yaml has the operator Deployment");
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    tokio::time::timeout(
+        Duration::from_secs(180),
+        await_condition(deployments, &name, |d: Option<&Deployment>| {
+            d.and_then(|d| d.status.as_ref())
+                .and_then(|s| s.available_replicas)
+                .is_some_and(|n| n > 0)
+        }),
+    )
+    .await
+    .expect("operator Deployment available within 3 minutes")
+    .expect("watch");
 }

@@ -386,9 +386,7 @@ impl Actor {
             live.lease.set_idle();
         }
         self.idle_since = tokio::time::Instant::now();
-        if !matches!(self.h.snapshot().state, SessionState::Failed) {
-            self.set_state(SessionState::Idle);
-        }
+        self.set_state(SessionState::Idle);
         flow
     }
 
@@ -459,7 +457,9 @@ impl Actor {
                     }
                     return Ok(());
                 }
-                Err(RpcError::Server { message, .. }) => {
+                // Only a thread codex cannot find is replaced; any other error (overloaded, a
+                // config problem) is retried with backoff and keeps the thread.
+                Err(RpcError::Server { message, .. }) if thread_is_gone(&message) => {
                     self.emit(EventKind::Progress {
                         message: format!("thread {thread_id} could not be resumed ({message}); starting a new thread"),
                     });
@@ -1079,6 +1079,15 @@ impl Actor {
     }
 }
 
+/// Whether a `thread/resume` error means codex has no such thread (observed messages: "no rollout
+/// found for thread id <id>", "invalid session id: ...", "thread not found: <id>").
+fn thread_is_gone(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("no rollout found")
+        || m.contains("invalid session id")
+        || m.contains("thread not found")
+}
+
 fn status_label(s: TurnStatus) -> crate::metrics::StatusLabel {
     crate::metrics::StatusLabel {
         status: s.as_str().to_owned(),
@@ -1102,4 +1111,27 @@ async fn sleep_opt(at: Option<tokio::time::Instant>) {
 /// Path helper for the engine: the session directory for `key` under `root`.
 pub fn session_dir(root: &Path, owner_key: &str, id: &str) -> PathBuf {
     root.join("sessions").join(owner_key).join(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_missing_thread_is_replaced() {
+        for gone in [
+            "no rollout found for thread id 019a0000-0000-7000-8000-000000000000",
+            "invalid session id: invalid character: expected an optional prefix of `urn:uuid:`",
+            "thread not found: 019a0000",
+        ] {
+            assert!(thread_is_gone(gone), "{gone}");
+        }
+        for transient in [
+            "server overloaded; retry later",
+            "Not initialized",
+            "config error: bad key",
+        ] {
+            assert!(!thread_is_gone(transient), "{transient}");
+        }
+    }
 }

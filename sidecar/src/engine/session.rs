@@ -557,16 +557,26 @@ impl Actor {
                 return Flow::Continue;
             }
             Err(e) => {
-                // codex refused the turn; report it against these messages so none waits forever.
+                // codex refused the turn, or never answered: report it against these messages so
+                // none waits forever. An unresponsive child is stopped (restarted at the next need).
+                let unresponsive = matches!(e, RpcError::Timeout { .. });
                 self.emit(EventKind::TurnStarted {
                     turn_id: String::new(),
                     message_ids,
                 });
                 self.emit(EventKind::Error {
-                    code: "turn_rejected".into(),
+                    code: if unresponsive {
+                        "codex_unresponsive"
+                    } else {
+                        "turn_rejected"
+                    }
+                    .into(),
                     message: e.to_string(),
-                    retryable: false,
+                    retryable: unresponsive,
                 });
+                if unresponsive {
+                    self.stop_child("unresponsive to turn/start").await;
+                }
                 self.emit(EventKind::Result {
                     turn_id: String::new(),
                     status: TurnStatus::Failed,

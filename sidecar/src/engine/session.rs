@@ -398,6 +398,10 @@ impl Actor {
         let h = self.h.clone();
         let lease = self.ctx.pool.acquire(move || h.send(Command::Evict)).await;
         self.evict_requested = false;
+        if !self.h.record_path().exists() {
+            // Deleted while waiting for a slot: create nothing; the Stop command is next.
+            return Err("the session was deleted".to_owned());
+        }
         let home = self.h.codex_home();
         let workspace = self.h.workspace();
         let prepared = self

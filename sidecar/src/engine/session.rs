@@ -390,11 +390,20 @@ impl Actor {
         flow
     }
 
-    /// Makes sure a child runs with this session's thread loaded.
+    /// Makes sure a child runs with this session's thread loaded. After a fresh start the
+    /// session's auth.json is checked for tokens codex refreshed while starting.
     async fn ensure_thread(&mut self) -> Result<(), String> {
         if self.live.is_some() {
             return Ok(());
         }
+        let r = self.start_child_and_thread().await;
+        if r.is_ok() {
+            self.ctx.setup.sync_auth_from(&self.h.codex_home());
+        }
+        r
+    }
+
+    async fn start_child_and_thread(&mut self) -> Result<(), String> {
         let h = self.h.clone();
         let lease = self.ctx.pool.acquire(move || h.send(Command::Evict)).await;
         self.evict_requested = false;

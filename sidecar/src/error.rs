@@ -56,11 +56,16 @@ impl IntoResponse for ApiError {
         let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
         let mut resp = (self.status, axum::Json(body)).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
-            let value = format!(
-                "Bearer error=\"invalid_token\", error_description=\"{}\"",
-                self.code
-            );
-            let value = HeaderValue::from_str(&value).unwrap_or(HeaderValue::from_static("Bearer"));
+            // RFC 6750 §3.1: no error attribute when the request carried no token.
+            let value = if self.code == "missing_token" {
+                HeaderValue::from_static("Bearer")
+            } else {
+                let v = format!(
+                    "Bearer error=\"invalid_token\", error_description=\"{}\"",
+                    self.code
+                );
+                HeaderValue::from_str(&v).unwrap_or(HeaderValue::from_static("Bearer"))
+            };
             resp.headers_mut().insert(header::WWW_AUTHENTICATE, value);
         }
         resp

@@ -46,6 +46,26 @@ impl Redactor {
         }
     }
 
+    /// How many bytes at the end of `text` could be the beginning of a secret (0 when none): a
+    /// stream must hold them back until more text shows whether a secret follows.
+    pub fn partial_secret_len(&self, text: &str) -> usize {
+        let Ok(secrets) = self.secrets.read() else {
+            return 0;
+        };
+        let t = text.as_bytes();
+        let mut longest = 0;
+        for s in secrets.iter().map(String::as_bytes) {
+            let max = s.len().saturating_sub(1).min(t.len());
+            for k in (longest + 1..=max).rev() {
+                if t.ends_with(&s[..k]) {
+                    longest = k;
+                    break;
+                }
+            }
+        }
+        longest
+    }
+
     /// `text` with every known secret replaced; borrowed when nothing matched.
     pub fn redact<'a>(&self, text: &'a str) -> Cow<'a, str> {
         let Ok(secrets) = self.secrets.read() else {
@@ -61,9 +81,70 @@ impl Redactor {
     }
 }
 
+/// Redacts a stream of text pieces (agent message deltas) whose secrets may be split across
+/// pieces: each [`StreamRedactor::push`] returns what is safe to show now, holding back a tail that
+/// could be the start of a secret; [`StreamRedactor::finish`] returns the rest.
+#[derive(Debug, Default)]
+pub struct StreamRedactor {
+    pending: String,
+}
+
+impl StreamRedactor {
+    /// Adds a piece; returns the redacted text that can be emitted now (possibly empty).
+    pub fn push(&mut self, redactor: &Redactor, piece: &str) -> String {
+        self.pending.push_str(piece);
+        let redacted = redactor.redact(&self.pending).into_owned();
+        let mut cut = redacted.len() - redactor.partial_secret_len(&redacted);
+        while !redacted.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        self.pending = redacted[cut..].to_owned();
+        redacted[..cut].to_owned()
+    }
+
+    /// Everything still held back, redacted.
+    pub fn finish(&mut self, redactor: &Redactor) -> String {
+        let rest = std::mem::take(&mut self.pending);
+        redactor.redact(&rest).into_owned()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_secret_split_across_deltas_never_shows() {
+        let r = Redactor::new();
+        r.add("sk-secret-abcdefgh1234");
+        let mut s = StreamRedactor::default();
+        let mut shown = String::new();
+        for piece in [
+            "the key is sk-s",
+            "ecret-abcdef",
+            "gh1234 ok",
+            " and sk-",
+            "nothing",
+        ] {
+            let out = s.push(&r, piece);
+            assert!(
+                !out.contains("sk-s"),
+                "a prefix of the secret leaked: {out:?}"
+            );
+            shown.push_str(&out);
+        }
+        shown.push_str(&s.finish(&r));
+        assert_eq!(shown, "the key is [REDACTED] ok and sk-nothing");
+    }
+
+    #[test]
+    fn ordinary_text_streams_without_delay() {
+        let r = Redactor::new();
+        r.add("sk-secret-abcdefgh1234");
+        let mut s = StreamRedactor::default();
+        assert_eq!(s.push(&r, "héllo wörld"), "héllo wörld");
+        assert_eq!(s.finish(&r), "");
+    }
 
     #[test]
     fn replaces_known_secrets_and_ignores_short_ones() {

@@ -164,6 +164,19 @@ async fn secrets_never_reach_logs_events_or_files_other_than_0600() -> anyhow::R
         Some(format!("Bearer {PROVIDER_KEY}").as_str())
     );
     // ...but the sidecar never repeats it: events are redacted, logs never had it
+    // the reply streams in pieces that split the key: the concatenated deltas must not show it
+    let streamed: String = of_type(&events, "delta")
+        .iter()
+        .filter_map(|d| d["text"].as_str())
+        .collect();
+    assert!(
+        !streamed.contains(PROVIDER_KEY) && streamed.contains("[REDACTED]"),
+        "{streamed}"
+    );
+    assert!(
+        !streamed.contains("sk-e2e"),
+        "no fragment of the key: {streamed}"
+    );
     let all = Value::Array(events).to_string();
     assert!(!all.contains(PROVIDER_KEY), "{all}");
     assert!(all.contains("[REDACTED]"));

@@ -13,7 +13,7 @@ use std::fs;
 use std::io::{self, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use crate::codex::rpc::SpawnSpec;
@@ -75,7 +75,7 @@ impl CodexSetup {
     ///
     /// # Errors
     /// I/O errors on the state dir or the auth.json (message names the path, never the content).
-    pub fn new(config: &Config, redactor: &Redactor) -> io::Result<Self> {
+    pub fn new(config: &Config, redactor: &Arc<Redactor>) -> io::Result<Self> {
         let mut table = toml::Table::new();
         table.insert("cli_auth_credentials_store".into(), "file".into());
         if let Some(model) = &config.model {
@@ -229,6 +229,8 @@ impl CodexSetup {
 pub struct AuthStore {
     master: PathBuf,
     homes: Mutex<BTreeSet<PathBuf>>,
+    /// Learns every token codex refreshes, so new tokens are scrubbed like the first ones.
+    redactor: Arc<Redactor>,
 }
 
 /// One auth.json as read from disk: its bytes and how fresh it is.
@@ -268,7 +270,7 @@ impl AuthStore {
     ///
     /// # Errors
     /// I/O errors (the message names the path).
-    pub fn init(state_dir: &Path, source: &Path, redactor: &Redactor) -> io::Result<Self> {
+    pub fn init(state_dir: &Path, source: &Path, redactor: &Arc<Redactor>) -> io::Result<Self> {
         let dir = state_dir.join("auth");
         create_private_dir(&dir)?;
         let master = dir.join("auth.json");
@@ -295,6 +297,7 @@ impl AuthStore {
         Ok(Self {
             master,
             homes: Mutex::new(BTreeSet::new()),
+            redactor: redactor.clone(),
         })
     }
 
@@ -359,6 +362,9 @@ impl AuthStore {
         if !newer {
             return Ok(());
         }
+        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&copy.bytes) {
+            self.redactor.add_json_strings(&v);
+        }
         write_private(&self.master, &copy.bytes)?;
         tracing::info!(from = %home.display(), "auth.json was refreshed by codex; propagating to every session");
         for other in homes.iter().filter(|h| h.as_path() != home) {
@@ -383,7 +389,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let src = dir.path().join("given-auth.json");
         fs::write(&src, auth("2026-01-01T00:00:00Z", "rt-old-000000")).expect("write");
-        let redactor = Redactor::new();
+        let redactor = Arc::new(Redactor::new());
         let store = AuthStore::init(dir.path(), &src, &redactor).expect("init");
         let (a, b) = (dir.path().join("a"), dir.path().join("b"));
         for h in [&a, &b] {
@@ -400,6 +406,11 @@ mod tests {
         store.sync_from(&a).expect("sync");
         let b_text = fs::read_to_string(b.join("auth.json")).expect("read");
         assert!(b_text.contains("rt-new-111111"), "{b_text}");
+        assert_eq!(
+            redactor.redact("x rt-new-111111"),
+            "x [REDACTED]",
+            "refreshed tokens are secrets too"
+        );
         let mode = fs::metadata(b.join("auth.json"))
             .expect("meta")
             .permissions()
@@ -427,7 +438,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let src = dir.path().join("given-auth.json");
         fs::write(&src, auth("2026-01-01T00:00:00Z", "rt-old-000000")).expect("write");
-        let store = AuthStore::init(dir.path(), &src, &Redactor::new()).expect("init");
+        let store = AuthStore::init(dir.path(), &src, &Arc::new(Redactor::new())).expect("init");
         let a = dir.path().join("a");
         create_private_dir(&a).expect("mkdir");
         store.register(&a);
@@ -438,7 +449,8 @@ mod tests {
         .expect("write");
         store.sync_from(&a).expect("sync");
         drop(store);
-        let store = AuthStore::init(dir.path(), &src, &Redactor::new()).expect("init again");
+        let store =
+            AuthStore::init(dir.path(), &src, &Arc::new(Redactor::new())).expect("init again");
         let c = dir.path().join("c");
         create_private_dir(&c).expect("mkdir");
         store.install(&c).expect("install");

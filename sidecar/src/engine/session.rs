@@ -219,6 +219,8 @@ struct Outcome {
     context_tokens: Option<u64>,
     compacted_estimate: Option<u64>,
     stop_requested: Option<oneshot::Sender<()>>,
+    /// Holds back delta text that could be the start of a secret split across deltas.
+    deltas: crate::redact::StreamRedactor,
 }
 
 /// The actor that owns one session's codex child.
@@ -609,6 +611,10 @@ impl Actor {
             message_ids,
         });
         let mut out = self.drive(Some(turn_id.clone()), false).await;
+        let rest = out.deltas.finish(&self.ctx.redactor);
+        if !rest.is_empty() {
+            self.emit(EventKind::Delta { text: rest });
+        }
         out.turn_id = turn_id;
         let status = out.status.unwrap_or(TurnStatus::Failed);
         if let Some(ctx_tokens) = out.context_tokens {
@@ -760,7 +766,7 @@ impl Actor {
                         if out.error.is_none() {
                             out.error = Some(("codex_exited".into(), "codex app-server exited during the turn; it will be restarted and the thread resumed".into(), true));
                         }
-                        if out.text.is_empty() { out.text = agent_text; }
+                        if out.text.is_empty() { out.text = self.ctx.redactor.redact(&agent_text).into_owned(); }
                         return out;
                     };
                     match incoming {
@@ -773,7 +779,7 @@ impl Actor {
                                 if timed_out {
                                     out.status = Some(TurnStatus::Failed);
                                 }
-                                if out.text.is_empty() { out.text = agent_text; }
+                                if out.text.is_empty() { out.text = self.ctx.redactor.redact(&agent_text).into_owned(); }
                                 return out;
                             }
                         }
@@ -810,7 +816,7 @@ impl Actor {
                     tracing::warn!(session = %self.h.key.id, "codex did not end an interrupted turn; killing it");
                     self.stop_child("unresponsive after turn/interrupt").await;
                     out.status = Some(if timed_out || out.stop_requested.is_none() { TurnStatus::Failed } else { TurnStatus::Interrupted });
-                    if out.text.is_empty() { out.text = agent_text; }
+                    if out.text.is_empty() { out.text = self.ctx.redactor.redact(&agent_text).into_owned(); }
                     return out;
                 }
             }
@@ -846,9 +852,10 @@ impl Actor {
                     && is_current(&d.turn_id, current)
                 {
                     agent_text.push_str(&d.delta);
-                    self.emit(EventKind::Delta {
-                        text: redactor.redact(&d.delta).into_owned(),
-                    });
+                    let text = out.deltas.push(&redactor, &d.delta);
+                    if !text.is_empty() {
+                        self.emit(EventKind::Delta { text });
+                    }
                     *last_emit = Instant::now();
                 }
             }
@@ -856,6 +863,10 @@ impl Actor {
                 if let Ok(n) = serde_json::from_value::<ItemNotification>(params) {
                     let item_type = n.item_type().to_owned();
                     if method == "item/completed" && item_type == "agentMessage" {
+                        let rest = out.deltas.finish(&redactor);
+                        if !rest.is_empty() {
+                            self.emit(EventKind::Delta { text: rest });
+                        }
                         if let Some(t) = n.item.get("text").and_then(Value::as_str) {
                             out.text = redactor.redact(t).into_owned();
                         }

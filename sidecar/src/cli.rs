@@ -134,6 +134,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
     let redactor = Arc::new(Redactor::new());
     let engine = Engine::open(config, metrics.clone(), redactor)
         .map_err(|e| format!("--state-dir: cannot load sessions: {e}"))?;
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let state = AppState {
         engine: engine.clone(),
         auth: Arc::new(auth),
@@ -141,6 +142,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
         gpu: Arc::new(GpuProbe::init()),
         ready: Arc::new(ReadyCache::default()),
         started: Instant::now(),
+        shutdown: shutdown_rx,
     };
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -155,7 +157,11 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
         "codex-sidecar serving on http://{listen}"
     );
     axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            // End long-polls and event streams so the connections drain.
+            let _ = shutdown_tx.send(true);
+        })
         .await
         .map_err(|e| format!("server error: {e}"))?;
     tracing::info!("stopping codex children");

@@ -181,6 +181,36 @@ impl Sidecar {
         }
     }
 
+    /// Sends SIGTERM and waits up to `limit` for the process to exit; returns how long it took.
+    pub async fn terminate(&mut self, limit: Duration) -> anyhow::Result<Duration> {
+        let Some(mut c) = self.child.take() else {
+            bail!("not running")
+        };
+        let t0 = Instant::now();
+        if let Some(pid) = c.id() {
+            // SAFETY: signals the sidecar process this harness started.
+            unsafe {
+                libc::kill(pid as i32, libc::SIGTERM);
+            }
+        }
+        match tokio::time::timeout(limit, c.wait()).await {
+            Ok(status) => {
+                let status = status?;
+                if !status.success() {
+                    bail!(
+                        "sidecar exited with {status} after SIGTERM:\n{}",
+                        self.log()
+                    );
+                }
+                Ok(t0.elapsed())
+            }
+            Err(_) => {
+                let _ = c.kill().await;
+                bail!("sidecar still running {limit:?} after SIGTERM")
+            }
+        }
+    }
+
     /// Starts the sidecar again on the same state dir (a new port).
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         self.kill9().await;

@@ -155,6 +155,37 @@ async fn kill_9_loses_no_accepted_message_and_no_event() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
+async fn sigterm_drains_streams_and_reports_the_cut_turn_as_retryable() -> anyhow::Result<()> {
+    let model = ScriptedModel::start().await?;
+    let mut sc = Sidecar::start(&model.base_url(), &[]).await?;
+    let api = sc.api("alice");
+    api.create(json!({"id": "g"})).await;
+    api.send("g", "[[hang]]").await;
+    api.collect_until("g", 0, T, |e| e["type"] == "turn_started")
+        .await?;
+    // a client holding an event stream open must not keep the sidecar from stopping
+    let stream = reqwest::Client::new()
+        .get(format!("{}/v1/sessions/g/events/stream", sc.base))
+        .bearer_auth(codex_e2e::harness::mint("alice", None, 600))
+        .send()
+        .await?;
+    assert_eq!(stream.status(), 200);
+    let took = sc.terminate(Duration::from_secs(40)).await?;
+    assert!(took < Duration::from_secs(30), "stopped in {took:?}");
+    drop(stream);
+
+    sc.restart().await?;
+    let api = api.with_base(&sc.base);
+    let events = api.until_results("g", 0, 1, T).await?;
+    let errors = of_type(&events, "error");
+    assert_eq!(errors.len(), 1, "{events:?}");
+    assert_eq!(errors[0]["code"], "sidecar_stopping");
+    assert_eq!(errors[0]["retryable"], true);
+    assert_eq!(events.last().expect("result")["status"], "failed");
+    Ok(())
+}
+
+#[tokio::test]
 async fn idle_sessions_are_stopped_and_resumed_transparently() -> anyhow::Result<()> {
     let model = ScriptedModel::start().await?;
     let sc = Sidecar::start(&model.base_url(), &["--idle-timeout", "2"]).await?;

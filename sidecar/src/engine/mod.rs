@@ -513,7 +513,10 @@ impl Engine {
 
     async fn remove(&self, h: &Arc<SessionHandle>) {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        h.send(Command::Stop(tx));
+        h.send(Command::Stop {
+            reply: tx,
+            shutdown: false,
+        });
         let _ = tokio::time::timeout(Duration::from_secs(30), rx).await;
         self.ctx.setup.unregister_home(&h.codex_home());
         if let Err(e) = std::fs::remove_dir_all(&h.dir) {
@@ -554,8 +557,12 @@ impl Engine {
             .unwrap_or_default();
         let waits = handles.into_iter().map(|h| async move {
             let (tx, rx) = tokio::sync::oneshot::channel();
-            h.send(Command::Stop(tx));
-            let _ = tokio::time::timeout(Duration::from_secs(15), rx).await;
+            h.send(Command::Stop {
+                reply: tx,
+                shutdown: true,
+            });
+            // Worst case: turn/interrupt unanswered (10 s), the grace after it (10 s), stop (3 s).
+            let _ = tokio::time::timeout(Duration::from_secs(30), rx).await;
             let _ = h.events.sync();
         });
         futures::future::join_all(waits).await;

@@ -31,7 +31,7 @@ use crate::store::record::SessionRecord;
 const MAX_BATCH: usize = 32;
 /// An `activity` heartbeat is emitted when a turn has been quiet this long (NanoClaw kills a
 /// container after 60 s without one; the issue asks for at least one every 20 s).
-const HEARTBEAT: Duration = Duration::from_secs(15);
+const HEARTBEAT: Duration = Duration::from_secs(14);
 /// How long codex gets to end a turn after `turn/interrupt` before its child is killed.
 const INTERRUPT_GRACE: Duration = Duration::from_secs(10);
 /// How long a stopping child gets to exit after stdin closes.
@@ -74,7 +74,13 @@ pub enum Command {
     /// Load the thread now (session creation); answers with the thread id.
     Start(oneshot::Sender<Result<String, String>>),
     /// Stop the child and end the actor (session deleted or sidecar stopping).
-    Stop(oneshot::Sender<()>),
+    Stop {
+        /// Answered once the child is stopped.
+        reply: oneshot::Sender<()>,
+        /// True when the sidecar is shutting down (a running turn is then reported as a
+        /// retryable failure, `sidecar_stopping`), false when the session is deleted.
+        shutdown: bool,
+    },
 }
 
 /// The mutable, API-visible part of a session.
@@ -221,6 +227,8 @@ struct Outcome {
     stop_requested: Option<oneshot::Sender<()>>,
     /// Holds back delta text that could be the start of a secret split across deltas.
     deltas: crate::redact::StreamRedactor,
+    /// The turn was cut short by the sidecar shutting down.
+    shutdown: bool,
 }
 
 /// The actor that owns one session's codex child.
@@ -332,7 +340,7 @@ impl Actor {
                 self.idle_since = tokio::time::Instant::now();
                 let _ = reply.send(r);
             }
-            Command::Stop(reply) => {
+            Command::Stop { reply, .. } => {
                 self.stop_child("stopping").await;
                 let _ = reply.send(());
                 return Flow::Exit;
@@ -616,7 +624,11 @@ impl Actor {
             self.emit(EventKind::Delta { text: rest });
         }
         out.turn_id = turn_id;
-        let status = out.status.unwrap_or(TurnStatus::Failed);
+        let status = if out.shutdown {
+            TurnStatus::Failed
+        } else {
+            out.status.unwrap_or(TurnStatus::Failed)
+        };
         if let Some(ctx_tokens) = out.context_tokens {
             self.record.context_tokens = ctx_tokens;
         }
@@ -791,8 +803,16 @@ impl Actor {
                     Some(Command::Wake) | None => {}
                     Some(Command::Evict) => self.evict_requested = false,
                     Some(Command::Start(reply)) => { let _ = reply.send(Ok(self.record.thread_id.clone().unwrap_or_default())); }
-                    Some(Command::Stop(reply)) => {
+                    Some(Command::Stop { reply, shutdown }) => {
                         out.stop_requested = Some(reply);
+                        if shutdown {
+                            out.shutdown = true;
+                            out.error = Some((
+                                "sidecar_stopping".into(),
+                                "the sidecar stopped during this turn; send the message again to retry".into(),
+                                true,
+                            ));
+                        }
                         self.interrupt(&current, &mut kill_at).await;
                     }
                 },
@@ -815,7 +835,14 @@ impl Actor {
                     // codex did not end the turn after turn/interrupt: stop the child.
                     tracing::warn!(session = %self.h.key.id, "codex did not end an interrupted turn; killing it");
                     self.stop_child("unresponsive after turn/interrupt").await;
-                    out.status = Some(if timed_out || out.stop_requested.is_none() { TurnStatus::Failed } else { TurnStatus::Interrupted });
+                    out.status = Some(TurnStatus::Failed);
+                    if out.error.is_none() {
+                        out.error = Some((
+                            "codex_unresponsive".into(),
+                            "codex did not end the turn after turn/interrupt; its process was stopped".into(),
+                            true,
+                        ));
+                    }
                     if out.text.is_empty() { out.text = self.ctx.redactor.redact(&agent_text).into_owned(); }
                     return out;
                 }

@@ -36,6 +36,9 @@ pub struct AppState {
     pub ready: Arc<ops::ReadyCache>,
     /// Process start, for uptime.
     pub started: Instant,
+    /// Becomes true when the sidecar starts shutting down: long-polls return and event streams
+    /// end, so the server can drain its connections.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 /// The authenticated caller: the JWT `sub` (or `anonymous` with `--insecure-no-auth`).

@@ -155,7 +155,7 @@ pub async fn events(
     let limit = q.limit.unwrap_or(500).clamp(1, limits.max_events_per_poll);
     let wait = Duration::from_secs(q.wait.min(limits.max_wait_secs));
     let h = st.engine.get(&owner, &id)?;
-    let lines = poll(&h, q.after, limit, wait).await?;
+    let lines = poll(&h, q.after, limit, wait, st.shutdown.clone()).await?;
     let next = q.after + lines.len() as u64;
     let mut body = String::with_capacity(32 + lines.iter().map(|l| l.len() + 1).sum::<usize>());
     body.push_str("{\"events\":[");
@@ -175,12 +175,14 @@ pub async fn events(
         .into_response())
 }
 
-/// Events after `after`, waiting up to `wait` for the first one.
+/// Events after `after`, waiting up to `wait` for the first one (or until the sidecar starts
+/// shutting down).
 async fn poll(
     h: &SessionHandle,
     after: u64,
     limit: usize,
     wait: Duration,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Result<Vec<Arc<str>>, ApiError> {
     let mut rx = h.events.subscribe();
     let deadline = tokio::time::Instant::now() + wait;
@@ -193,9 +195,15 @@ async fn poll(
         if !lines.is_empty() {
             return Ok(lines);
         }
-        match tokio::time::timeout_at(deadline, rx.changed()).await {
-            Ok(Ok(())) => continue,
-            _ => return Ok(Vec::new()),
+        if *shutdown.borrow() {
+            return Ok(Vec::new());
+        }
+        tokio::select! {
+            changed = tokio::time::timeout_at(deadline, rx.changed()) => match changed {
+                Ok(Ok(())) => continue,
+                _ => return Ok(Vec::new()),
+            },
+            _ = shutdown.changed() => return Ok(Vec::new()),
         }
     }
 }
@@ -225,8 +233,8 @@ pub async fn stream(
         None => q.after,
     };
     let h = st.engine.get(&owner, &id)?;
-    let state = (h, after, VecDeque::<Arc<str>>::new());
-    let s = futures::stream::unfold(state, |(h, mut cursor, mut buf)| async move {
+    let state = (h, after, VecDeque::<Arc<str>>::new(), st.shutdown.clone());
+    let s = futures::stream::unfold(state, |(h, mut cursor, mut buf, shutdown)| async move {
         loop {
             if let Some(line) = buf.pop_front() {
                 cursor += 1;
@@ -238,9 +246,12 @@ pub async fn stream(
                     .id(cursor.to_string())
                     .event(kind)
                     .data(line.as_ref());
-                return Some((Ok(ev), (h, cursor, buf)));
+                return Some((Ok(ev), (h, cursor, buf, shutdown)));
             }
-            match poll(&h, cursor, 100, Duration::from_secs(3600)).await {
+            if *shutdown.borrow() {
+                return None;
+            }
+            match poll(&h, cursor, 100, Duration::from_secs(3600), shutdown.clone()).await {
                 Ok(lines) => buf.extend(lines),
                 Err(_) => return None,
             }

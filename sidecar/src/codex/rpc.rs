@@ -310,16 +310,17 @@ impl AppServer {
             .unwrap_or_default()
     }
 
-    /// Closes stdin (codex exits 0 when it does), waits up to `grace`, then kills the process group.
+    /// Closes stdin (codex exits 0 when it does), waits up to `grace`, then kills the whole
+    /// process group: commands and MCP servers codex started must not outlive it.
     pub async fn shutdown(mut self, grace: Duration) {
         self.stdin.lock().await.take();
-        if tokio::time::timeout(grace, self.child.wait())
-            .await
-            .is_err()
-        {
-            self.kill_group();
+        let exited = tokio::time::timeout(grace, self.child.wait()).await.is_ok();
+        self.kill_group();
+        if !exited {
             let _ = self.child.wait().await;
         }
+        // The group is gone; Drop must not signal a pid that may be reused.
+        self.pid = None;
     }
 
     fn kill_group(&mut self) {
@@ -359,9 +360,8 @@ impl AppServer {
 
 impl Drop for AppServer {
     fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            self.kill_group();
-        }
+        // Also when the leader already exited: other members of its group may still run.
+        self.kill_group();
     }
 }
 

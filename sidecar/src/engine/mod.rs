@@ -485,7 +485,7 @@ impl Engine {
     /// # Errors
     /// 404.
     pub fn interrupt(&self, owner: &str, id: &str) -> Result<(), ApiError> {
-        self.get(owner, id)?.send(Command::Interrupt);
+        self.get(owner, id)?.interrupt_running();
         Ok(())
     }
 
@@ -512,6 +512,7 @@ impl Engine {
     }
 
     async fn remove(&self, h: &Arc<SessionHandle>) {
+        h.mark_deleted();
         let (tx, rx) = tokio::sync::oneshot::channel();
         h.send(Command::Stop {
             reply: tx,

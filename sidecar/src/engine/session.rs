@@ -65,8 +65,9 @@ pub struct SessionKey {
 pub enum Command {
     /// A message was queued.
     Wake,
-    /// Interrupt the running turn (`turn/interrupt`).
-    Interrupt,
+    /// Interrupt the running turn (`turn/interrupt`) if it is still turn number `.0` (see
+    /// [`SessionHandle::turn_number`]); a late interrupt never hits the next turn.
+    Interrupt(u64),
     /// Compact the thread before the next turn.
     Compact,
     /// The pool wants this session's child slot back.
@@ -104,6 +105,11 @@ pub struct SessionHandle {
     inbox: Mutex<Inbox>,
     snapshot: Mutex<Snapshot>,
     cmd: mpsc::UnboundedSender<Command>,
+    /// Set by the engine before a delete: the actor then creates and writes nothing more, even if
+    /// a new session with the same id appears in the same directory.
+    deleted: std::sync::atomic::AtomicBool,
+    /// Turns and compactions started so far (the number of the current or last one).
+    turns: std::sync::atomic::AtomicU64,
 }
 
 impl SessionHandle {
@@ -126,8 +132,42 @@ impl SessionHandle {
                 record,
             }),
             cmd,
+            deleted: std::sync::atomic::AtomicBool::new(false),
+            turns: std::sync::atomic::AtomicU64::new(0),
         };
         (Arc::new(h), rx)
+    }
+
+    /// The number of the running (or last) turn or compaction.
+    pub fn turn_number(&self) -> u64 {
+        self.turns.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn begin_turn(&self, state: SessionState) {
+        self.turns.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.update(|s| s.state = state);
+    }
+
+    /// Asks the actor to interrupt the turn running now, if any.
+    pub fn interrupt_running(&self) {
+        let n = self.turn_number();
+        if matches!(
+            self.snapshot().state,
+            SessionState::Running | SessionState::Compacting
+        ) {
+            self.send(Command::Interrupt(n));
+        }
+    }
+
+    /// Marks the session deleted (see the field's docs).
+    pub fn mark_deleted(&self) {
+        self.deleted
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether the session was deleted.
+    pub fn is_deleted(&self) -> bool {
+        self.deleted.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Sends a command to the actor (ignored if it has ended).
@@ -326,7 +366,7 @@ impl Actor {
         match cmd {
             Command::Wake => self.retry_at = None,
             Command::Compact => self.want_compact = true,
-            Command::Interrupt => {}
+            Command::Interrupt(_) => {}
             Command::Evict => self.evict_requested = true,
             Command::Start(reply) => {
                 let r = self
@@ -417,7 +457,7 @@ impl Actor {
         let h = self.h.clone();
         let lease = self.ctx.pool.acquire(move || h.send(Command::Evict)).await;
         self.evict_requested = false;
-        if !self.h.record_path().exists() {
+        if self.h.is_deleted() {
             // Deleted while waiting for a slot: create nothing; the Stop command is next.
             return Err("the session was deleted".to_owned());
         }
@@ -552,7 +592,7 @@ impl Actor {
             self.h.requeue(batch);
             return Flow::Continue;
         };
-        self.set_state(SessionState::Running);
+        self.h.begin_turn(SessionState::Running);
         let input: Vec<Value> = batch
             .iter()
             .map(|m| json!({"type": "text", "text": m.text}))
@@ -685,7 +725,7 @@ impl Actor {
         let Some(live) = self.live.as_ref() else {
             return Flow::Continue;
         };
-        self.set_state(SessionState::Compacting);
+        self.h.begin_turn(SessionState::Compacting);
         self.emit(EventKind::Compaction {
             phase: CompactionPhase::Started,
             context_tokens: self.record.context_tokens,
@@ -798,7 +838,10 @@ impl Actor {
                     }
                 }
                 cmd = self.rx.recv() => match cmd {
-                    Some(Command::Interrupt) => self.interrupt(&current, &mut kill_at).await,
+                    Some(Command::Interrupt(n)) if n == self.h.turn_number() => {
+                        self.interrupt(&current, &mut kill_at).await;
+                    }
+                    Some(Command::Interrupt(_)) => {}
                     Some(Command::Compact) => self.want_compact = true,
                     Some(Command::Wake) | None => {}
                     Some(Command::Evict) => self.evict_requested = false,
@@ -1113,6 +1156,9 @@ impl Actor {
     /// Writes session.json (temp file, fsync, rename) on a blocking thread, so a slow disk never
     /// stalls the async workers that deliver events; the actor waits for it, so saves stay ordered.
     async fn save_record(&self) {
+        if self.h.is_deleted() {
+            return;
+        }
         let record = self.record.clone();
         self.h.update(|s| s.record = record.clone());
         let path = self.h.record_path();

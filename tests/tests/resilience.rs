@@ -257,6 +257,36 @@ async fn the_least_recently_used_idle_child_makes_room() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
+async fn creating_a_session_when_every_slot_is_busy_says_so() -> anyhow::Result<()> {
+    let model = ScriptedModel::start().await?;
+    let sc = Sidecar::start(&model.base_url(), &["--max-live-sessions", "1"]).await?;
+    let api = sc.api("alice");
+    assert_eq!(api.create(json!({"id": "busy"})).await.0, 201);
+    api.send("busy", "[[hang]]").await;
+    api.collect_until("busy", 0, T, |e| e["type"] == "turn_started")
+        .await?;
+    let t0 = Instant::now();
+    let (status, body) = api.create(json!({"id": "waiting"})).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (503, Some("capacity_exhausted")),
+        "{body}"
+    );
+    assert!(
+        t0.elapsed() < Duration::from_secs(60),
+        "answered in {:?}",
+        t0.elapsed()
+    );
+    let (status, _) = api.call("GET", "/v1/sessions/waiting", None).await;
+    assert_eq!(status, 404, "nothing half-created is left behind");
+    // once the slot frees up, creation works
+    api.call("POST", "/v1/sessions/busy/interrupt", None).await;
+    api.until_results("busy", 0, 1, T).await?;
+    assert_eq!(api.create(json!({"id": "waiting"})).await.0, 201);
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_dead_codex_child_is_restarted_and_its_thread_resumed() -> anyhow::Result<()> {
     let model = ScriptedModel::start().await?;
     let sc = Sidecar::start(&model.base_url(), &[]).await?;

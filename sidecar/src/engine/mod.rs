@@ -29,7 +29,7 @@ use crate::store::events::{EventKind, EventLog, TurnStatus, Usage};
 use crate::store::inbox::{Inbox, message_n};
 use crate::store::record::SessionRecord;
 use pool::Pool;
-use session::{Actor, Command, SessionHandle, SessionKey, SessionState, session_dir};
+use session::{Actor, Command, SessionHandle, SessionKey, SessionState, StartError, session_dir};
 
 /// How long session creation waits for codex to start the thread.
 const START_TIMEOUT: Duration = Duration::from_secs(120);
@@ -238,7 +238,8 @@ impl Engine {
     /// Creates a session, or returns the existing one with that id (`created == false`).
     ///
     /// # Errors
-    /// 400 `invalid_session_id`, 404 `thread_not_found`, 502 `codex_start_failed`, 500 `internal`.
+    /// 400 `invalid_session_id`, 404 `thread_not_found`, 503 `capacity_exhausted` (every codex
+    /// slot stayed busy for 30 s), 502 `codex_start_failed`, 500 `internal`.
     pub async fn create(
         &self,
         owner: &str,
@@ -344,20 +345,29 @@ impl Engine {
         let started = tokio::time::timeout(START_TIMEOUT, reply).await;
         let failure = match started {
             Ok(Ok(Ok(_thread))) => None,
-            Ok(Ok(Err(message))) => Some(message),
-            Ok(Err(_)) => Some("the session actor ended".to_owned()),
-            Err(_) => Some(format!(
-                "codex did not start a thread within {} s",
-                START_TIMEOUT.as_secs()
+            Ok(Ok(Err(e @ StartError::NoCapacity(_)))) => Some(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "capacity_exhausted",
+                e.to_string(),
             )),
-        };
-        if let Some(message) = failure {
-            self.remove(&h).await;
-            return Err(ApiError::new(
+            Ok(Ok(Err(e))) => Some(ApiError::new(
                 StatusCode::BAD_GATEWAY,
                 "codex_start_failed",
-                message,
-            ));
+                e.to_string(),
+            )),
+            Ok(Err(_)) => Some(ApiError::internal("the session actor ended")),
+            Err(_) => Some(ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "codex_start_failed",
+                format!(
+                    "codex did not start a thread within {} s",
+                    START_TIMEOUT.as_secs()
+                ),
+            )),
+        };
+        if let Some(err) = failure {
+            self.remove(&h).await;
+            return Err(err);
         }
         if let Ok(mut s) = self.sessions.write() {
             s.insert(key, h.clone());

@@ -73,7 +73,7 @@ pub enum Command {
     /// The pool wants this session's child slot back.
     Evict,
     /// Load the thread now (session creation); answers with the thread id.
-    Start(oneshot::Sender<Result<String, String>>),
+    Start(oneshot::Sender<Result<String, StartError>>),
     /// Stop the child and end the actor (session deleted or sidecar stopping).
     Stop {
         /// Answered once the child is stopped.
@@ -83,6 +83,20 @@ pub enum Command {
         shutdown: bool,
     },
 }
+
+/// Why a session's codex could not be started.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StartError {
+    /// Every codex slot (`--max-live-sessions`) stayed busy with a running turn.
+    #[error("all {0} codex slots are running turns; try again when one finishes")]
+    NoCapacity(usize),
+    /// Spawning codex or starting/resuming the thread failed.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// How long session creation waits for a free codex slot before answering 503.
+pub const CREATE_SLOT_WAIT: Duration = Duration::from_secs(30);
 
 /// The mutable, API-visible part of a session.
 #[derive(Debug, Clone)]
@@ -370,7 +384,7 @@ impl Actor {
             Command::Evict => self.evict_requested = true,
             Command::Start(reply) => {
                 let r = self
-                    .ensure_thread()
+                    .ensure_thread(Some(CREATE_SLOT_WAIT))
                     .await
                     .map(|()| self.record.thread_id.clone().unwrap_or_default());
                 if let Some(live) = &self.live {
@@ -407,10 +421,10 @@ impl Actor {
     }
 
     async fn work(&mut self) -> Flow {
-        if let Err(message) = self.ensure_thread().await {
+        if let Err(e) = self.ensure_thread(None).await {
             self.emit(EventKind::Error {
                 code: "codex_unavailable".into(),
-                message,
+                message: e.to_string(),
                 retryable: true,
             });
             self.set_state(SessionState::Failed);
@@ -442,20 +456,35 @@ impl Actor {
 
     /// Makes sure a child runs with this session's thread loaded. After a fresh start the
     /// session's auth.json is checked for tokens codex refreshed while starting.
-    async fn ensure_thread(&mut self) -> Result<(), String> {
+    /// `slot_wait` bounds the wait for a free codex slot (None: wait as long as it takes).
+    async fn ensure_thread(&mut self, slot_wait: Option<Duration>) -> Result<(), StartError> {
         if self.live.is_some() {
             return Ok(());
         }
-        let r = self.start_child_and_thread().await;
+        let r = self.start_child_and_thread(slot_wait).await;
         if r.is_ok() {
             self.ctx.setup.sync_auth_from(&self.h.codex_home());
         }
         r
     }
 
-    async fn start_child_and_thread(&mut self) -> Result<(), String> {
+    async fn start_child_and_thread(
+        &mut self,
+        slot_wait: Option<Duration>,
+    ) -> Result<(), StartError> {
         let h = self.h.clone();
-        let lease = self.ctx.pool.acquire(move || h.send(Command::Evict)).await;
+        let acquire = self.ctx.pool.acquire(move || h.send(Command::Evict));
+        let lease = match slot_wait {
+            // Cancelling the wait is safe: a slot is only taken when acquire returns.
+            Some(limit) => tokio::time::timeout(limit, acquire)
+                .await
+                .map_err(|_| StartError::NoCapacity(self.ctx.config.max_live_sessions))?,
+            None => acquire.await,
+        };
+        self.start_on_slot(lease).await.map_err(StartError::Failed)
+    }
+
+    async fn start_on_slot(&mut self, lease: Lease) -> Result<(), String> {
         self.evict_requested = false;
         if self.h.is_deleted() {
             // Deleted while waiting for a slot: create nothing; the Stop command is next.

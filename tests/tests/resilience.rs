@@ -287,6 +287,31 @@ async fn creating_a_session_when_every_slot_is_busy_says_so() -> anyhow::Result<
 }
 
 #[tokio::test]
+async fn a_message_waiting_for_a_slot_keeps_the_client_informed() -> anyhow::Result<()> {
+    let model = ScriptedModel::start().await?;
+    let sc = Sidecar::start(&model.base_url(), &["--max-live-sessions", "1"]).await?;
+    let api = sc.api("alice");
+    for id in ["a", "b"] {
+        assert_eq!(api.create(json!({"id": id})).await.0, 201);
+    }
+    api.send("a", "[[hang]]").await;
+    api.collect_until("a", 0, T, |e| e["type"] == "turn_started")
+        .await?;
+    let after = seq(&api, "b").await - 1;
+    api.send("b", "my turn next").await;
+    let waiting = api
+        .collect_until("b", after, Duration::from_secs(40), |e| {
+            e["type"] == "activity" && e["kind"] == "waiting"
+        })
+        .await?;
+    assert!(of_type(&waiting, "turn_started").is_empty());
+    api.call("POST", "/v1/sessions/a/interrupt", None).await;
+    let done = api.until_results("b", after, 1, T).await?;
+    assert_eq!(done.last().expect("result")["text"], "echo: my turn next");
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_dead_codex_child_is_restarted_and_its_thread_resumed() -> anyhow::Result<()> {
     let model = ScriptedModel::start().await?;
     let sc = Sidecar::start(&model.base_url(), &[]).await?;

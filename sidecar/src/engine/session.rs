@@ -479,7 +479,23 @@ impl Actor {
             Some(limit) => tokio::time::timeout(limit, acquire)
                 .await
                 .map_err(|_| StartError::NoCapacity(self.ctx.config.max_live_sessions))?,
-            None => acquire.await,
+            // Waiting for a turn elsewhere to end: keep the client's heartbeat going meanwhile.
+            None => {
+                tokio::pin!(acquire);
+                loop {
+                    match tokio::time::timeout(HEARTBEAT, &mut acquire).await {
+                        Ok(lease) => break lease,
+                        Err(_) => {
+                            let mut detail = Map::new();
+                            detail.insert("reason".into(), "waiting for a free codex slot".into());
+                            self.emit(EventKind::Activity {
+                                kind: "waiting".into(),
+                                detail,
+                            });
+                        }
+                    }
+                }
+            }
         };
         self.start_on_slot(lease).await.map_err(StartError::Failed)
     }

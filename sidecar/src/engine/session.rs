@@ -752,14 +752,7 @@ impl Actor {
         {
             self.want_compact = true;
         }
-        match out.stop_requested.take() {
-            Some(reply) => {
-                self.stop_child("stopping").await;
-                let _ = reply.send(());
-                Flow::Exit
-            }
-            None => Flow::Continue,
-        }
+        self.finish_stop(out.stop_requested.take()).await
     }
 
     async fn compact(&mut self) -> Flow {
@@ -828,7 +821,13 @@ impl Actor {
             });
         }
         self.ctx.setup.sync_auth_from(&self.h.codex_home());
-        match out.stop_requested.take() {
+        self.finish_stop(out.stop_requested.take()).await
+    }
+
+    /// After a turn or compaction: when a Stop arrived during it, stops the child, answers it and
+    /// ends the actor.
+    async fn finish_stop(&mut self, stop: Option<oneshot::Sender<()>>) -> Flow {
+        match stop {
             Some(reply) => {
                 self.stop_child("stopping").await;
                 let _ = reply.send(());

@@ -36,6 +36,53 @@ pub struct Seen {
 }
 
 impl ApiServerVerifier {
+    /// Awaits the next request and asserts its method and path; returns its query, its JSON body
+    /// (`None` when empty) and the handle to answer it with.
+    async fn receive(
+        &mut self,
+        method: &Method,
+        path: &str,
+    ) -> (
+        String,
+        Option<Value>,
+        tower_test::mock::SendResponse<Response<Body>>,
+    ) {
+        let next = tokio::time::timeout(Duration::from_secs(2), self.handle.next_request()).await;
+        let (request, send) = match next {
+            Ok(Some(r)) => r,
+            Ok(None) => panic!(
+                "expected {method} {path}, but the client went away; seen: {:#?}",
+                self.log
+            ),
+            Err(_) => panic!(
+                "timed out waiting for {method} {path}; seen: {:#?}",
+                self.log
+            ),
+        };
+        let seen_line = format!("{} {}", request.method(), request.uri());
+        self.log.push(seen_line.clone());
+        assert_eq!(
+            request.method(),
+            method,
+            "unexpected request {seen_line}; seen: {:#?}",
+            self.log
+        );
+        assert_eq!(
+            request.uri().path(),
+            path,
+            "unexpected request {seen_line}; seen: {:#?}",
+            self.log
+        );
+        let query = request.uri().query().unwrap_or_default().to_string();
+        let bytes = request
+            .into_body()
+            .collect_bytes()
+            .await
+            .expect("request body");
+        let body = (!bytes.is_empty()).then(|| serde_json::from_slice(&bytes).expect("JSON body"));
+        (query, body, send)
+    }
+
     /// Awaits the next request, asserts its method and path, answers `status` + `reply`.
     pub async fn expect(
         &mut self,
@@ -44,90 +91,22 @@ impl ApiServerVerifier {
         status: StatusCode,
         reply: Value,
     ) -> Seen {
-        let next = tokio::time::timeout(Duration::from_secs(2), self.handle.next_request()).await;
-        let (request, send) = match next {
-            Ok(Some(r)) => r,
-            Ok(None) => panic!(
-                "expected {method} {path}, but the client went away; seen: {:#?}",
-                self.log
-            ),
-            Err(_) => panic!(
-                "timed out waiting for {method} {path}; seen: {:#?}",
-                self.log
-            ),
-        };
-        let seen_line = format!("{} {}", request.method(), request.uri());
-        self.log.push(seen_line.clone());
-        assert_eq!(
-            request.method(),
-            method,
-            "unexpected request {seen_line}; seen: {:#?}",
-            self.log
-        );
-        assert_eq!(
-            request.uri().path(),
-            path,
-            "unexpected request {seen_line}; seen: {:#?}",
-            self.log
-        );
-        let query = request.uri().query().unwrap_or_default().to_string();
-        let bytes = request
-            .into_body()
-            .collect_bytes()
-            .await
-            .expect("request body");
-        let body = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes).expect("JSON body")
-        };
+        let (query, body, send) = self.receive(&method, path).await;
         let response = Response::builder()
             .status(status)
             .body(Body::from(serde_json::to_vec(&reply).expect("reply")))
             .expect("response");
         send.send_response(response);
-        Seen { query, body }
+        Seen {
+            query,
+            body: body.unwrap_or(Value::Null),
+        }
     }
 
     /// `expect` answering 200 with the request body itself (what apply/create return, roughly).
     pub async fn echo(&mut self, method: Method, path: &str) -> Seen {
-        let next = tokio::time::timeout(Duration::from_secs(2), self.handle.next_request()).await;
-        let (request, send) = match next {
-            Ok(Some(r)) => r,
-            Ok(None) => panic!(
-                "expected {method} {path}, but the client went away; seen: {:#?}",
-                self.log
-            ),
-            Err(_) => panic!(
-                "timed out waiting for {method} {path}; seen: {:#?}",
-                self.log
-            ),
-        };
-        let seen_line = format!("{} {}", request.method(), request.uri());
-        self.log.push(seen_line.clone());
-        assert_eq!(
-            request.method(),
-            method,
-            "unexpected request {seen_line}; seen: {:#?}",
-            self.log
-        );
-        assert_eq!(
-            request.uri().path(),
-            path,
-            "unexpected request {seen_line}; seen: {:#?}",
-            self.log
-        );
-        let query = request.uri().query().unwrap_or_default().to_string();
-        let bytes = request
-            .into_body()
-            .collect_bytes()
-            .await
-            .expect("request body");
-        let body: Value = if bytes.is_empty() {
-            json!({})
-        } else {
-            serde_json::from_slice(&bytes).expect("JSON body")
-        };
+        let (query, body, send) = self.receive(&method, path).await;
+        let body = body.unwrap_or_else(|| json!({}));
         let mut reply = body.clone();
         if path.ends_with("/status") {
             // The status subresource answers with the whole object.

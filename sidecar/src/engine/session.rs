@@ -124,6 +124,8 @@ pub struct SessionHandle {
     deleted: std::sync::atomic::AtomicBool,
     /// Turns and compactions started so far (the number of the current or last one).
     turns: std::sync::atomic::AtomicU64,
+    /// Messages in the inbox's queue; written only under the inbox lock.
+    queued: std::sync::atomic::AtomicUsize,
 }
 
 impl SessionHandle {
@@ -136,6 +138,7 @@ impl SessionHandle {
         record: SessionRecord,
     ) -> (Arc<SessionHandle>, mpsc::UnboundedReceiver<Command>) {
         let (cmd, rx) = mpsc::unbounded_channel();
+        let queued = inbox.len();
         let h = SessionHandle {
             key,
             dir,
@@ -148,6 +151,7 @@ impl SessionHandle {
             cmd,
             deleted: std::sync::atomic::AtomicBool::new(false),
             turns: std::sync::atomic::AtomicU64::new(0),
+            queued: std::sync::atomic::AtomicUsize::new(queued),
         };
         (Arc::new(h), rx)
     }
@@ -205,7 +209,8 @@ impl SessionHandle {
 
     /// Messages waiting for a turn.
     pub fn queued(&self) -> usize {
-        self.inbox.lock().map(|i| i.len()).unwrap_or(0)
+        // A counter kept under the inbox lock: reading it never waits for an enqueue's fsync.
+        self.queued.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Durably queues a message (blocking: write + fdatasync) unless `cap` are already waiting.
@@ -227,21 +232,28 @@ impl SessionHandle {
         }
         let msg = inbox.push(text)?;
         let queued = inbox.len();
+        self.queued
+            .store(queued, std::sync::atomic::Ordering::SeqCst);
         drop(inbox);
         self.send(Command::Wake);
         Ok(Ok((msg, queued)))
     }
 
     fn take_batch(&self) -> Vec<QueuedMessage> {
-        self.inbox
-            .lock()
-            .map(|mut i| i.take_batch(MAX_BATCH))
-            .unwrap_or_default()
+        let Ok(mut inbox) = self.inbox.lock() else {
+            return Vec::new();
+        };
+        let batch = inbox.take_batch(MAX_BATCH);
+        self.queued
+            .store(inbox.len(), std::sync::atomic::Ordering::SeqCst);
+        batch
     }
 
     fn requeue(&self, batch: Vec<QueuedMessage>) {
-        if let Ok(mut i) = self.inbox.lock() {
-            i.requeue_front(batch);
+        if let Ok(mut inbox) = self.inbox.lock() {
+            inbox.requeue_front(batch);
+            self.queued
+                .store(inbox.len(), std::sync::atomic::Ordering::SeqCst);
         }
     }
 

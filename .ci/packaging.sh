@@ -21,7 +21,8 @@
 #                             rootfs plus the host's Rust toolchain and crate cache (cargo --offline)
 #
 # Needs root for apt-get/debootstrap (CI runs as root), python3, a running dockerd, and the codex
-# npm package installed globally at the version in CODEX_VERSION. See docs/packaging.md.
+# npm package installed globally at the version in CODEX_VERSION. Helm is the real one, from
+# `tests/cluster/build-tools.sh helm` (cached outside the repository). See docs/packaging.md.
 set -uo pipefail
 export PYTHONDONTWRITEBYTECODE=1
 
@@ -33,7 +34,7 @@ for arg in "$@"; do
   case "$arg" in
     --write) WRITE=1 ;;
     --no-docker) SKIP_DOCKER=1 ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
     *) echo "unknown argument: $arg" >&2; exit 2 ;;
   esac
 done
@@ -71,9 +72,6 @@ START=$(date +%s)
 # ---------------------------------------------------------------------------------------------
 step "tools"
 apt_pkgs=()
-command -v go >/dev/null 2>&1 || apt_pkgs+=(golang-go)
-[ -d /usr/share/gocode/src/github.com/Masterminds/sprig ] || apt_pkgs+=(golang-github-masterminds-sprig-dev)
-[ -d /usr/share/gocode/src/sigs.k8s.io/yaml ] || apt_pkgs+=(golang-k8s-sigs-yaml-dev)
 command -v yamllint >/dev/null 2>&1 || apt_pkgs+=(yamllint)
 if [ "$SKIP_DOCKER" != 1 ]; then command -v debootstrap >/dev/null 2>&1 || apt_pkgs+=(debootstrap); fi
 if [ "${#apt_pkgs[@]}" -gt 0 ]; then
@@ -97,16 +95,21 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$VENV/.pins" 2>/dev/null)" != "$PY_P
   fi
 fi
 PY="$VENV/bin/python"
-VALIDATE=("$PY" "$ROOT/.ci/helm-render/validate.py")
+VALIDATE=("$PY" "$ROOT/.ci/validate.py")
 
-RENDER="$WORK/helm-render"
-if (cd .ci/helm-render && GO111MODULE=off GOPATH=/usr/share/gocode GOFLAGS="" GOPROXY=off \
-      GOCACHE="$WORK/gocache" go build -o "$RENDER" .) >"$WORK/go-build.log" 2>&1; then
-  pass "built .ci/helm-render (Go text/template + sprig from Debian)"
+# The real helm (and kubectl), cached outside the repository; the script prints its bin directory
+# on its last line. Helm gets its own empty home and kubeconfig: nothing below talks to a cluster.
+HELM=""
+if helm_bin="$(tests/cluster/build-tools.sh helm 2>"$WORK/build-tools.err" | tail -1)" \
+   && [ -x "$helm_bin/helm" ]; then
+  HELM="$helm_bin/helm"
+  export HELM_CACHE_HOME="$WORK/helm-home/cache" HELM_CONFIG_HOME="$WORK/helm-home/config" \
+    HELM_DATA_HOME="$WORK/helm-home/data" KUBECONFIG="$WORK/helm-home/kubeconfig"
+  mkdir -p "$WORK/helm-home"; : >"$KUBECONFIG"
+  pass "helm $("$HELM" version --template '{{.Version}}') at $HELM (tests/cluster/build-tools.sh helm)"
 else
-  cat "$WORK/go-build.log"; fail "go build .ci/helm-render"
+  tail -20 "$WORK/build-tools.err"; fail "tests/cluster/build-tools.sh helm did not provide a helm binary"
 fi
-if [ -z "$(gofmt -l .ci/helm-render)" ]; then pass ".ci/helm-render is gofmt-clean"; else fail ".ci/helm-render needs gofmt"; fi
 
 # ---------------------------------------------------------------------------------------------
 step "binaries"
@@ -178,21 +181,15 @@ if [ -f "$CRD" ]; then
 fi
 
 # ---------------------------------------------------------------------------------------------
-step "chart render"
-# What `helm lint` checks first: Chart.yaml's apiVersion, name (= directory), SemVer versions.
-if "$PY" - "$CHART" <<'PYEOF'
-import os, re, sys, yaml
-d = sys.argv[1]
-c = yaml.safe_load(open(os.path.join(d, "Chart.yaml")))
-semver = re.compile(r"^v?\d+\.\d+\.\d+(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?$")
-ok = (c.get("apiVersion") == "v2" and c.get("name") == os.path.basename(d.rstrip("/"))
-      and semver.match(str(c.get("version", ""))) and c.get("appVersion") and c.get("type") == "application")
-sys.exit(0 if ok else 1)
-PYEOF
-then
-  pass "$CHART/Chart.yaml: apiVersion v2, name = directory, SemVer version, appVersion"
+step "chart lint and render (helm)"
+# helm lint checks Chart.yaml's fields and SemVer, but (Helm 4) neither that the name is the
+# directory's nor that the chart is apiVersion v2.
+chart_api="$(awk '/^apiVersion:/{print $2}' "$CHART/Chart.yaml")"
+chart_name="$(awk '/^name:/{print $2}' "$CHART/Chart.yaml")"
+if [ "$chart_api" = v2 ] && [ "$chart_name" = "$(basename "$CHART")" ]; then
+  pass "$CHART/Chart.yaml: apiVersion v2, name = directory name"
 else
-  fail "$CHART/Chart.yaml: needs apiVersion v2, name = directory name, a SemVer version and appVersion"
+  fail "$CHART/Chart.yaml: needs apiVersion v2 (has '$chart_api') and name $(basename "$CHART") (has '$chart_name')"
 fi
 ws_version="$(awk '/^\[workspace.package\]/{on=1; next} /^\[/{on=0} on && /^version *=/{gsub(/[" ]/, "", $3); print $3}' Cargo.toml)"
 app_version="$(awk -F'"' '/^appVersion:/{print $2}' "$CHART/Chart.yaml")"
@@ -201,23 +198,50 @@ if [ -n "$ws_version" ] && [ "$ws_version" = "$app_version" ]; then
 else
   fail "chart appVersion '$app_version' differs from the workspace version '$ws_version' (Cargo.toml)"
 fi
+IFS=, read -r -a kube_versions <<<"$KUBE_VERSIONS"
+lint() { # ARGS...: helm lint --strict at every Kubernetes version of KUBE_VERSIONS
+  local v out ok=1
+  for v in "${kube_versions[@]}"; do
+    if ! out=$("$HELM" lint --strict --quiet --kube-version "$v" "$CHART" "$@" 2>&1); then
+      echo "$out"; ok=0
+    fi
+  done
+  if [ "$ok" = 1 ]; then pass "helm lint --strict $CHART${*:+ $*} (Kubernetes $KUBE_VERSIONS)"
+  else fail "helm lint --strict $CHART${*:+ $*}"; fi
+}
 render_ok=1
-render() { # NAME ARGS...: renders the chart into $RENDERED/NAME.yaml and its NOTES
-  local name="$1"; shift
-  if "$RENDER" "$@" "$CHART" >"$RENDERED/$name.yaml" 2>"$WORK/render-$name.err" \
-     && "$RENDER" --notes "$@" "$CHART" >"$RENDERED/$name.NOTES.txt" 2>>"$WORK/render-$name.err" \
+render() { # NAME RELEASE NAMESPACE [ARGS...]: renders the chart into $RENDERED/NAME.yaml and its NOTES
+  local name="$1" release="$2" ns="$3"; shift 3
+  # `helm template` does not render NOTES.txt; a client-side dry-run install does (no cluster).
+  if "$HELM" template "$release" "$CHART" --namespace "$ns" "$@" >"$RENDERED/$name.yaml" 2>"$WORK/render-$name.err" \
+     && "$HELM" install "$release" "$CHART" --namespace "$ns" "$@" --dry-run=client -o json \
+          >"$WORK/release-$name.json" 2>>"$WORK/render-$name.err" \
+     && "$PY" -c 'import json, sys; sys.stdout.write(json.load(open(sys.argv[1]))["info"].get("notes", ""))' \
+          "$WORK/release-$name.json" >"$RENDERED/$name.NOTES.txt" 2>>"$WORK/render-$name.err" \
      && [ -s "$RENDERED/$name.yaml" ] && [ -s "$RENDERED/$name.NOTES.txt" ]; then
-    pass "chart renders ($name: $*) with $(grep -c '^kind:' "$RENDERED/$name.yaml") objects and NOTES.txt"
+    pass "helm template $release --namespace $ns${*:+ $*} renders $(grep -c '^kind:' "$RENDERED/$name.yaml") objects; NOTES.txt renders"
   else
-    cat "$WORK/render-$name.err"; fail "chart render ($name: $*)"; render_ok=0
+    cat "$WORK/render-$name.err"; fail "chart render ($name: $release --namespace $ns${*:+ $*})"; render_ok=0
   fi
 }
-render default --release codex-operator --namespace codex-operator
-for values in "$CHART"/ci/*-values.yaml; do
-  render "$(basename "$values" .yaml)" --release cxo --namespace platform -f "$values"
-done
-render install --release codex-operator --namespace codex-operator --service kubectl \
-  -f .ci/helm-render/install-values.yaml
+if [ -n "$HELM" ]; then
+  lint
+  for values in "$CHART"/ci/*-values.yaml; do lint -f "$values"; done
+  # values.schema.json must refuse a typo, or it protects nothing.
+  if "$HELM" template codex-operator "$CHART" --set replicaCont=2 >/dev/null 2>"$WORK/typo.err" \
+     || ! grep -q replicaCont "$WORK/typo.err"; then
+    cat "$WORK/typo.err"; fail "values.schema.json does not refuse an unknown key (replicaCont)"
+  else
+    pass "values.schema.json refuses an unknown key (replicaCont)"
+  fi
+  render default codex-operator codex-operator
+  for values in "$CHART"/ci/*-values.yaml; do
+    render "$(basename "$values" .yaml)" cxo platform -f "$values"
+  done
+  render install codex-operator codex-operator -f .ci/install-values.yaml
+else
+  render_ok=0
+fi
 
 if [ "$render_ok" = 1 ]; then
   # Objects that must be there with default values.
@@ -230,15 +254,20 @@ if [ "$render_ok" = 1 ]; then
   else
     pass "crds.install=false leaves the CRD out"
   fi
+  if grep -q 'helm.sh/hook' "$RENDERED/install.yaml"; then
+    fail "the install render has Helm hooks, which kubectl apply would not run as hooks"
+  else
+    pass "the install render has no Helm hooks"
+  fi
 fi
 
-# manifests/install.yaml: the chart rendered with .ci/helm-render/install-values.yaml, plus the Namespace.
+# manifests/install.yaml: the chart rendered with .ci/install-values.yaml, plus the Namespace.
 INSTALL_NEW="$WORK/install.yaml"
 {
   echo "# codex-operator, plain install:"
   echo "#   kubectl apply --server-side -f manifests/crd.yaml"
   echo "#   kubectl apply -f manifests/install.yaml"
-  echo "# GENERATED from charts/codex-operator (values: .ci/helm-render/install-values.yaml) by"
+  echo "# GENERATED from charts/codex-operator (values: .ci/install-values.yaml) by"
   echo "# \`.ci/packaging.sh --write\`. Do not edit: change the chart and regenerate."
   echo "---"
   echo "apiVersion: v1"
@@ -263,10 +292,10 @@ fi
 
 # ---------------------------------------------------------------------------------------------
 step "yamllint"
-if out=$(yamllint --strict -c .yamllint .yamllint charts manifests .ci/helm-render 2>&1); then
-  pass "yamllint (.yamllint) on charts/, manifests/, .ci/helm-render/"
+if out=$(yamllint --strict -c .yamllint .yamllint charts manifests .ci/install-values.yaml 2>&1); then
+  pass "yamllint (.yamllint) on charts/, manifests/, .ci/install-values.yaml"
 else
-  echo "$out"; fail "yamllint on charts/, manifests/, .ci/helm-render/"
+  echo "$out"; fail "yamllint on charts/, manifests/, .ci/install-values.yaml"
 fi
 # Rendered output: syntax and duplicate keys (which a YAML loader silently merges). Trailing spaces
 # are not checked there (toYaml indents the blank lines of block scalars) but in the templates.
@@ -286,7 +315,6 @@ fi
 
 # ---------------------------------------------------------------------------------------------
 step "schemas (Kubernetes $KUBE_VERSIONS, CRD)"
-counted "${VALIDATE[@]}" values "$CHART/values.schema.json" "$CHART/values.yaml" "$CHART"/ci/*-values.yaml
 crd_arg=()
 [ -f "$CRD" ] && crd_arg=(--crd "$CRD")
 counted "${VALIDATE[@]}" k8s "${crd_arg[@]}" --kube-versions "$KUBE_VERSIONS" \

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Validation helpers for .ci/packaging.sh (manifests, rendered chart, examples, chart values).
+"""Validation helpers for .ci/packaging.sh (manifests, rendered chart, examples).
 
 Subcommands (each prints one PASS/FAIL line per checked object and exits non-zero on failure):
 
@@ -12,10 +12,6 @@ Subcommands (each prints one PASS/FAIL line per checked object and exits non-zer
       and the CRD's CEL `x-kubernetes-validations` rules (evaluated with cel-python).
       ServiceMonitor (monitoring.coreos.com/v1) is checked against a small built-in schema.
       Anything else without a schema is a failure.
-
-  values SCHEMA.json CHART_VALUES.yaml [OVERRIDE.yaml...]
-      Each override is layered over the chart's values.yaml (Helm's coalesce) and the result is
-      validated against values.schema.json, as `helm install/lint` does.
 
   crd-sanity CRD.yaml
       The CRD is the CodexAgent CRD the chart and examples are built for.
@@ -242,41 +238,6 @@ def cmd_k8s(args):
         result(False, "at least one Kubernetes object was checked")
 
 
-def coalesce(dst, src):
-    for k, v in src.items():
-        if v is None:
-            dst.pop(k, None)
-        elif isinstance(v, dict) and isinstance(dst.get(k), dict):
-            coalesce(dst[k], v)
-        else:
-            dst[k] = v
-    return dst
-
-
-def cmd_values(args):
-    import json
-
-    with open(args.schema, encoding="utf-8") as f:
-        schema = json.load(f)
-    with open(args.values, encoding="utf-8") as f:
-        base = yaml.safe_load(f) or {}
-    for path in [None] + args.overrides:
-        vals = copy.deepcopy(base)
-        if path:
-            with open(path, encoding="utf-8") as f:
-                coalesce(vals, yaml.safe_load(f) or {})
-        errs = [
-            f"{'.'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"
-            for e in jsonschema.Draft7Validator(schema).iter_errors(vals)
-        ]
-        result(not errs, f"chart values {path or args.values} valid against {args.schema}", "; ".join(errs[:5]))
-    # The schema must refuse a typo, or it protects nothing.
-    bad = copy.deepcopy(base)
-    bad["replicaCont"] = 2
-    refused = not jsonschema.Draft7Validator(schema).is_valid(bad)
-    result(refused, "values.schema.json refuses an unknown key (replicaCont)")
-
-
 def cmd_crd_sanity(args):
     docs = load_docs(args.crd)
     ok = (
@@ -378,10 +339,6 @@ def main():
     k.add_argument("--crd")
     k.add_argument("--kube-versions", default="1.28,1.37")
     k.add_argument("files", nargs="+")
-    v = sub.add_parser("values")
-    v.add_argument("schema")
-    v.add_argument("values")
-    v.add_argument("overrides", nargs="*")
     c = sub.add_parser("crd-sanity")
     c.add_argument("crd")
     r = sub.add_parser("crd-render")
@@ -391,7 +348,7 @@ def main():
     e.add_argument("--crd", required=True)
     e.add_argument("files", nargs="+")
     args = p.parse_args()
-    {"k8s": cmd_k8s, "values": cmd_values, "crd-sanity": cmd_crd_sanity, "crd-render": cmd_crd_render,
+    {"k8s": cmd_k8s, "crd-sanity": cmd_crd_sanity, "crd-render": cmd_crd_render,
      "examples": cmd_examples}[args.cmd](args)
     sys.exit(1 if FAILED else 0)
 

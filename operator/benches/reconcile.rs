@@ -25,7 +25,7 @@ use std::time::Instant;
 
 use codex_operator::crd::CodexAgent;
 use codex_operator::metrics::Metrics;
-use codex_operator::probe::{GpuReport, ProbeError, ProbeTarget, SidecarProbe};
+use codex_operator::probe::{ProbeError, ProbeTarget, SidecarProbe, SidecarReport};
 use codex_operator::reconcile::{self, Context};
 use codex_operator::resources::OperatorConfig;
 use futures::future::BoxFuture;
@@ -111,11 +111,11 @@ impl FakeApi {
 struct NoProbe;
 
 impl SidecarProbe for NoProbe {
-    fn gpu_status<'a>(
+    fn status<'a>(
         &'a self,
         _: &'a ProbeTarget,
-    ) -> BoxFuture<'a, Result<GpuReport, ProbeError>> {
-        Box::pin(async { Ok(GpuReport::default()) })
+    ) -> BoxFuture<'a, Result<SidecarReport, ProbeError>> {
+        Box::pin(async { Ok(SidecarReport::default()) })
     }
 }
 

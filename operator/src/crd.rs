@@ -44,6 +44,15 @@ pub const DEFAULT_STORAGE_SIZE: &str = "10Gi";
     plural = "codexagents",
     shortname = "cxa",
     namespaced,
+    // The agent's name names its Service (an RFC 1035 label) and its pod's hostname: refuse at
+    // `kubectl apply` what cannot name them, instead of an agent that never starts.
+    validation = Rule::new(
+        "self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$') && size(self.metadata.name) <= 63"
+    ).message(
+        "metadata.name must be a DNS label (RFC 1035: at most 63 characters, lowercase letters, \
+         digits and '-', starting with a letter and ending with a letter or digit): it names the \
+         agent's Service"
+    ),
     status = "CodexAgentStatus",
     derive = "PartialEq",
     doc = "A Codex agent: the codex CLI behind codex-sidecar's authenticated HTTP API, scheduled as \
@@ -286,6 +295,13 @@ pub struct LocalModelServer {
     /// Compute resources of the model server container; the GPU limit is added from `spec.gpu`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// UID the model server runs as; with it the container also sets `runAsNonRoot: true`.
+    /// Needed where PodSecurity `restricted` is enforced (the official ollama and vllm images
+    /// run as root, which `restricted` refuses: use an image that works as this UID). Leave it
+    /// unset on OpenShift, whose `restricted-v2` SCC assigns one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub run_as_user: Option<i64>,
 }
 
 impl LocalModelServer {
@@ -518,7 +534,60 @@ pub const GENERATED_JWT_KEY: &str = "jwt.key";
 /// # Errors
 /// Only if the CRD cannot be serialized (a bug).
 pub fn crd_yaml() -> Result<String, serde_saphyr::ser::Error> {
-    serde_saphyr::to_string(&CodexAgent::crd())
+    serde_saphyr::to_string(&crd())
+}
+
+/// The CodexAgent CRD: the derived schema with every number bounded to what both the Rust
+/// type and Kubernetes accept, so that the API server refuses at `kubectl apply` any value the
+/// operator could not decode (one undecodable object would otherwise fail every LIST):
+/// affinity `weight`s to 1..=100 (the range the scheduler documents), and unsigned 64-bit
+/// fields to 2^53 (inside the int64 the API server stores, exact in every JSON client).
+pub fn crd()
+-> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
+    let mut crd = CodexAgent::crd();
+    for v in &mut crd.spec.versions {
+        if let Some(s) = v
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+        {
+            bound_numbers(s, None);
+        }
+    }
+    crd
+}
+
+fn bound_numbers(
+    s: &mut k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSONSchemaProps,
+    name: Option<&str>,
+) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSONSchemaPropsOrArray;
+    if s.type_.as_deref() == Some("integer") {
+        match (name, s.format.as_deref()) {
+            (Some("weight"), Some("int32")) => {
+                s.minimum.get_or_insert(1.0);
+                s.maximum.get_or_insert(100.0);
+            }
+            (_, Some("uint64")) => {
+                // 2^53: the largest integer every JSON client (kubectl, JavaScript) keeps exact,
+                // and well inside the int64 the API server stores.
+                s.maximum.get_or_insert(9_007_199_254_740_992.0);
+            }
+            _ => {}
+        }
+    }
+    if let Some(props) = s.properties.as_mut() {
+        for (k, p) in props.iter_mut() {
+            bound_numbers(p, Some(k));
+        }
+    }
+    match s.items.as_mut() {
+        Some(JSONSchemaPropsOrArray::Schema(i)) => bound_numbers(i, None),
+        Some(JSONSchemaPropsOrArray::Schemas(v)) => {
+            v.iter_mut().for_each(|i| bound_numbers(i, None))
+        }
+        None => {}
+    }
 }
 
 #[cfg(test)]
@@ -536,7 +605,7 @@ mod tests {
 
     #[test]
     fn crd_names_scope_and_columns() {
-        let crd = CodexAgent::crd();
+        let crd = crd();
         assert_eq!(
             crd.metadata.name.as_deref(),
             Some("codexagents.agents.codex-operator.dev")
@@ -564,7 +633,7 @@ mod tests {
 
     #[test]
     fn crd_schema_carries_validations_and_docs() {
-        let crd = serde_json::to_value(CodexAgent::crd()).expect("json");
+        let crd = serde_json::to_value(crd()).expect("json");
         let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
         let provider = &spec["properties"]["provider"];
         let rules: Vec<&str> = provider["x-kubernetes-validations"]
@@ -675,7 +744,7 @@ mod tests {
     }
 
     fn crd_schema() -> serde_json::Value {
-        let crd = serde_json::to_value(CodexAgent::crd()).expect("json");
+        let crd = serde_json::to_value(crd()).expect("json");
         crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone()
     }
 

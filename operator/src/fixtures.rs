@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use crate::crd::CodexAgent;
 use crate::metrics::Metrics;
-use crate::probe::{GpuReport, ProbeError, ProbeTarget, SidecarProbe};
+use crate::probe::{GpuReport, ProbeError, ProbeTarget, SidecarProbe, SidecarReport};
 use crate::reconcile::Context;
 use crate::resources::OperatorConfig;
 
@@ -163,22 +163,27 @@ pub fn conflict_status() -> Value {
 /// A fake GPU probe returning a fixed answer and recording its targets.
 #[derive(Default)]
 pub struct FakeProbe {
-    /// What `gpu_status` returns (None: an error).
+    /// The GPU part of what `status` returns (None: an error).
     pub report: Mutex<Option<GpuReport>>,
+    /// The sandbox part of what `status` returns.
+    pub sandbox: Mutex<Option<crate::probe::SandboxReport>>,
     /// Targets asked for.
     pub calls: Mutex<Vec<ProbeTarget>>,
 }
 
 impl SidecarProbe for FakeProbe {
-    fn gpu_status<'a>(
+    fn status<'a>(
         &'a self,
         target: &'a ProbeTarget,
-    ) -> BoxFuture<'a, Result<GpuReport, ProbeError>> {
+    ) -> BoxFuture<'a, Result<SidecarReport, ProbeError>> {
         Box::pin(async move {
             self.calls.lock().expect("lock").push(target.clone());
             let report = self.report.lock().expect("lock").clone();
             match report {
-                Some(r) => Ok(r),
+                Some(gpu) => Ok(SidecarReport {
+                    gpu,
+                    sandbox_check: self.sandbox.lock().expect("lock").clone(),
+                }),
                 None => {
                     // Produce a real reqwest error: connection refused on a closed port.
                     let err = reqwest::Client::new()

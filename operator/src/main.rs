@@ -83,6 +83,9 @@ async fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    // kube's TLS stack (ring) and reqwest's (aws-lc-rs) both compile a rustls provider in, so
+    // rustls cannot pick one by itself: without this every API client panics.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Crd => match crd::crd_yaml() {

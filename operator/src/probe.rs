@@ -1,4 +1,5 @@
-//! Asking a running sidecar whether it sees its GPUs (`GET /v1/status`, docs/sidecar-contract.md).
+//! Asking a running sidecar what it sees (`GET /v1/status`, docs/sidecar-contract.md): its GPUs,
+//! and whether codex's command sandbox works in its container.
 //!
 //! The request carries a short-lived HS256 JWT minted from the agent's own key (claims `sub`,
 //! `iat`, `exp` 60 s ahead, and `aud` when the agent sets `jwtAudience`). The fetch is behind the
@@ -48,9 +49,30 @@ pub struct GpuReport {
     pub error: Option<String>,
 }
 
-#[derive(Deserialize)]
-struct StatusBody {
-    gpu: GpuReport,
+/// The `sandbox_check` section of `/v1/status`: whether codex's command sandbox (bubblewrap)
+/// works in the sidecar's container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct SandboxReport {
+    /// The sidecar's `--sandbox` mode.
+    pub mode: String,
+    /// Commands can run under that mode.
+    pub ok: bool,
+    /// Why not, when `ok` is false.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// What to do about it, when `ok` is false.
+    #[serde(default)]
+    pub hint: Option<String>,
+}
+
+/// What the operator reads from `/v1/status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct SidecarReport {
+    /// The `gpu` section.
+    pub gpu: GpuReport,
+    /// The `sandbox_check` section (absent from sidecars older than this operator).
+    #[serde(default)]
+    pub sandbox_check: Option<SandboxReport>,
 }
 
 /// Where and how to reach one sidecar.
@@ -75,13 +97,13 @@ pub enum ProbeError {
     Http(#[from] reqwest::Error),
 }
 
-/// Fetches the sidecar's GPU report.
+/// Fetches the sidecar's report.
 pub trait SidecarProbe: Send + Sync {
-    /// `GET {base_url}/v1/status` with a fresh JWT; returns its `gpu` section.
-    fn gpu_status<'a>(
+    /// `GET {base_url}/v1/status` with a fresh JWT; returns its `gpu` and `sandbox_check`.
+    fn status<'a>(
         &'a self,
         target: &'a ProbeTarget,
-    ) -> BoxFuture<'a, Result<GpuReport, ProbeError>>;
+    ) -> BoxFuture<'a, Result<SidecarReport, ProbeError>>;
 }
 
 #[derive(Serialize)]
@@ -139,13 +161,13 @@ impl HttpProbe {
 }
 
 impl SidecarProbe for HttpProbe {
-    fn gpu_status<'a>(
+    fn status<'a>(
         &'a self,
         target: &'a ProbeTarget,
-    ) -> BoxFuture<'a, Result<GpuReport, ProbeError>> {
+    ) -> BoxFuture<'a, Result<SidecarReport, ProbeError>> {
         Box::pin(async move {
             let token = mint_token(&target.key, target.audience.as_deref())?;
-            let body: StatusBody = self
+            let body: SidecarReport = self
                 .client
                 .get(format!(
                     "{}/v1/status",
@@ -157,7 +179,7 @@ impl SidecarProbe for HttpProbe {
                 .error_for_status()?
                 .json()
                 .await?;
-            Ok(body.gpu)
+            Ok(body)
         })
     }
 }
@@ -189,7 +211,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn http_probe_reads_the_gpu_section_with_a_bearer_token() {
+    async fn http_probe_reads_the_gpu_and_sandbox_sections_with_a_bearer_token() {
         use axum::{Json, Router, http::HeaderMap, routing::get};
         let app = Router::new().route(
             "/v1/status",
@@ -200,7 +222,8 @@ mod tests {
                 }
                 Ok(Json(serde_json::json!({"version": "0", "gpu": {"available": true, "driver_version": "570",
                     "devices": [{"index": 0, "name": "H100", "uuid": "GPU-1", "memory_total_bytes": 1, "memory_used_bytes": 0}],
-                    "error": null}})))
+                    "error": null},
+                    "sandbox_check": {"mode": "workspace-write", "ok": false, "error": "bwrap: No permissions", "hint": "use danger-full-access"}})))
             }),
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -210,14 +233,17 @@ mod tests {
         tokio::spawn(async move { axum::serve(listener, app).await });
         let probe = HttpProbe::new().expect("client");
         let report = probe
-            .gpu_status(&ProbeTarget {
+            .status(&ProbeTarget {
                 base_url: format!("http://{addr}"),
                 key: b"k".to_vec(),
                 audience: None,
             })
             .await
             .expect("probe");
-        assert!(report.available);
-        assert_eq!(report.devices.len(), 1);
+        assert!(report.gpu.available);
+        assert_eq!(report.gpu.devices.len(), 1);
+        let sandbox = report.sandbox_check.expect("sandbox_check");
+        assert!(!sandbox.ok);
+        assert_eq!(sandbox.error.as_deref(), Some("bwrap: No permissions"));
     }
 }

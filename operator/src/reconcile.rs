@@ -150,6 +150,55 @@ where
     Ok(true)
 }
 
+/// Longest Event note the API server accepts (events.k8s.io/v1 `note`: 1 KiB).
+pub const EVENT_NOTE_MAX: usize = 1024;
+
+/// `note` cut to [`EVENT_NOTE_MAX`] bytes on a character boundary ("..." marks the cut).
+pub fn event_note(note: String) -> String {
+    if note.len() <= EVENT_NOTE_MAX {
+        return note;
+    }
+    let mut end = EVENT_NOTE_MAX - 3;
+    while !note.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &note[..end])
+}
+
+/// When the API server refused a write for a reason the agent's owner must fix or wait out
+/// (400 Bad Request, 403 Forbidden by admission such as PodSecurity or ResourceQuota,
+/// 422 Invalid), the message to show in the agent's status; `None` for other errors, which
+/// are retried with backoff.
+pub fn rejection(e: &Error, kind: &str, name: &str) -> Option<String> {
+    match e {
+        Error::Kube(kube::Error::Api(s)) if matches!(s.code, 400 | 403 | 422) => Some(format!(
+            "the API server refused {kind} {name}: {}",
+            s.message
+        )),
+        _ => None,
+    }
+}
+
+/// Records `result`'s refusal in `obs` (see [`rejection`]) or passes other errors on.
+fn note_rejection<T>(
+    obs: &mut Observed,
+    result: Result<T, Error>,
+    kind: &str,
+    name: &str,
+) -> Result<Option<T>, Error> {
+    match result {
+        Ok(v) => Ok(Some(v)),
+        Err(e) => match rejection(&e, kind, name) {
+            Some(m) => {
+                warn!(%kind, %name, message = %m, "child refused");
+                obs.rejected.get_or_insert(m);
+                Ok(None)
+            }
+            None => Err(e),
+        },
+    }
+}
+
 /// Reads `key` from Secret `name`: `Ok(None)` when the Secret or the key is missing.
 async fn read_secret_key(
     api: &Api<Secret>,
@@ -179,7 +228,7 @@ async fn publish(
     let ev = Event {
         type_,
         reason: reason.into(),
-        note: Some(note),
+        note: Some(event_note(note)),
         action: action.into(),
         secondary: None,
     };
@@ -286,25 +335,31 @@ async fn reconcile_inner(agent: &CodexAgent, ctx: &Context) -> Result<Action, Er
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let mut requeue_soon = false;
     if let Some(children) = &children {
-        apply_if_changed(
+        let cm_name = resources::names::config_map(&name);
+        let applied = apply_if_changed(
             &Api::<ConfigMap>::namespaced(client.clone(), &ns),
             &children.config_map,
         )
-        .await?;
+        .await;
+        note_rejection(&mut obs, applied, "ConfigMap", &cm_name)?;
         let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
         let pvc_name = resources::names::pvc(&name);
         obs.pvc = match pvcs.get_opt(&pvc_name).await? {
             Some(p) => Some(p),
-            None => Some(
-                pvcs.patch(&pvc_name, &apply_params(), &Patch::Apply(&children.pvc))
-                    .await?,
-            ),
+            None => {
+                let created = pvcs
+                    .patch(&pvc_name, &apply_params(), &Patch::Apply(&children.pvc))
+                    .await
+                    .map_err(Error::from);
+                note_rejection(&mut obs, created, "PersistentVolumeClaim", &pvc_name)?
+            }
         };
-        apply_if_changed(
+        let applied = apply_if_changed(
             &Api::<Service>::namespaced(client.clone(), &ns),
             &children.service,
         )
-        .await?;
+        .await;
+        note_rejection(&mut obs, applied, "Service", &name)?;
 
         // 3. Pod.
         let observed = pods.get_opt(&name).await?;
@@ -344,9 +399,13 @@ async fn reconcile_inner(agent: &CodexAgent, ctx: &Context) -> Result<Action, Er
             None if agent.spec.suspend => {}
             None if obs.missing_secret.is_some() => {}
             None => {
-                let pod = pods
+                let created = pods
                     .patch(&name, &apply_params(), &Patch::Apply(&children.pod))
-                    .await?;
+                    .await
+                    .map_err(Error::from);
+                let Some(pod) = note_rejection(&mut obs, created, "Pod", &name)? else {
+                    return finish(agent, ctx, &obs, false).await;
+                };
                 let resumed = status::condition(agent.status.as_ref(), types::SUSPENDED)
                     .is_some_and(|c| c.status == "True");
                 publish(
@@ -363,30 +422,41 @@ async fn reconcile_inner(agent: &CodexAgent, ctx: &Context) -> Result<Action, Er
         }
     }
 
-    // 4. GPU probe.
-    if status::gpus_on_sidecar(agent)
-        && let (Some(pod), Some(key)) = (&obs.pod, &jwt_key)
+    // 4. Sidecar probe (`/v1/status`: GPUs, sandbox) once the sidecar is ready.
+    if let (Some(pod), Some(key)) = (&obs.pod, &jwt_key)
         && status::container_ready(pod, SIDECAR_CONTAINER)
         && let Some(ip) = pod.status.as_ref().and_then(|s| s.pod_ip.clone())
     {
         let target = ProbeTarget {
-            base_url: format!("http://{ip}:{}", crate::crd::SIDECAR_PORT),
+            base_url: sidecar_url(&ip, crate::crd::SIDECAR_PORT),
             key: key.clone(),
             audience: agent.spec.sidecar.jwt_audience.clone(),
         };
-        obs.gpu = Some(
-            ctx.probe
-                .gpu_status(&target)
-                .await
-                .map_err(|e| e.to_string()),
-        );
+        let report = ctx.probe.status(&target).await.map_err(|e| e.to_string());
+        if status::gpus_on_sidecar(agent) {
+            obs.gpu = Some(report.as_ref().map(|r| r.gpu.clone()).map_err(Clone::clone));
+        }
+        obs.sandbox = report.ok().and_then(|r| r.sandbox_check);
     }
 
+    finish(agent, ctx, &obs, requeue_soon).await
+}
+
+/// Steps 5 and 6: writes the status computed from `obs` when it changed, publishes an Event on
+/// a Ready transition, and says when to reconcile again.
+async fn finish(
+    agent: &CodexAgent,
+    ctx: &Context,
+    obs: &Observed,
+    requeue_soon: bool,
+) -> Result<Action, Error> {
+    let ns = agent.namespace().ok_or(Error::NoNamespace)?;
+    let name = agent.name_any();
     // 5. Status.
     let now = Time(k8s_openapi::jiff::Timestamp::now());
-    let new = status::compute(agent, &obs, agent.status.as_ref(), &now);
+    let new = status::compute(agent, obs, agent.status.as_ref(), &now);
     if agent.status.as_ref() != Some(&new) {
-        let api: Api<CodexAgent> = Api::namespaced(client.clone(), &ns);
+        let api: Api<CodexAgent> = Api::namespaced(ctx.client.clone(), &ns);
         let body = serde_json::json!({
             "apiVersion": "agents.codex-operator.dev/v1alpha1",
             "kind": "CodexAgent",
@@ -421,6 +491,15 @@ async fn reconcile_inner(agent: &CodexAgent, ctx: &Context) -> Result<Action, Er
     } else {
         Action::requeue(REQUEUE_NOT_READY)
     })
+}
+
+/// `http://IP:PORT/`, with an IPv6 literal in brackets (RFC 3986 section 3.2.2).
+pub fn sidecar_url(ip: &str, port: i32) -> String {
+    if ip.contains(':') {
+        format!("http://[{ip}]:{port}")
+    } else {
+        format!("http://{ip}:{port}")
+    }
 }
 
 /// Backoff delay after `failures` consecutive errors: 5 s, 10 s, 20 s, ... capped at 300 s.
@@ -507,6 +586,21 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn event_notes_are_cut_to_the_api_limit_on_a_char_boundary() {
+        assert_eq!(event_note("short".into()), "short");
+        let long = "é".repeat(EVENT_NOTE_MAX);
+        let cut = event_note(long);
+        assert!(cut.len() <= EVENT_NOTE_MAX, "{}", cut.len());
+        assert!(cut.ends_with("..."));
+    }
+
+    #[test]
+    fn sidecar_urls_bracket_ipv6() {
+        assert_eq!(sidecar_url("10.0.0.7", 8080), "http://10.0.0.7:8080");
+        assert_eq!(sidecar_url("fd00::7", 8080), "http://[fd00::7]:8080");
+    }
 
     #[test]
     fn backoff_doubles_and_caps() {

@@ -442,9 +442,9 @@ fn pod_spec(agent: &CodexAgent, cfg: &OperatorConfig) -> PodSpec {
             spec.resources.as_ref(),
         ),
         volume_mounts: Some(mounts),
+        // No fixed UID: the image's numeric USER (10001) satisfies runAsNonRoot, and platforms
+        // that assign UIDs (OpenShift restricted-v2) may.
         security_context: Some(SecurityContext {
-            run_as_user: Some(SIDECAR_UID),
-            run_as_group: Some(SIDECAR_UID),
             run_as_non_root: Some(true),
             allow_privilege_escalation: Some(false),
             capabilities: Some(Capabilities {
@@ -488,6 +488,9 @@ fn pod_spec(agent: &CodexAgent, cfg: &OperatorConfig) -> PodSpec {
         runtime_class_name: gpu.and_then(|g| g.runtime_class_name.clone()),
         security_context: Some(PodSecurityContext {
             fs_group: Some(SIDECAR_UID),
+            // Re-chown a volume only when its root does not already match: a large model cache
+            // is not walked at every start.
+            fs_group_change_policy: Some("OnRootMismatch".into()),
             seccomp_profile: Some(SeccompProfile {
                 type_: "RuntimeDefault".into(),
                 localhost_profile: None,
@@ -619,6 +622,16 @@ fn model_container(
         }]),
         readiness_probe: Some(readiness),
         resources: gpu_limits(gpu, local.resources.as_ref()),
+        security_context: Some(SecurityContext {
+            run_as_user: local.run_as_user,
+            run_as_non_root: local.run_as_user.map(|_| true),
+            allow_privilege_escalation: Some(false),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                add: None,
+            }),
+            ..SecurityContext::default()
+        }),
         volume_mounts: cmd.cache_dir.map(|d| {
             vec![VolumeMount {
                 sub_path: Some("models".into()),

@@ -24,6 +24,9 @@ pub mod types {
     pub const GPU_VERIFIED: &str = "GPUVerified";
     /// `spec.suspend` is true and no pod runs.
     pub const SUSPENDED: &str = "Suspended";
+    /// Codex's command sandbox works in the sidecar's container (from `/v1/status`
+    /// `sandbox_check`; absent until the sidecar has answered).
+    pub const SANDBOX_READY: &str = "SandboxReady";
 }
 
 /// Stable `reason` values (CamelCase, as Kubernetes conventions require).
@@ -38,6 +41,9 @@ pub mod reasons {
     pub const INVALID_SPEC: &str = "InvalidSpec";
     /// A referenced Secret (or its key) does not exist.
     pub const MISSING_SECRET: &str = "MissingSecret";
+    /// The API server refused to create or update a child (admission: PodSecurity,
+    /// ResourceQuota, RuntimeClass, a webhook; or validation): the message is the API's.
+    pub const CHILD_REJECTED: &str = "ChildRejected";
     /// The pod has not been created or observed yet.
     pub const POD_PENDING: &str = "PodPending";
     /// The scheduler found no node with enough free GPUs ("Insufficient nvidia.com/gpu").
@@ -66,6 +72,11 @@ pub mod reasons {
     pub const GPU_PROBE_FAILED: &str = "GPUProbeFailed";
     /// The container is ready.
     pub const CONTAINER_READY: &str = "ContainerReady";
+    /// Codex's sandbox runs commands in the sidecar's container.
+    pub const SANDBOX_WORKS: &str = "SandboxWorks";
+    /// Codex's sandbox cannot run in the sidecar's container (usually: user namespaces are
+    /// forbidden by the seccomp profile); commands the model runs will fail.
+    pub const SANDBOX_UNAVAILABLE: &str = "SandboxUnavailable";
 }
 
 /// What the reconciler saw this round.
@@ -75,12 +86,16 @@ pub struct Observed {
     pub invalid_spec: Option<String>,
     /// A referenced Secret or key is missing (message naming it).
     pub missing_secret: Option<String>,
+    /// The API server refused a child (the first refusal this round, with the API's message).
+    pub rejected: Option<String>,
     /// The agent's pod, if it exists and is not being deleted.
     pub pod: Option<Pod>,
     /// The agent's PVC, if it exists.
     pub pvc: Option<PersistentVolumeClaim>,
     /// Result of the GPU probe, when one was made (`Err` holds the error message).
     pub gpu: Option<Result<GpuReport, String>>,
+    /// The sidecar's sandbox check, when it answered `/v1/status`.
+    pub sandbox: Option<crate::probe::SandboxReport>,
 }
 
 /// True when GPUs are attached to the sidecar container (so `/v1/status` can verify them).
@@ -248,6 +263,33 @@ pub fn compute(
         });
     }
 
+    // SandboxReady, once the sidecar has said whether codex's sandbox works in its container.
+    if let Some(sb) = &obs.sandbox {
+        conds.push(if sb.ok {
+            cond(
+                types::SANDBOX_READY,
+                Some(true),
+                reasons::SANDBOX_WORKS,
+                format!(
+                    "codex's {} sandbox runs commands in the sidecar container",
+                    sb.mode
+                ),
+            )
+        } else {
+            cond(
+                types::SANDBOX_READY,
+                Some(false),
+                reasons::SANDBOX_UNAVAILABLE,
+                format!(
+                    "codex's {} sandbox cannot run here: {}; {}",
+                    sb.mode,
+                    sb.error.as_deref().unwrap_or("unknown error"),
+                    sb.hint.as_deref().unwrap_or_default()
+                ),
+            )
+        });
+    }
+
     // GPUVerified (GPUs on the sidecar only).
     let want_gpus = spec.gpu.as_ref().map(|g| g.count as usize).unwrap_or(0);
     let mut gpu_state: Option<Option<bool>> = None;
@@ -340,6 +382,16 @@ pub fn compute(
                 m.clone(),
             ),
             Phase::Pending,
+        )
+    } else if let Some(m) = &obs.rejected {
+        (
+            cond(
+                types::READY,
+                Some(false),
+                reasons::CHILD_REJECTED,
+                m.clone(),
+            ),
+            Phase::Failed,
         )
     } else if pod.is_none() {
         (

@@ -25,9 +25,9 @@ use codex_operator::crd::CodexAgent;
 use codex_operator::{metrics, probe, reconcile, resources};
 use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim, Pod};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::Client;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::wait::{await_condition, conditions};
-use kube::{Client, CustomResourceExt};
 use serde_json::json;
 
 fn enabled() -> bool {
@@ -72,7 +72,7 @@ async fn install_apply_wait_ready_suspend() {
     crds.patch(
         "codexagents.agents.codex-operator.dev",
         &PatchParams::apply("codex-operator-e2e").force(),
-        &Patch::Apply(CodexAgent::crd()),
+        &Patch::Apply(codex_operator::crd::crd()),
     )
     .await
     .expect("apply CRD");

@@ -128,6 +128,15 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
         None => args.settings,
     };
     let (config, auth) = Config::resolve(settings).await.map_err(|e| e.to_string())?;
+    let sandbox = crate::codex::sandbox::check(
+        &config.codex_bin,
+        config.sandbox,
+        &config.state_dir.join(".sandbox-check"),
+    )
+    .await;
+    if let (Some(error), Some(hint)) = (&sandbox.error, &sandbox.hint) {
+        tracing::warn!(sandbox = sandbox.mode, %error, "codex's sandbox does not work here: {hint}");
+    }
     let listen = config.listen;
     let insecure = config.insecure_no_auth;
     let metrics = Arc::new(Metrics::new());
@@ -140,6 +149,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
         auth: Arc::new(auth),
         metrics,
         gpu: Arc::new(GpuProbe::init()),
+        sandbox: Arc::new(sandbox),
         ready: Arc::new(ReadyCache::default()),
         started: Instant::now(),
         shutdown: shutdown_rx,

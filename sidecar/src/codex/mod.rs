@@ -3,3 +3,4 @@
 pub mod home;
 pub mod protocol;
 pub mod rpc;
+pub mod sandbox;

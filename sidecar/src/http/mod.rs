@@ -32,6 +32,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// GPU status.
     pub gpu: Arc<GpuProbe>,
+    /// Whether codex's command sandbox works here (checked once at start-up).
+    pub sandbox: Arc<crate::codex::sandbox::SandboxCheck>,
     /// Readiness probe cache.
     pub ready: Arc<ops::ReadyCache>,
     /// Process start, for uptime.

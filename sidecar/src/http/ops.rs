@@ -99,7 +99,8 @@ pub async fn metrics(State(st): State<AppState>) -> Response {
         .into_response()
 }
 
-/// `GET /v1/status` (authenticated) -> versions, provider, model, limits, counts and GPU.
+/// `GET /v1/status` (authenticated) -> versions, provider, model, sandbox (and whether it
+/// works here: `sandbox_check`), limits, counts and GPU.
 pub async fn status(State(st): State<AppState>, Owner(_owner): Owner) -> Json<Value> {
     let cfg = &st.engine.ctx().config;
     let gpu = st.gpu.clone();
@@ -112,6 +113,7 @@ pub async fn status(State(st): State<AppState>, Owner(_owner): Owner) -> Json<Va
         "model": cfg.model,
         "approval_policy": cfg.approval_policy.as_str(),
         "sandbox": cfg.sandbox.as_str(),
+        "sandbox_check": *st.sandbox,
         "auth": st.auth.algorithm().unwrap_or("none"),
         "limits": {
             "max_live_sessions": cfg.max_live_sessions,

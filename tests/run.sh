@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# The test command: fetches what the suites need from the package registries, then runs every
+# suite. Needs Rust, Node.js with npm, Go 1.26+ and Python 3; the Kubernetes suite also needs a
+# Docker engine (as root: `apt-get install docker.io debootstrap && dockerd &`).
+#
+#   tests/run.sh                  every suite (cargo test --workspace)
+#   tests/run.sh --cluster-only   only the Kubernetes e2e (tests/tests/cluster.rs)
+#
+# What it fetches, each cached outside the sources: the codex pinned in CODEX_VERSION (npm, under
+# target/codex/ when the `codex` on PATH is another version); helm, kubectl and the control
+# plane built from the Kubernetes version in KUBERNETES_VERSION (tests/cluster/build-tools.sh,
+# into ~/.cache/codex-operator/); the project's image on the local Docker engine
+# (tests/cluster/build-image.sh). A suite whose tool is missing prints `NOTICE: skipping`.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+only_cluster=0
+for a in "$@"; do
+  case "$a" in
+    --cluster-only) only_cluster=1 ;;
+    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    *) echo "unknown argument: $a" >&2; exit 2 ;;
+  esac
+done
+t0=$(date +%s)
+step() { echo "=== tests [$(( $(date +%s) - t0 ))s] $*"; }
+
+step "codex $(tr -d '[:space:]' < CODEX_VERSION)"
+CODEX_BIN="$(sidecar/install-codex.sh)"
+export CODEX_BIN
+case "$CODEX_BIN" in
+  */vendor/*/bin/codex) export CODEX_PACKAGE="${CODEX_BIN%/node_modules/@openai/codex-linux-x64/*}" ;;
+esac
+"$CODEX_BIN" --version
+
+step "helm, kubectl and the control plane ($(cat KUBERNETES_VERSION))"
+if command -v go >/dev/null 2>&1; then
+  CODEX_E2E_KUBE_BIN="$(tests/cluster/build-tools.sh | tail -1)"
+  export CODEX_E2E_KUBE_BIN
+else
+  echo "NOTICE: no Go toolchain: the control plane cannot be built, the cluster e2e will skip (install Go 1.26+)"
+fi
+
+step "build"
+cargo build --workspace --bins --tests -q
+
+step "the project image"
+export CODEX_E2E_IMAGE="${CODEX_E2E_IMAGE:-codex-operator:e2e}"
+if docker info >/dev/null 2>&1; then
+  tests/cluster/build-image.sh "$CODEX_E2E_IMAGE"
+else
+  echo "NOTICE: no Docker engine answers: the Docker and cluster tests will skip (as root: apt-get install docker.io debootstrap && dockerd &)"
+fi
+
+if [ "$only_cluster" = 1 ]; then
+  step "cluster e2e"
+  cargo test -p codex-e2e --test cluster -- --nocapture
+else
+  step "every suite"
+  cargo test --workspace
+fi
+step "done"

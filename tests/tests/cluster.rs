@@ -870,6 +870,13 @@ async fn real_turn(w: &World) {
     w.apply_agent("chat", "chat", w.custom_spec());
     w.wait_condition("chat", "chat", "Ready", "True", Duration::from_secs(120))
         .await;
+    // Nothing in an agent's pod calls the API: no service-account token is mounted.
+    let pod = w.pod("chat", "chat").expect("pod");
+    let volumes = pod["spec"]["volumes"].to_string();
+    assert!(
+        !volumes.contains("serviceAccountToken"),
+        "no token volume: {volumes}"
+    );
     let api = w.sidecar("chat", "chat", "alice").await;
     let (code, body) = api.create(json!({"id": "s1"})).await;
     assert!(code == 201 || code == 200, "{code} {body}");

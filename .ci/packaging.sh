@@ -213,7 +213,9 @@ render_ok=1
 render() { # NAME RELEASE NAMESPACE [ARGS...]: renders the chart into $RENDERED/NAME.yaml and its NOTES
   local name="$1" release="$2" ns="$3"; shift 3
   # `helm template` does not render NOTES.txt; a client-side dry-run install does (no cluster).
-  if "$HELM" template "$release" "$CHART" --namespace "$ns" "$@" >"$RENDERED/$name.yaml" 2>"$WORK/render-$name.err" \
+  local api=()
+  [ -n "${RENDER_API_VERSIONS:-}" ] && api=(--api-versions "$RENDER_API_VERSIONS")
+  if "$HELM" template "$release" "$CHART" --namespace "$ns" "${api[@]}" "$@" >"$RENDERED/$name.yaml" 2>"$WORK/render-$name.err" \
      && "$HELM" install "$release" "$CHART" --namespace "$ns" "$@" --dry-run=client -o json \
           >"$WORK/release-$name.json" 2>>"$WORK/render-$name.err" \
      && "$PY" -c 'import json, sys; sys.stdout.write(json.load(open(sys.argv[1]))["info"].get("notes", ""))' \
@@ -236,7 +238,10 @@ if [ -n "$HELM" ]; then
   fi
   render default codex-operator codex-operator
   for values in "$CHART"/ci/*-values.yaml; do
-    render "$(basename "$values" .yaml)" cxo platform -f "$values"
+    # As on a cluster that serves the Prometheus Operator's API (the ServiceMonitor renders
+    # only there).
+    RENDER_API_VERSIONS=monitoring.coreos.com/v1/ServiceMonitor \
+      render "$(basename "$values" .yaml)" cxo platform -f "$values"
   done
   render install codex-operator codex-operator -f .ci/install-values.yaml
 else

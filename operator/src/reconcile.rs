@@ -94,6 +94,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Consecutive failures per object, for the error backoff.
     pub failures: Mutex<HashMap<ObjectRef<CodexAgent>, u32>>,
+    /// Failed pods seen per agent, for the replacement backoff.
+    pub replacements: Mutex<HashMap<ObjectRef<CodexAgent>, Replacement>>,
 }
 
 impl Context {
@@ -119,6 +121,58 @@ impl Context {
             recorder,
             metrics,
             failures: Mutex::new(HashMap::new()),
+            replacements: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+/// Replacement history of one agent's failed pods (phase `Failed`: evicted, node shutdown,
+/// `UnexpectedAdmissionError`, a container that exited with `restartPolicy` not `Always`).
+#[derive(Debug, Clone)]
+pub struct Replacement {
+    /// Failed pods replaced since the agent was last Ready.
+    pub count: u32,
+    /// The failed pod now waiting for its replacement, and since when.
+    pub waiting: Option<(String, std::time::Instant)>,
+}
+
+impl Context {
+    /// How long the failed pod `uid` of `agent` must still wait before it is replaced:
+    /// `None` means replace it now. The first failure is replaced at once, later ones after
+    /// [`backoff`] of the number already replaced, so a pod that fails at every start does not
+    /// churn the API server or the node.
+    fn replacement_wait(&self, agent: &ObjectRef<CodexAgent>, uid: &str) -> Option<Duration> {
+        let mut map = self.replacements.lock().ok()?;
+        let r = map.entry(agent.clone()).or_insert(Replacement {
+            count: 0,
+            waiting: None,
+        });
+        let since = match &r.waiting {
+            Some((u, at)) if u == uid => *at,
+            _ => {
+                let now = std::time::Instant::now();
+                r.waiting = Some((uid.to_owned(), now));
+                now
+            }
+        };
+        let delay = if r.count == 0 {
+            Duration::ZERO
+        } else {
+            backoff(r.count)
+        };
+        let waited = since.elapsed();
+        if waited >= delay {
+            r.count += 1;
+            r.waiting = None;
+            None
+        } else {
+            Some(delay - waited)
+        }
+    }
+
+    fn forget_replacements(&self, agent: &ObjectRef<CodexAgent>) {
+        if let Ok(mut map) = self.replacements.lock() {
+            map.remove(agent);
         }
     }
 }
@@ -334,6 +388,7 @@ async fn reconcile_inner(agent: &CodexAgent, ctx: &Context) -> Result<Action, Er
     // 2. ConfigMap, PVC, Service.
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let mut requeue_soon = false;
+    let mut requeue_after: Option<Duration> = None;
     if let Some(children) = &children {
         let cm_name = resources::names::config_map(&name);
         let applied = apply_if_changed(
@@ -382,6 +437,31 @@ async fn reconcile_inner(agent: &CodexAgent, ctx: &Context) -> Result<Action, Er
                 }
             }
             Some(_) if terminating => requeue_soon = true,
+            Some(pod) if status::pod_failed(&pod) => {
+                let uid = pod.metadata.uid.clone().unwrap_or_default();
+                match ctx.replacement_wait(&ObjectRef::from_obj(agent), &uid) {
+                    None => {
+                        pods.delete(&name, &DeleteParams::default()).await?;
+                        publish(
+                            ctx,
+                            agent,
+                            EventType::Warning,
+                            "PodReplaced",
+                            "DeletePod",
+                            format!(
+                                "deleted failed pod {name} ({}); a new one follows",
+                                status::pod_failure(&pod)
+                            ),
+                        )
+                        .await;
+                        requeue_soon = true;
+                    }
+                    Some(wait) => {
+                        requeue_after = Some(wait);
+                        obs.pod = Some(pod);
+                    }
+                }
+            }
             Some(pod) if hash_of(&pod) != hash_of(&children.pod) => {
                 pods.delete(&name, &DeleteParams::default()).await?;
                 publish(
@@ -439,7 +519,16 @@ async fn reconcile_inner(agent: &CodexAgent, ctx: &Context) -> Result<Action, Er
         obs.sandbox = report.ok().and_then(|r| r.sandbox_check);
     }
 
-    finish(agent, ctx, &obs, requeue_soon).await
+    let action = finish(agent, ctx, &obs, requeue_soon).await?;
+    if status::condition(agent.status.as_ref(), types::READY).is_some_and(|c| c.status == "True")
+        && obs.pod.as_ref().is_some_and(|p| !status::pod_failed(p))
+    {
+        ctx.forget_replacements(&ObjectRef::from_obj(agent));
+    }
+    Ok(match requeue_after {
+        Some(wait) => Action::requeue(wait.max(Duration::from_secs(1))),
+        None => action,
+    })
 }
 
 /// Steps 5 and 6: writes the status computed from `obs` when it changed, publishes an Event on

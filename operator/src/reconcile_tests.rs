@@ -691,3 +691,74 @@ async fn an_agent_being_deleted_is_left_to_the_garbage_collector() {
     // No request at all: the scenario expects none.
     scenario(a, |s| async move { s }).await;
 }
+
+/// The reads of a reconcile whose Secrets, ConfigMap, PVC and Service are all up to date.
+async fn unchanged_children(s: &mut ApiServerVerifier, cm: &Value, pvc: &Value, svc: &Value) {
+    s.found(JWT, secret("jwt.key")).await;
+    s.found(&format!("{SECRETS}/openai"), secret("api-key"))
+        .await;
+    s.found(CM, cm.clone()).await;
+    s.found(PVC, pvc.clone()).await;
+    s.found(SVC, svc.clone()).await;
+}
+
+#[tokio::test]
+async fn a_failed_pod_is_replaced_at_once_then_with_backoff_and_its_reason_shown() {
+    let a = gpu_agent();
+    let (cm, pvc, svc, pod) = world(&a);
+    let failed = |uid: &str| {
+        let mut p = pod.clone();
+        p["metadata"]["uid"] = json!(uid);
+        p["status"] = json!({"phase": "Failed", "reason": "Evicted",
+                             "message": "The node was low on resource: memory."});
+        p
+    };
+    let (ctx, verifier, _probe) = testing();
+    let (first, second) = (failed("pod-1"), failed("pod-2"));
+    let server = tokio::spawn(async move {
+        let mut s = verifier;
+        // The first failed pod (evicted) is deleted at once; an Event says why.
+        unchanged_children(&mut s, &cm, &pvc, &svc).await;
+        s.found(POD, first.clone()).await;
+        s.expect(Method::DELETE, POD, StatusCode::OK, first).await;
+        let ev = s.echo(Method::POST, EVENTS).await;
+        assert_eq!(ev.body["reason"], "PodReplaced");
+        assert_eq!(ev.body["type"], "Warning");
+        let note = ev.body["note"].as_str().unwrap_or_default().to_owned();
+        assert!(
+            note.contains("Evicted: The node was low on resource: memory."),
+            "{note}"
+        );
+        s.echo(Method::PATCH, STATUS).await;
+        // Its replacement fails too: kept (with backoff) and reported with the pod's reason.
+        unchanged_children(&mut s, &cm, &pvc, &svc).await;
+        s.found(POD, second).await;
+        let st = s.echo(Method::PATCH, STATUS).await.body["status"].clone();
+        let ready = condition(&st, "Ready");
+        assert_eq!(ready["reason"], "PodFailed");
+        assert!(
+            ready["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("Evicted: The node was low on resource: memory.")),
+            "{ready}"
+        );
+        assert_eq!(
+            s.echo(Method::POST, EVENTS).await.body["reason"],
+            "PodFailed"
+        );
+        s
+    });
+    let first_action = run(a.clone(), ctx.clone()).await;
+    assert_eq!(
+        first_action,
+        kube::runtime::controller::Action::requeue(std::time::Duration::from_secs(2))
+    );
+    let second_action = run(a, ctx).await;
+    let wait = format!("{second_action:?}");
+    assert!(
+        second_action != kube::runtime::controller::Action::await_change(),
+        "requeued to replace it after the backoff: {wait}"
+    );
+    let verifier = timeout(server).await.expect("scenario passed");
+    verifier.done().await;
+}

@@ -112,6 +112,41 @@ fn container<'a>(pod: &'a Pod, name: &str) -> Option<&'a ContainerStatus> {
         .find(|c| c.name == name)
 }
 
+/// True when the pod reached phase `Failed` (it will never run again: the kubelet does not
+/// restart a failed pod, so the operator replaces it).
+pub fn pod_failed(pod: &Pod) -> bool {
+    pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Failed")
+}
+
+/// Why a failed pod failed, as the kubelet said: the pod's own reason and message
+/// (`Evicted: The node was low on resource: memory.`, `UnexpectedAdmissionError`, `Shutdown`),
+/// else the first terminated container's (`container sidecar: OOMKilled (exit code 137)`).
+pub fn pod_failure(pod: &Pod) -> String {
+    let st = pod.status.as_ref();
+    if let Some(reason) = st.and_then(|s| s.reason.as_deref()) {
+        return match st
+            .and_then(|s| s.message.as_deref())
+            .filter(|m| !m.is_empty())
+        {
+            Some(m) => format!("{reason}: {m}"),
+            None => reason.to_owned(),
+        };
+    }
+    st.and_then(|s| s.container_statuses.as_ref())
+        .and_then(|cs| {
+            cs.iter().find_map(|c| {
+                let t = c.state.as_ref()?.terminated.as_ref()?;
+                Some(format!(
+                    "container {}: {} (exit code {})",
+                    c.name,
+                    t.reason.as_deref().unwrap_or("terminated"),
+                    t.exit_code
+                ))
+            })
+        })
+        .unwrap_or_else(|| "no reason given".to_owned())
+}
+
 /// True when the named container reports `ready`.
 pub fn container_ready(pod: &Pod, name: &str) -> bool {
     container(pod, name).is_some_and(|c| c.ready)
@@ -409,7 +444,10 @@ pub fn compute(
                 types::READY,
                 Some(false),
                 reasons::POD_FAILED,
-                "the pod terminated",
+                format!(
+                    "the pod failed ({}); the operator replaces it, with backoff when it keeps failing",
+                    pod.map(pod_failure).unwrap_or_default()
+                ),
             ),
             Phase::Failed,
         )

@@ -501,6 +501,12 @@ async fn install(w: &World) {
             "-n",
             OPERATOR_NS,
             "--reuse-values",
+            // On a cluster without the Prometheus Operator, and with one replica: neither a
+            // ServiceMonitor (its API is absent) nor a PodDisruptionBudget (it would block drains).
+            "--set",
+            "metrics.serviceMonitor.enabled=true",
+            "--set",
+            "podDisruptionBudget.enabled=true",
             "--wait",
             "--timeout",
             "3m",
@@ -514,6 +520,11 @@ async fn install(w: &World) {
         "-o",
         "jsonpath={.spec.versions[0].additionalPrinterColumns[*].name}",
     ]);
+    let pdbs = w.k(&["-n", OPERATOR_NS, "get", "pdb", "-o", "name"]);
+    assert!(
+        pdbs.trim().is_empty(),
+        "no PodDisruptionBudget for one replica: {pdbs}"
+    );
     assert!(
         cols.contains("E2E-Upgraded"),
         "helm upgrade updated the CRD: {cols}"
@@ -1298,6 +1309,8 @@ async fn two_replicas(w: &World) {
         "--reuse-values",
         "--set",
         "replicaCount=2",
+        "--set",
+        "podDisruptionBudget.enabled=true",
         "--wait",
         "--timeout",
         "3m",
@@ -1313,6 +1326,16 @@ async fn two_replicas(w: &World) {
         },
     )
     .await;
+    let pdb = w
+        .json(&[
+            "-n",
+            OPERATOR_NS,
+            "get",
+            "pdb",
+            &format!("{RELEASE}-codex-operator"),
+        ])
+        .expect("a PodDisruptionBudget with two replicas");
+    assert_eq!(pdb["spec"]["minAvailable"], 1);
     let holder = eventually("a Lease holder", Duration::from_secs(30), async || {
         w.lease_holder(OPERATOR_NS)
     })

@@ -34,8 +34,9 @@ enum Command {
 
 #[derive(clap::Args, Debug)]
 struct RunArgs {
-    /// Address of the /metrics and /healthz server.
-    #[arg(long, default_value = "0.0.0.0:8080", value_name = "ADDR")]
+    /// Address of the /metrics and /healthz server (`[::]` also serves IPv4; where IPv6 is
+    /// disabled it falls back to `0.0.0.0`).
+    #[arg(long, default_value = "[::]:8080", value_name = "ADDR")]
     metrics_addr: SocketAddr,
     /// Default sidecar image for agents without spec.image.
     #[arg(long, env = "SIDECAR_IMAGE", value_name = "IMG", default_value = resources::DEFAULT_SIDECAR_IMAGE)]

@@ -143,7 +143,13 @@ pub fn router(metrics: Arc<Metrics>) -> Router {
 /// # Errors
 /// The bind or serve error (e.g. address in use).
 pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) => match codex_sidecar::settings::ipv4_fallback(addr, &e) {
+            Some(v4) => tokio::net::TcpListener::bind(v4).await?,
+            None => return Err(e),
+        },
+    };
     axum::serve(listener, router(metrics)).await
 }
 

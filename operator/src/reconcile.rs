@@ -436,7 +436,9 @@ async fn reconcile_inner(agent: &CodexAgent, ctx: &Context) -> Result<Action, Er
                     .await;
                 }
             }
-            Some(_) if terminating => requeue_soon = true,
+            Some(pod) if terminating => {
+                requeue_after = Some(terminating_wait(&pod, k8s_openapi::jiff::Timestamp::now()));
+            }
             Some(pod) if status::pod_failed(&pod) => {
                 let uid = pod.metadata.uid.clone().unwrap_or_default();
                 match ctx.replacement_wait(&ObjectRef::from_obj(agent), &uid) {
@@ -582,6 +584,19 @@ async fn finish(
     })
 }
 
+/// When to look again at a pod that is being deleted: 2 s at first (a pod normally goes within
+/// its grace period), then half the time it has been terminating, at most 60 s, so a pod stuck
+/// Terminating on a lost node is not polled every 2 s forever.
+pub fn terminating_wait(pod: &Pod, now: k8s_openapi::jiff::Timestamp) -> Duration {
+    let since = pod
+        .metadata
+        .deletion_timestamp
+        .as_ref()
+        .map(|t| now.duration_since(t.0).as_secs().max(0) as u64)
+        .unwrap_or(0);
+    Duration::from_secs((since / 2).clamp(2, 60))
+}
+
 /// `http://IP:PORT/`, with an IPv6 literal in brackets (RFC 3986 section 3.2.2).
 pub fn sidecar_url(ip: &str, port: i32) -> String {
     if ip.contains(':') {
@@ -683,6 +698,22 @@ mod tests {
         let cut = event_note(long);
         assert!(cut.len() <= EVENT_NOTE_MAX, "{}", cut.len());
         assert!(cut.ends_with("..."));
+    }
+
+    #[test]
+    fn a_pod_stuck_terminating_is_looked_at_less_and_less_often() {
+        let now = k8s_openapi::jiff::Timestamp::now();
+        let pod = |secs_ago: i64| {
+            let mut p = Pod::default();
+            p.metadata.deletion_timestamp = Some(Time(
+                now.checked_sub(k8s_openapi::jiff::SignedDuration::from_secs(secs_ago))
+                    .expect("time"),
+            ));
+            p
+        };
+        assert_eq!(terminating_wait(&pod(1), now), Duration::from_secs(2));
+        assert_eq!(terminating_wait(&pod(40), now), Duration::from_secs(20));
+        assert_eq!(terminating_wait(&pod(3600), now), Duration::from_secs(60));
     }
 
     #[test]

@@ -182,7 +182,9 @@ pub fn sidecar_settings(spec: &CodexAgentSpec) -> ServeSettings {
     let openai = p.type_ == ProviderType::Openai;
     ServeSettings {
         paths: PathSettings {
-            listen: Some(format!("0.0.0.0:{SIDECAR_PORT}")),
+            // Every address family (IPv6-only and dual-stack clusters probe the IPv6 address);
+            // the sidecar falls back to 0.0.0.0 where IPv6 is disabled.
+            listen: Some(format!("[::]:{SIDECAR_PORT}")),
             state_dir: Some(STATE_DIR.into()),
             auth_json: (openai && p.auth_json_secret_ref.is_some()).then(|| AUTH_JSON_PATH.into()),
             openai_api_key_file: (openai && p.api_key_secret_ref.is_some())
@@ -671,7 +673,7 @@ mod tests {
         let c = build(&a, &cfg()).expect("build");
         let text = &c.config_map.data.as_ref().expect("data")[CONFIG_KEY];
         let s = ServeSettings::from_toml(text).expect("sidecar parses the operator's config");
-        assert_eq!(s.paths.listen.as_deref(), Some("0.0.0.0:8080"));
+        assert_eq!(s.paths.listen.as_deref(), Some("[::]:8080"));
         assert_eq!(
             s.paths.jwt_secret_file.as_deref(),
             Some(std::path::Path::new("/etc/codex-sidecar/jwt/jwt.key"))

@@ -154,9 +154,19 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
         started: Instant::now(),
         shutdown: shutdown_rx,
     };
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|e| format!("--listen {listen}: {e}"))?;
+    let (listener, listen) = match tokio::net::TcpListener::bind(listen).await {
+        Ok(l) => (l, listen),
+        Err(e) => match crate::settings::ipv4_fallback(listen, &e) {
+            Some(v4) => {
+                tracing::info!(%listen, error = %e, "IPv6 is not available here; listening on {v4}");
+                let l = tokio::net::TcpListener::bind(v4)
+                    .await
+                    .map_err(|e| format!("--listen {v4}: {e}"))?;
+                (l, v4)
+            }
+            None => return Err(format!("--listen {listen}: {e}")),
+        },
+    };
     let cfg = &engine.ctx().config;
     tracing::info!(
         listen = %listen,

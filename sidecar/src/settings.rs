@@ -464,3 +464,45 @@ mod tests {
         assert_eq!(ServeSettings::from_toml(&text).expect("parses"), s);
     }
 }
+
+/// Where to listen instead of `addr` when `addr` cannot be bound: the IPv4 wildcard
+/// `0.0.0.0:PORT` for the IPv6 wildcard `[::]:PORT` (which on Linux also accepts IPv4, but fails
+/// with `EADDRNOTAVAIL`/`EAFNOSUPPORT` where IPv6 is disabled, as in many containers); `None`
+/// otherwise. Listening on `[::]` first serves IPv6-only and dual-stack clusters, whose kubelet
+/// probes the pod's IPv6 address.
+pub fn ipv4_fallback(
+    addr: std::net::SocketAddr,
+    err: &std::io::Error,
+) -> Option<std::net::SocketAddr> {
+    let no_ipv6 = matches!(
+        err.kind(),
+        std::io::ErrorKind::AddrNotAvailable | std::io::ErrorKind::Unsupported
+    ) || err.raw_os_error() == Some(97); // EAFNOSUPPORT
+    (no_ipv6 && addr.ip() == std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED))
+        .then(|| std::net::SocketAddr::from(([0, 0, 0, 0], addr.port())))
+}
+
+#[cfg(test)]
+mod listen_tests {
+    use super::ipv4_fallback;
+
+    #[test]
+    fn only_the_ipv6_wildcard_falls_back_and_only_when_ipv6_is_missing() {
+        let any6: std::net::SocketAddr = "[::]:8080".parse().expect("addr");
+        let unavailable = std::io::Error::from(std::io::ErrorKind::AddrNotAvailable);
+        let in_use = std::io::Error::from(std::io::ErrorKind::AddrInUse);
+        assert_eq!(
+            ipv4_fallback(any6, &unavailable),
+            Some("0.0.0.0:8080".parse().expect("addr"))
+        );
+        assert_eq!(
+            ipv4_fallback(any6, &std::io::Error::from_raw_os_error(97)),
+            Some("0.0.0.0:8080".parse().expect("addr"))
+        );
+        assert_eq!(ipv4_fallback(any6, &in_use), None);
+        assert_eq!(
+            ipv4_fallback("127.0.0.1:8080".parse().expect("addr"), &unavailable),
+            None
+        );
+    }
+}

@@ -29,7 +29,8 @@ step "codex $(tr -d '[:space:]' < CODEX_VERSION)"
 CODEX_BIN="$(sidecar/install-codex.sh)"
 export CODEX_BIN
 case "$CODEX_BIN" in
-  */vendor/*/bin/codex) export CODEX_PACKAGE="${CODEX_BIN%/node_modules/@openai/codex-linux-x64/*}" ;;
+  # The package's vendor directory (the binary and its helpers) goes into the image.
+  */vendor/*/bin/codex) export CODEX_VENDOR_DIR="${CODEX_BIN%/bin/codex}" ;;
 esac
 "$CODEX_BIN" --version
 

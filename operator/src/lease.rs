@@ -176,20 +176,32 @@ impl LeaseLock {
     /// Renews until renewal fails for [`RENEW_DEADLINE`] or another replica holds the Lease;
     /// returns then (the caller must stop reconciling).
     pub async fn keep_renewing(&self) {
-        let mut last_ok = Instant::now();
+        // The last renewal that succeeded, timed from when its request was *sent* (the API
+        // server stamped it no earlier): leadership is given up RENEW_DEADLINE after that, before
+        // any other replica may take the Lease at LEASE_DURATION.
+        let mut last_ok = tokio::time::Instant::now();
         loop {
             tokio::time::sleep(RENEW_PERIOD).await;
-            match self.try_acquire_or_renew().await {
-                Ok(true) => last_ok = Instant::now(),
-                Ok(false) => {
+            let left = RENEW_DEADLINE.saturating_sub(last_ok.elapsed());
+            if left.is_zero() {
+                tracing::error!(lease = %self.name, "could not renew the lease within {RENEW_DEADLINE:?}");
+                return;
+            }
+            let sent = tokio::time::Instant::now();
+            // Each attempt is bounded by what is left of the deadline: a hung request (or the
+            // client's retries) must not outlive our claim on the Lease.
+            match tokio::time::timeout(left, self.try_acquire_or_renew()).await {
+                Ok(Ok(true)) => last_ok = sent,
+                Ok(Ok(false)) => {
                     tracing::error!(lease = %self.name, "another replica holds the lease");
                     return;
                 }
-                Err(e) => {
+                Ok(Err(e)) => {
                     tracing::warn!(error = %e, lease = %self.name, "lease renewal failed");
-                    if last_ok.elapsed() >= RENEW_DEADLINE {
-                        return;
-                    }
+                }
+                Err(_) => {
+                    tracing::error!(lease = %self.name, "lease renewal did not answer within {left:?}");
+                    return;
                 }
             }
         }
@@ -210,6 +222,29 @@ mod tests {
                "metadata": {"name": "codex-operator", "namespace": "ops", "resourceVersion": "7"},
                "spec": {"holderIdentity": holder, "leaseDurationSeconds": duration,
                         "renewTime": "2026-01-01T00:00:00.000000Z"}})
+    }
+
+    /// A renewal whose request hangs (an API server that accepts and never answers, or a
+    /// client retrying for minutes) ends leadership within the renew deadline, before the Lease
+    /// can expire for the other replicas.
+    #[tokio::test(start_paused = true)]
+    async fn a_hung_renewal_gives_up_leadership_within_the_renew_deadline() {
+        let (ctx, s, _) = testing();
+        let lock = LeaseLock::new(
+            Api::namespaced(ctx.client.clone(), "ops"),
+            "codex-operator",
+            "replica-a",
+        );
+        let started = tokio::time::Instant::now();
+        // Nobody answers: `s` is kept alive but never serves the request.
+        lock.keep_renewing().await;
+        let took = started.elapsed();
+        drop(s);
+        assert!(
+            took <= RENEW_DEADLINE + Duration::from_millis(50),
+            "gave up after {took:?}"
+        );
+        assert!(took < LEASE_DURATION);
     }
 
     #[tokio::test]

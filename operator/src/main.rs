@@ -152,15 +152,29 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         Some(identity),
     ));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let controller = tokio::spawn(reconcile::run(ctx, async move {
+    let mut controller = tokio::spawn(reconcile::run(ctx, async move {
         let _ = stop_rx.await;
     }));
     let outcome = tokio::select! {
         _ = lock.keep_renewing() => Err(anyhow::anyhow!("lost the leader lease; exiting so that only one replica reconciles")),
         _ = shutdown_signal() => Ok(()),
+        r = &mut controller => {
+            // The controller must never end while we lead: fail the liveness probe, and exit.
+            metrics.controller_dead.store(true, std::sync::atomic::Ordering::Relaxed);
+            Err(anyhow::anyhow!("the controller stopped unexpectedly ({r:?}); exiting"))
+        }
     };
     let _ = stop_tx.send(());
-    let _ = controller.await;
+    // Reconciles still in flight get what is left of the Lease after the renew deadline; after
+    // a lost Lease another replica may lead as soon as it expires.
+    let grace = lease::LEASE_DURATION.saturating_sub(lease::RENEW_DEADLINE) / 2;
+    if !controller.is_finished() && tokio::time::timeout(grace, &mut controller).await.is_err() {
+        error!(
+            ?grace,
+            "the controller did not stop in time; exiting anyway"
+        );
+        controller.abort();
+    }
     metrics.leader.set(0);
     if outcome.is_ok()
         && let Err(e) = lock.release().await

@@ -39,6 +39,9 @@ pub struct Metrics {
     pub duration: Histogram,
     /// 1 while leader.
     pub leader: Gauge<i64, AtomicI64>,
+    /// Set when the controller task ended while this replica still leads: `/healthz` then
+    /// answers 503 so the kubelet restarts the container.
+    pub controller_dead: std::sync::atomic::AtomicBool,
 }
 
 impl Default for Metrics {
@@ -70,6 +73,7 @@ impl Default for Metrics {
             errors,
             duration,
             leader,
+            controller_dead: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }
@@ -120,7 +124,19 @@ impl Metrics {
 /// `/metrics` and `/healthz` routes.
 pub fn router(metrics: Arc<Metrics>) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/healthz",
+            get(|State(m): State<Arc<Metrics>>| async move {
+                if m.controller_dead.load(std::sync::atomic::Ordering::Relaxed) {
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "the controller has stopped",
+                    )
+                } else {
+                    (StatusCode::OK, "ok")
+                }
+            }),
+        )
         .route(
             "/metrics",
             get(|State(m): State<Arc<Metrics>>| async move {
@@ -187,5 +203,15 @@ mod tests {
             .await
             .expect("get");
         assert_eq!(health.status(), 200);
+        m.controller_dead
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let health = reqwest::get(format!("http://{addr}/healthz"))
+            .await
+            .expect("get");
+        assert_eq!(
+            health.status(),
+            503,
+            "a dead controller fails the liveness probe"
+        );
     }
 }

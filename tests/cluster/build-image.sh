@@ -7,8 +7,9 @@
 #
 # Environment:
 #   IMAGE_CARGO_PROFILE   debug (default) or release: which target/<profile> binaries go in
-#   CODEX_PACKAGE         the @openai/codex npm package directory (default: npm's global one,
-#                         else the one behind `codex` on PATH)
+#   CODEX_VENDOR_DIR      codex's native vendor directory (<triple>/ with bin/codex and its helpers)
+#   CODEX_PACKAGE         else the @openai/codex npm package directory holding it (default: npm's
+#                         global one, else the one behind `codex` on PATH)
 #   BASE_IMAGE            a local Debian bookworm image with ca-certificates and git (default:
 #                         made here with `debootstrap` + `docker import`, which needs root)
 #
@@ -36,7 +37,7 @@ if [ -z "$pkg" ]; then
     pkg="$(dirname "$(dirname "$(readlink -f "$(command -v codex)")")")"
   fi
 fi
-vendor="$pkg/node_modules/@openai/codex-linux-x64/vendor/x86_64-unknown-linux-musl"
+vendor="${CODEX_VENDOR_DIR:-$pkg/node_modules/@openai/codex-linux-x64/vendor/x86_64-unknown-linux-musl}"
 [ -x "$vendor/bin/codex" ] || { echo "build-image: no codex vendor directory at $vendor (npm install -g @openai/codex@$(cat CODEX_VERSION))" >&2; exit 1; }
 
 if ! docker image inspect "$base" >/dev/null 2>&1; then

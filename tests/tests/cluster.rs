@@ -182,6 +182,36 @@ impl World {
         }
     }
 
+    /// `kubectl patch cxa NAME --type=merge -p '{"spec":{"suspend":...}}'`.
+    fn set_suspend(&self, ns: &str, name: &str, suspend: bool) {
+        let patch = json!({"spec": {"suspend": suspend}}).to_string();
+        self.k(&["-n", ns, "patch", "cxa", name, "--type=merge", "-p", &patch]);
+    }
+
+    /// Waits for a condition with `reason`; returns its message.
+    async fn wait_reason(
+        &self,
+        ns: &str,
+        name: &str,
+        type_: &str,
+        reason: &str,
+        limit: Duration,
+    ) -> String {
+        match within(limit, async || {
+            self.condition(ns, name, type_).filter(|c| c.1 == reason)
+        })
+        .await
+        {
+            Some(c) => c.2,
+            None => {
+                self.dump(ns, name);
+                panic!(
+                    "timed out after {limit:?} waiting for {type_} reason {reason} on {ns}/{name}"
+                )
+            }
+        }
+    }
+
     /// Waits for a condition to exist, whatever its status.
     async fn wait_condition_any(
         &self,
@@ -1097,16 +1127,7 @@ async fn suspend_resume(w: &World) {
         .pod("chat", "chat")
         .and_then(|p| p["metadata"]["uid"].as_str().map(str::to_owned))
         .expect("pod");
-    w.k(&[
-        "-n",
-        "chat",
-        "patch",
-        "cxa",
-        "chat",
-        "--type=merge",
-        "-p",
-        r#"{"spec":{"suspend":true}}"#,
-    ]);
+    w.set_suspend("chat", "chat", true);
     eventually("the pod to go", Duration::from_secs(60), async || {
         w.pod("chat", "chat").is_none().then_some(())
     })
@@ -1120,16 +1141,7 @@ async fn suspend_resume(w: &World) {
         .expect("the PVC is kept");
     assert_eq!(pvc["status"]["phase"], "Bound");
 
-    w.k(&[
-        "-n",
-        "chat",
-        "patch",
-        "cxa",
-        "chat",
-        "--type=merge",
-        "-p",
-        r#"{"spec":{"suspend":false}}"#,
-    ]);
+    w.set_suspend("chat", "chat", false);
     w.wait_condition("chat", "chat", "Ready", "True", Duration::from_secs(120))
         .await;
     let new_uid = w
@@ -1235,15 +1247,15 @@ async fn restricted(w: &World) {
         json!({"model": "qwen3:8b", "provider": {"type": "local", "local": l}, "storage": {"size": "1Gi"}})
     };
     w.apply_agent("locked", "rootful", local(None));
-    let (_, _, message) = eventually(
-        "the refusal in the agent's status",
-        Duration::from_secs(60),
-        async || {
-            w.condition("locked", "rootful", "Ready")
-                .filter(|c| c.1 == "ChildRejected")
-        },
-    )
-    .await;
+    let message = w
+        .wait_reason(
+            "locked",
+            "rootful",
+            "Ready",
+            "ChildRejected",
+            Duration::from_secs(60),
+        )
+        .await;
     assert!(
         message.contains("violates PodSecurity \"restricted:latest\"")
             && message.contains("runAsNonRoot"),
@@ -1277,16 +1289,16 @@ async fn restricted(w: &World) {
     )
     .expect("quota");
     w.apply_agent("locked", "third", w.custom_spec());
-    let (_, reason, message) = eventually(
-        "a ChildRejected condition",
-        Duration::from_secs(60),
-        async || {
-            w.condition("locked", "third", "Ready")
-                .filter(|c| c.1 == "ChildRejected")
-        },
-    )
-    .await;
-    assert!(message.contains("exceeded quota"), "{reason}: {message}");
+    let message = w
+        .wait_reason(
+            "locked",
+            "third",
+            "Ready",
+            "ChildRejected",
+            Duration::from_secs(60),
+        )
+        .await;
+    assert!(message.contains("exceeded quota"), "{message}");
     let events = eventually("a Warning Event", Duration::from_secs(30), async || {
         let e = w.events("locked", "third");
         e.contains("ChildRejected").then_some(e)

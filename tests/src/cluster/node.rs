@@ -454,6 +454,24 @@ fn write_keys(
     Ok(())
 }
 
+/// A Secret or ConfigMap volume: its keys written into `dir`, with the kubelet's messages when
+/// the object (`None`) or a key is missing.
+#[allow(clippy::too_many_arguments)]
+fn mount_keys(
+    dir: &Path,
+    volume: &str,
+    kind: &str,
+    name: &str,
+    data: Option<BTreeMap<String, Vec<u8>>>,
+    items: Option<&Vec<k8s_openapi::api::core::v1::KeyToPath>>,
+    mode: i32,
+    fs_group: Option<u32>,
+) -> Result<(), String> {
+    let fail = |e: String| format!("MountVolume.SetUp failed for volume \"{volume}\" : {e}");
+    let data = data.ok_or_else(|| fail(format!("{kind} \"{name}\" not found")))?;
+    write_keys(dir, &data, items, mode, fs_group).map_err(fail)
+}
+
 // ----------------------------------------------------------------------------------------
 // Pods
 
@@ -682,46 +700,52 @@ impl PodRun {
             let dir = self.dir.join("volumes").join(&v.name);
             if let Some(s) = &v.secret {
                 let name = s.secret_name.clone().unwrap_or_default();
-                let secret = Api::<Secret>::namespaced(c.clone(), &self.ns)
+                let data = Api::<Secret>::namespaced(c.clone(), &self.ns)
                     .get_opt(&name)
                     .await
                     .map_err(|e| e.to_string())?
-                    .ok_or_else(|| format!("MountVolume.SetUp failed for volume \"{}\" : secret \"{name}\" not found", v.name))?;
-                let data: BTreeMap<String, Vec<u8>> = secret
-                    .data
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|(k, v)| (k, v.0))
-                    .collect();
-                write_keys(
+                    .map(|o| {
+                        o.data
+                            .unwrap_or_default()
+                            .into_iter()
+                            .map(|(k, v)| (k, v.0))
+                            .collect()
+                    });
+                let mode = s.default_mode.unwrap_or(0o644);
+                mount_keys(
                     &dir,
-                    &data,
+                    &v.name,
+                    "secret",
+                    &name,
+                    data,
                     s.items.as_ref(),
-                    s.default_mode.unwrap_or(0o644),
+                    mode,
                     fs_group,
-                )
-                .map_err(|e| format!("MountVolume.SetUp failed for volume \"{}\" : {e}", v.name))?;
+                )?;
             } else if let Some(cm) = &v.config_map {
                 let name = cm.name.clone();
-                let obj = Api::<ConfigMap>::namespaced(c.clone(), &self.ns)
+                let data = Api::<ConfigMap>::namespaced(c.clone(), &self.ns)
                     .get_opt(&name)
                     .await
                     .map_err(|e| e.to_string())?
-                    .ok_or_else(|| format!("MountVolume.SetUp failed for volume \"{}\" : configmap \"{name}\" not found", v.name))?;
-                let data: BTreeMap<String, Vec<u8>> = obj
-                    .data
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|(k, v)| (k, v.into_bytes()))
-                    .collect();
-                write_keys(
+                    .map(|o| {
+                        o.data
+                            .unwrap_or_default()
+                            .into_iter()
+                            .map(|(k, v)| (k, v.into_bytes()))
+                            .collect()
+                    });
+                let mode = cm.default_mode.unwrap_or(0o644);
+                mount_keys(
                     &dir,
-                    &data,
+                    &v.name,
+                    "configmap",
+                    &name,
+                    data,
                     cm.items.as_ref(),
-                    cm.default_mode.unwrap_or(0o644),
+                    mode,
                     fs_group,
-                )
-                .map_err(|e| format!("MountVolume.SetUp failed for volume \"{}\" : {e}", v.name))?;
+                )?;
             } else if v.empty_dir.is_some() {
                 std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
                 set_mode(&dir, 0o777).map_err(|e| e.to_string())?;

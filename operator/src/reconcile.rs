@@ -189,19 +189,62 @@ fn hash_of<K: Resource>(obj: &K) -> Option<&str> {
         .map(String::as_str)
 }
 
-/// Applies `desired` unless the observed object carries the same hash. Returns true on a write.
-async fn apply_if_changed<K>(api: &Api<K>, desired: &K) -> Result<bool, Error>
+/// When `meta` (an existing object named like one of the agent's children) is not controlled
+/// by `agent` (no controller owner reference with its UID), the message saying so: the operator
+/// never adopts, overwrites or deletes it.
+pub fn foreign(agent: &CodexAgent, kind: &str, meta: &kube::api::ObjectMeta) -> Option<String> {
+    let uid = agent.metadata.uid.as_deref().unwrap_or_default();
+    let owners = meta.owner_references.as_deref().unwrap_or_default();
+    if owners
+        .iter()
+        .any(|o| o.controller == Some(true) && o.uid == uid)
+    {
+        return None;
+    }
+    let name = meta.name.as_deref().unwrap_or_default();
+    let ns = meta.namespace.as_deref().unwrap_or_default();
+    Some(
+        match owners
+            .iter()
+            .find(|o| o.kind == "CodexAgent" && o.controller == Some(true))
+        {
+            Some(old) => format!(
+                "{kind} {ns}/{name} belongs to an earlier CodexAgent of the same name (uid {}); \
+             waiting for the garbage collector to remove it (it is never reused)",
+                old.uid
+            ),
+            None => format!(
+                "{kind} {ns}/{name} already exists and is not controlled by this CodexAgent: the \
+             operator leaves it alone; rename the agent or remove the {kind}"
+            ),
+        },
+    )
+}
+
+/// Applies `desired` unless the observed object carries the same hash. Returns the conflict
+/// message, without writing, when the observed object is not controlled by `agent`.
+async fn apply_if_changed<K>(
+    api: &Api<K>,
+    desired: &K,
+    agent: &CodexAgent,
+    kind: &str,
+) -> Result<Option<String>, Error>
 where
     K: Resource + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
 {
     let name = desired.meta().name.clone().unwrap_or_default();
     let observed = api.get_opt(&name).await?;
-    if observed.as_ref().and_then(hash_of) == hash_of(desired) && observed.is_some() {
-        return Ok(false);
+    if let Some(o) = &observed {
+        if let Some(conflict) = foreign(agent, kind, o.meta()) {
+            return Ok(Some(conflict));
+        }
+        if hash_of(o) == hash_of(desired) {
+            return Ok(None);
+        }
     }
     api.patch(&name, &apply_params(), &Patch::Apply(desired))
         .await?;
-    Ok(true)
+    Ok(None)
 }
 
 /// Longest Event note the API server accepts (events.k8s.io/v1 `note`: 1 KiB).
@@ -259,16 +302,18 @@ async fn read_secret_key(
     name: &str,
     key: &str,
 ) -> Result<Option<Vec<u8>>, Error> {
-    let Some(secret) = api.get_opt(name).await? else {
-        return Ok(None);
-    };
-    Ok(secret.data.and_then(|mut d| d.remove(key)).map(|b| {
+    Ok(api.get_opt(name).await?.and_then(|s| secret_key(s, key)))
+}
+
+/// `key` of `secret`, trailing newlines removed (both sides read a key file identically).
+fn secret_key(secret: Secret, key: &str) -> Option<Vec<u8>> {
+    secret.data.and_then(|mut d| d.remove(key)).map(|b| {
         let mut v = b.0;
         while v.last().is_some_and(|c| *c == b'\n' || *c == b'\r') {
             v.pop();
         }
         v
-    }))
+    })
 }
 
 async fn publish(
@@ -330,9 +375,22 @@ async fn reconcile_inner(agent: &CodexAgent, ctx: &Context) -> Result<Action, Er
     // 1. Secrets.
     let jwt_ref = agent.spec.jwt_secret(&name);
     let mut jwt_key = None;
+    let generated = agent.spec.auth.jwt_secret_ref.is_none();
     if children.is_some() {
-        jwt_key = read_secret_key(&secrets, &jwt_ref.name, &jwt_ref.key).await?;
-        if jwt_key.is_none() && agent.spec.auth.jwt_secret_ref.is_none() {
+        let found = secrets.get_opt(&jwt_ref.name).await?;
+        // A generated key must be this agent's own: never one a user made under that name,
+        // nor the key of an earlier agent of the same name.
+        let foreign = found
+            .as_ref()
+            .filter(|_| generated)
+            .and_then(|s| foreign(agent, "Secret", &s.metadata));
+        match foreign {
+            Some(c) => {
+                obs.name_conflict.get_or_insert(c);
+            }
+            None => jwt_key = found.and_then(|s| secret_key(s, &jwt_ref.key)),
+        }
+        if jwt_key.is_none() && generated && obs.name_conflict.is_none() {
             let key = resources::random_jwt_key().map_err(Error::Random)?;
             let secret = resources::jwt_secret(agent, &key)?;
             match secrets
@@ -364,7 +422,7 @@ async fn reconcile_inner(agent: &CodexAgent, ctx: &Context) -> Result<Action, Er
                 Err(e) => return Err(e.into()),
             }
         }
-        if jwt_key.is_none() {
+        if jwt_key.is_none() && obs.name_conflict.is_none() {
             obs.missing_secret = Some(format!(
                 "Secret {ns}/{} has no key {:?} (auth.jwtSecretRef)",
                 jwt_ref.name, jwt_ref.key
@@ -394,13 +452,25 @@ async fn reconcile_inner(agent: &CodexAgent, ctx: &Context) -> Result<Action, Er
         let applied = apply_if_changed(
             &Api::<ConfigMap>::namespaced(client.clone(), &ns),
             &children.config_map,
+            agent,
+            "ConfigMap",
         )
         .await;
-        note_rejection(&mut obs, applied, "ConfigMap", &cm_name)?;
+        if let Some(Some(c)) = note_rejection(&mut obs, applied, "ConfigMap", &cm_name)? {
+            obs.name_conflict.get_or_insert(c);
+        }
         let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
         let pvc_name = resources::names::pvc(&name);
         obs.pvc = match pvcs.get_opt(&pvc_name).await? {
-            Some(p) => Some(p),
+            // A claim this agent does not control (a user's, or an earlier agent's of the same
+            // name) is never mounted.
+            Some(p) => match foreign(agent, "PersistentVolumeClaim", &p.metadata) {
+                Some(c) => {
+                    obs.name_conflict.get_or_insert(c);
+                    None
+                }
+                None => Some(p),
+            },
             None => {
                 let created = pvcs
                     .patch(&pvc_name, &apply_params(), &Patch::Apply(&children.pvc))
@@ -412,12 +482,23 @@ async fn reconcile_inner(agent: &CodexAgent, ctx: &Context) -> Result<Action, Er
         let applied = apply_if_changed(
             &Api::<Service>::namespaced(client.clone(), &ns),
             &children.service,
+            agent,
+            "Service",
         )
         .await;
-        note_rejection(&mut obs, applied, "Service", &name)?;
+        if let Some(Some(c)) = note_rejection(&mut obs, applied, "Service", &name)? {
+            obs.name_conflict.get_or_insert(c);
+        }
 
-        // 3. Pod.
+        // 3. Pod (never one this agent does not control: it is reported, not deleted).
         let observed = pods.get_opt(&name).await?;
+        if let Some(c) = observed
+            .as_ref()
+            .and_then(|p| foreign(agent, "Pod", &p.metadata))
+        {
+            obs.name_conflict.get_or_insert(c);
+            return finish(agent, ctx, &obs, false).await;
+        }
         let terminating = observed
             .as_ref()
             .is_some_and(|p| p.metadata.deletion_timestamp.is_some());
@@ -479,7 +560,7 @@ async fn reconcile_inner(agent: &CodexAgent, ctx: &Context) -> Result<Action, Er
             }
             Some(pod) => obs.pod = Some(pod),
             None if agent.spec.suspend => {}
-            None if obs.missing_secret.is_some() => {}
+            None if obs.missing_secret.is_some() || obs.name_conflict.is_some() => {}
             None => {
                 let created = pods
                     .patch(&name, &apply_params(), &Patch::Apply(&children.pod))

@@ -31,8 +31,11 @@ fn gpu_agent() -> CodexAgent {
 }
 
 fn secret(key: &str) -> Value {
-    // "c2VjcmV0" is base64("secret").
-    json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "x", "namespace": "ns"}, "data": {key: "c2VjcmV0"}})
+    // "c2VjcmV0" is base64("secret"). Owned by the agent, as the generated one is.
+    json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "x", "namespace": "ns",
+           "ownerReferences": [{"apiVersion": "agents.codex-operator.dev/v1alpha1", "kind": "CodexAgent",
+                                "name": "a1", "uid": "uid-a1", "controller": true}]},
+           "data": {key: "c2VjcmV0"}})
 }
 
 /// The children as the API server would hold them after a previous reconcile.
@@ -761,4 +764,33 @@ async fn a_failed_pod_is_replaced_at_once_then_with_backoff_and_its_reason_shown
     );
     let verifier = timeout(server).await.expect("scenario passed");
     verifier.done().await;
+}
+
+#[tokio::test]
+async fn a_users_service_with_the_agents_name_is_left_alone_and_reported() {
+    let a = gpu_agent();
+    let (cm, pvc, _, _) = world(&a);
+    let users = json!({"apiVersion": "v1", "kind": "Service",
+                       "metadata": {"name": "a1", "namespace": "ns", "uid": "svc-1"},
+                       "spec": {"ports": [{"port": 80}], "selector": {"app": "theirs"}}});
+    scenario(a, |mut s| async move {
+        unchanged_children(&mut s, &cm, &pvc, &users).await;
+        s.not_found(POD).await;
+        // No apply over the user's Service, no pod: only the status (and its Event).
+        let st = s.echo(Method::PATCH, STATUS).await.body["status"].clone();
+        let ready = condition(&st, "Ready");
+        assert_eq!(ready["reason"], "NameConflict");
+        assert!(
+            ready["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("Service ns/a1") && m.contains("not controlled")),
+            "{ready}"
+        );
+        assert_eq!(
+            s.echo(Method::POST, EVENTS).await.body["reason"],
+            "NameConflict"
+        );
+        s
+    })
+    .await;
 }

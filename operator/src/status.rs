@@ -41,6 +41,9 @@ pub mod reasons {
     pub const INVALID_SPEC: &str = "InvalidSpec";
     /// A referenced Secret (or its key) does not exist.
     pub const MISSING_SECRET: &str = "MissingSecret";
+    /// An object with a child's name exists and is not controlled by this agent (a user's, or
+    /// an earlier agent's of the same name waiting for garbage collection): left alone.
+    pub const NAME_CONFLICT: &str = "NameConflict";
     /// The API server refused to create or update a child (admission: PodSecurity,
     /// ResourceQuota, RuntimeClass, a webhook; or validation): the message is the API's.
     pub const CHILD_REJECTED: &str = "ChildRejected";
@@ -88,6 +91,8 @@ pub struct Observed {
     pub missing_secret: Option<String>,
     /// The API server refused a child (the first refusal this round, with the API's message).
     pub rejected: Option<String>,
+    /// An object with a child's name that this agent does not control (message naming it).
+    pub name_conflict: Option<String>,
     /// The agent's pod, if it exists and is not being deleted.
     pub pod: Option<Pod>,
     /// The agent's PVC, if it exists.
@@ -416,6 +421,11 @@ pub fn compute(
                 reasons::MISSING_SECRET,
                 m.clone(),
             ),
+            Phase::Pending,
+        )
+    } else if let Some(m) = &obs.name_conflict {
+        (
+            cond(types::READY, Some(false), reasons::NAME_CONFLICT, m.clone()),
             Phase::Pending,
         )
     } else if let Some(m) = &obs.rejected {

@@ -420,6 +420,10 @@ async fn cluster_e2e() {
         delete_agent(&w)
     );
     scenario!(
+        "6b. names taken by other objects; delete and re-create",
+        name_conflicts(&w)
+    );
+    scenario!(
         "8. PodSecurity restricted; a child the API server refuses",
         restricted(&w)
     );
@@ -1222,6 +1226,65 @@ async fn delete_agent(w: &World) {
             w.cp.log_tail("kube-controller-manager", 20)
         );
     }
+}
+
+async fn name_conflicts(w: &World) {
+    w.namespace("names", &[]);
+    // A user's Service with the agent's name: left alone (no owner reference added, selector
+    // kept) and reported; once the user removes it, the agent takes the name.
+    let users = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "taken", "namespace": "names"},
+                       "spec": {"ports": [{"port": 80}], "selector": {"app": "theirs"}}});
+    w.cp.apply(&users.to_string(), &[]).expect("user's Service");
+    w.apply_agent("names", "taken", w.custom_spec());
+    let message = w
+        .wait_reason(
+            "names",
+            "taken",
+            "Ready",
+            "NameConflict",
+            Duration::from_secs(60),
+        )
+        .await;
+    assert!(message.contains("Service names/taken"), "{message}");
+    let svc = w
+        .json(&["-n", "names", "get", "service", "taken"])
+        .expect("service");
+    assert_eq!(
+        svc["spec"]["selector"],
+        json!({"app": "theirs"}),
+        "untouched: {svc}"
+    );
+    assert_eq!(
+        svc["metadata"]["ownerReferences"],
+        Value::Null,
+        "not adopted: {svc}"
+    );
+    assert!(
+        w.pod("names", "taken").is_none(),
+        "no pod while the name is taken"
+    );
+    w.k(&["-n", "names", "delete", "service", "taken"]);
+    w.wait_condition("names", "taken", "Ready", "True", Duration::from_secs(120))
+        .await;
+
+    // Deleted and re-created at once under the same name: the new agent never reuses the old
+    // one's key or volume (it waits for the garbage collector, then makes its own).
+    let key = |w: &World| {
+        w.json(&["-n", "names", "get", "secret", "taken-jwt"])
+            .map(|s| s["data"]["jwt.key"].clone())
+    };
+    let pvc_uid = |w: &World| {
+        w.json(&["-n", "names", "get", "pvc", "taken-state"])
+            .map(|p| p["metadata"]["uid"].clone())
+    };
+    let (old_key, old_pvc) = (key(w).expect("key"), pvc_uid(w).expect("pvc"));
+    w.k(&["-n", "names", "delete", "cxa", "taken", "--wait=false"]);
+    w.apply_agent("names", "taken", w.custom_spec());
+    w.wait_condition("names", "taken", "Ready", "True", Duration::from_secs(150))
+        .await;
+    assert_ne!(key(w).expect("key"), old_key, "a new signing key");
+    assert_ne!(pvc_uid(w).expect("pvc"), old_pvc, "a new volume");
+    w.k(&["delete", "namespace", "names", "--wait=false"]);
 }
 
 async fn restricted(w: &World) {

@@ -59,6 +59,12 @@ pub mod reasons {
     pub const IMAGE_PULL_BACK_OFF: &str = "ImagePullBackOff";
     /// A container keeps crashing.
     pub const CRASH_LOOP_BACK_OFF: &str = "CrashLoopBackOff";
+    /// A container keeps being killed for exceeding its memory limit (`OOMKilled`).
+    pub const OOM_KILLED: &str = "OOMKilled";
+    /// The runtime cannot create a container (`CreateContainerError`: e.g. a bad command).
+    pub const CREATE_CONTAINER_ERROR: &str = "CreateContainerError";
+    /// The runtime cannot start a container (`RunContainerError`, `StartError`).
+    pub const RUN_CONTAINER_ERROR: &str = "RunContainerError";
     /// The kubelet cannot build a container's config (often a missing Secret key).
     pub const CREATE_CONTAINER_CONFIG_ERROR: &str = "CreateContainerConfigError";
     /// The pod terminated.
@@ -178,8 +184,20 @@ fn container_problem(pod: &Pod) -> Option<(&'static str, String)> {
             "ErrImagePull" | "ImagePullBackOff" | "InvalidImageName" => {
                 reasons::IMAGE_PULL_BACK_OFF
             }
+            // A container killed for exceeding its memory limit, now backing off.
+            "CrashLoopBackOff"
+                if c.last_state
+                    .as_ref()
+                    .and_then(|l| l.terminated.as_ref())
+                    .and_then(|t| t.reason.as_deref())
+                    == Some("OOMKilled") =>
+            {
+                reasons::OOM_KILLED
+            }
             "CrashLoopBackOff" => reasons::CRASH_LOOP_BACK_OFF,
             "CreateContainerConfigError" => reasons::CREATE_CONTAINER_CONFIG_ERROR,
+            "CreateContainerError" => reasons::CREATE_CONTAINER_ERROR,
+            "RunContainerError" | "StartError" => reasons::RUN_CONTAINER_ERROR,
             _ => return None,
         };
         Some((
@@ -389,12 +407,13 @@ pub fn compute(
         .as_ref()
         .map(|g| g.resource_name.as_str())
         .unwrap_or(crate::crd::DEFAULT_GPU_RESOURCE);
-    let pvc_pending = obs
-        .pvc
-        .as_ref()
-        .and_then(|p| p.status.as_ref())
-        .and_then(|s| s.phase.as_deref())
-        == Some("Pending");
+    // With WaitForFirstConsumer storage (GKE, EKS, AKS, kind) a claim stays Pending until its
+    // pod is scheduled, so a Pending claim is the cause only when the scheduler says so.
+    let volume_blocked = |msg: &str| {
+        msg.contains("unbound immediate PersistentVolumeClaims")
+            || msg.contains("persistentvolumeclaim")
+            || msg.contains("didn't find available persistent volumes")
+    };
     let pod_phase = pod
         .and_then(|p| p.status.as_ref())
         .and_then(|s| s.phase.as_deref());
@@ -479,7 +498,7 @@ pub fn compute(
                 ),
                 Phase::Pending,
             )
-        } else if pvc_pending || msg.contains("unbound immediate PersistentVolumeClaims") {
+        } else if volume_blocked(&msg) {
             (
                 cond(
                     types::READY,
@@ -628,6 +647,66 @@ mod tests {
             .iter()
             .find(|c| c.type_ == type_)
             .expect("condition")
+    }
+
+    #[test]
+    fn a_claim_waiting_for_its_first_consumer_is_not_the_reason() {
+        // WaitForFirstConsumer: the claim is Pending because the pod is unschedulable for
+        // another reason, which is what the agent must say.
+        let a =
+            agent(json!({"model": "m", "provider": {"type": "custom", "baseUrl": "http://x/v1"}}));
+        let obs = Observed {
+            pod: Some(pod(
+                json!({"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False",
+                "reason": "Unschedulable", "message": "0/3 nodes are available: 3 node(s) didn't match Pod's node affinity/selector."}]}),
+            )),
+            pvc: Some(
+                serde_json::from_value(
+                    json!({"metadata": {"name": "a1-state"}, "status": {"phase": "Pending"}}),
+                )
+                .expect("pvc"),
+            ),
+            ..Observed::default()
+        };
+        let s = compute(&a, &obs, None, &t("2026-01-01T00:00:00Z"));
+        assert_eq!(get(&s, types::READY).reason, reasons::UNSCHEDULABLE);
+    }
+
+    #[test]
+    fn oom_kills_and_runtime_errors_get_their_own_reasons() {
+        let a =
+            agent(json!({"model": "m", "provider": {"type": "custom", "baseUrl": "http://x/v1"}}));
+        let with = |waiting: &str, last: serde_json::Value| Observed {
+            pod: Some(pod(
+                json!({"phase": "Running", "conditions": [{"type": "PodScheduled", "status": "True"}],
+                "containerStatuses": [{"name": "sidecar", "ready": false, "restartCount": 3, "image": "i", "imageID": "",
+                    "state": {"waiting": {"reason": waiting, "message": "m"}}, "lastState": last}]}),
+            )),
+            ..Observed::default()
+        };
+        let reason = |o: &Observed| {
+            get(
+                &compute(&a, o, None, &t("2026-01-01T00:00:00Z")),
+                types::READY,
+            )
+            .reason
+            .clone()
+        };
+        let oom = json!({"terminated": {"reason": "OOMKilled", "exitCode": 137}});
+        assert_eq!(reason(&with("CrashLoopBackOff", oom)), reasons::OOM_KILLED);
+        let err = json!({"terminated": {"reason": "Error", "exitCode": 1}});
+        assert_eq!(
+            reason(&with("CrashLoopBackOff", err)),
+            reasons::CRASH_LOOP_BACK_OFF
+        );
+        assert_eq!(
+            reason(&with("CreateContainerError", json!({}))),
+            reasons::CREATE_CONTAINER_ERROR
+        );
+        assert_eq!(
+            reason(&with("RunContainerError", json!({}))),
+            reasons::RUN_CONTAINER_ERROR
+        );
     }
 
     #[test]

@@ -247,6 +247,10 @@ where
     Ok(None)
 }
 
+/// Shortest HS256 key the sidecar accepts (RFC 7518 section 3.2: at least the hash size), after
+/// trailing newlines are removed, as both sides read it.
+pub const MIN_JWT_KEY_LEN: usize = 32;
+
 /// Longest Event note the API server accepts (events.k8s.io/v1 `note`: 1 KiB).
 pub const EVENT_NOTE_MAX: usize = 1024;
 
@@ -422,6 +426,18 @@ async fn reconcile_inner(agent: &CodexAgent, ctx: &Context) -> Result<Action, Er
                 Err(e) => return Err(e.into()),
             }
         }
+        if let Some(k) = &jwt_key
+            && k.len() < MIN_JWT_KEY_LEN
+        {
+            // The sidecar would refuse it at start-up and crash-loop: say why instead.
+            obs.invalid_secret = Some(format!(
+                "Secret {ns}/{} key {:?} holds {} bytes; an HS256 key needs at least {MIN_JWT_KEY_LEN} \
+                 (RFC 7518 section 3.2; e.g. `openssl rand -hex 32`)",
+                jwt_ref.name,
+                jwt_ref.key,
+                k.len()
+            ));
+        }
         if jwt_key.is_none() && obs.name_conflict.is_none() {
             obs.missing_secret = Some(format!(
                 "Secret {ns}/{} has no key {:?} (auth.jwtSecretRef)",
@@ -560,7 +576,9 @@ async fn reconcile_inner(agent: &CodexAgent, ctx: &Context) -> Result<Action, Er
             }
             Some(pod) => obs.pod = Some(pod),
             None if agent.spec.suspend => {}
-            None if obs.missing_secret.is_some() || obs.name_conflict.is_some() => {}
+            None if obs.missing_secret.is_some()
+                || obs.name_conflict.is_some()
+                || obs.invalid_secret.is_some() => {}
             None => {
                 let created = pods
                     .patch(&name, &apply_params(), &Patch::Apply(&children.pod))

@@ -31,11 +31,12 @@ fn gpu_agent() -> CodexAgent {
 }
 
 fn secret(key: &str) -> Value {
-    // "c2VjcmV0" is base64("secret"). Owned by the agent, as the generated one is.
+    // base64("secret-key-of-at-least-32-bytes!!"): as long as an HS256 key must be. Owned by the
+    // agent, as the generated one is.
     json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "x", "namespace": "ns",
            "ownerReferences": [{"apiVersion": "agents.codex-operator.dev/v1alpha1", "kind": "CodexAgent",
                                 "name": "a1", "uid": "uid-a1", "controller": true}]},
-           "data": {key: "c2VjcmV0"}})
+           "data": {key: "c2VjcmV0LWtleS1vZi1hdC1sZWFzdC0zMi1ieXRlcyEh"}})
 }
 
 /// The children as the API server would hold them after a previous reconcile.
@@ -418,7 +419,7 @@ async fn ready_pod_with_visible_gpus_is_ready() {
     assert_eq!(calls.len(), 1);
     assert_eq!(calls[0].base_url, "http://10.0.0.7:8080");
     assert_eq!(
-        calls[0].key, b"secret",
+        calls[0].key, b"secret-key-of-at-least-32-bytes!!",
         "probe token signed with the agent's own key"
     );
 }
@@ -764,6 +765,43 @@ async fn a_failed_pod_is_replaced_at_once_then_with_backoff_and_its_reason_shown
     );
     let verifier = timeout(server).await.expect("scenario passed");
     verifier.done().await;
+}
+
+#[tokio::test]
+async fn a_jwt_key_under_32_bytes_blocks_the_pod_and_says_so() {
+    let a = agent(
+        json!({"model": "m", "provider": {"type": "custom", "baseUrl": "http://x/v1"},
+                         "auth": {"jwtSecretRef": {"name": "mine", "key": "k"}}}),
+    );
+    let (cm, pvc, svc, _) = world(&a);
+    scenario(a, |mut s| async move {
+        // base64("short\n"): 5 bytes once the newline is removed.
+        s.found(
+            &format!("{SECRETS}/mine"),
+            json!({"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "mine", "namespace": "ns"}, "data": {"k": "c2hvcnQK"}}),
+        )
+        .await;
+        s.found(CM, cm).await;
+        s.found(PVC, pvc).await;
+        s.found(SVC, svc).await;
+        s.not_found(POD).await;
+        let st = s.echo(Method::PATCH, STATUS).await.body["status"].clone();
+        let ready = condition(&st, "Ready");
+        assert_eq!(ready["reason"], "InvalidSecret");
+        assert!(
+            ready["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("holds 5 bytes")),
+            "{ready}"
+        );
+        assert_eq!(
+            s.echo(Method::POST, EVENTS).await.body["reason"],
+            "InvalidSecret"
+        );
+        s
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -41,6 +41,8 @@ pub mod reasons {
     pub const INVALID_SPEC: &str = "InvalidSpec";
     /// A referenced Secret (or its key) does not exist.
     pub const MISSING_SECRET: &str = "MissingSecret";
+    /// A referenced Secret holds an unusable value (a JWT key under 32 bytes); no pod is created.
+    pub const INVALID_SECRET: &str = "InvalidSecret";
     /// An object with a child's name exists and is not controlled by this agent (a user's, or
     /// an earlier agent's of the same name waiting for garbage collection): left alone.
     pub const NAME_CONFLICT: &str = "NameConflict";
@@ -99,6 +101,8 @@ pub struct Observed {
     pub rejected: Option<String>,
     /// An object with a child's name that this agent does not control (message naming it).
     pub name_conflict: Option<String>,
+    /// A referenced Secret holds an unusable value (message naming it).
+    pub invalid_secret: Option<String>,
     /// The agent's pod, if it exists and is not being deleted.
     pub pod: Option<Pod>,
     /// The agent's PVC, if it exists.
@@ -438,6 +442,16 @@ pub fn compute(
                 types::READY,
                 Some(false),
                 reasons::MISSING_SECRET,
+                m.clone(),
+            ),
+            Phase::Pending,
+        )
+    } else if let Some(m) = &obs.invalid_secret {
+        (
+            cond(
+                types::READY,
+                Some(false),
+                reasons::INVALID_SECRET,
                 m.clone(),
             ),
             Phase::Pending,

@@ -804,6 +804,31 @@ async fn examples_and_refusals(w: &World) {
         }
     }
     assert!(failures.is_empty(), "{failures:#?}");
+
+    // A JWT key the sidecar would refuse (under 32 bytes): no crash-looping pod, a condition.
+    let short = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "short-key", "namespace": "examples"},
+                       "stringData": {"jwt.key": "too-short\n"}});
+    w.cp.apply(&short.to_string(), &[]).expect("secret");
+    let mut spec = w.custom_spec();
+    spec["auth"] = json!({"jwtSecretRef": {"name": "short-key", "key": "jwt.key"}});
+    w.apply_agent("examples", "weak-key", spec);
+    let message = w
+        .wait_reason(
+            "examples",
+            "weak-key",
+            "Ready",
+            "InvalidSecret",
+            Duration::from_secs(60),
+        )
+        .await;
+    assert!(
+        message.contains("holds 9 bytes") && message.contains("at least 32"),
+        "{message}"
+    );
+    assert!(
+        w.pod("examples", "weak-key").is_none(),
+        "no pod with a key the sidecar refuses"
+    );
     w.k(&["delete", "namespace", "examples", "--wait=false"]);
 }
 

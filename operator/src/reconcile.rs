@@ -247,6 +247,113 @@ where
     Ok(None)
 }
 
+/// Compares an existing claim with `spec.storage`: the `StorageSynced` reason and message, and
+/// whether the claim should be grown to `storage.size` (a claim can only grow, and its
+/// StorageClass never changes).
+pub fn storage_sync(
+    agent: &CodexAgent,
+    pvc: &PersistentVolumeClaim,
+) -> ((&'static str, String), bool) {
+    let want = &agent.spec.storage;
+    let spec = pvc.spec.clone().unwrap_or_default();
+    let requested = spec
+        .resources
+        .as_ref()
+        .and_then(|r| r.requests.as_ref())
+        .and_then(|r| r.get("storage"))
+        .map(|q| q.0.clone())
+        .unwrap_or_default();
+    let capacity = pvc
+        .status
+        .as_ref()
+        .and_then(|s| s.capacity.as_ref())
+        .and_then(|c| c.get("storage"))
+        .map(|q| q.0.clone());
+    if let Some(class) = &want.storage_class_name
+        && spec.storage_class_name.as_deref() != Some(class.as_str())
+    {
+        return (
+            (
+                reasons::STORAGE_CHANGE_NOT_APPLIED,
+                format!(
+                    "storage.storageClassName is {class} but the claim was made with {}: a claim's \
+                     class cannot change (suspend, move the data, delete the claim)",
+                    spec.storage_class_name
+                        .as_deref()
+                        .unwrap_or("the default class")
+                ),
+            ),
+            false,
+        );
+    }
+    let (Some(w), Some(r)) = (quantity_bytes(&want.size), quantity_bytes(&requested)) else {
+        return ((reasons::SYNCED, format!("{requested} requested")), false);
+    };
+    if w < r {
+        return (
+            (
+                reasons::STORAGE_CHANGE_NOT_APPLIED,
+                format!(
+                    "storage.size {} is smaller than the claim's {requested}: volumes only grow",
+                    want.size
+                ),
+            ),
+            false,
+        );
+    }
+    if w > r {
+        return (
+            (
+                reasons::RESIZING,
+                format!("expanding the claim from {requested} to {}", want.size),
+            ),
+            true,
+        );
+    }
+    match capacity.as_deref().and_then(quantity_bytes) {
+        Some(c) if c < r => (
+            (
+                reasons::RESIZING,
+                format!(
+                    "the claim asks for {requested}; the volume has {}",
+                    capacity.unwrap_or_default()
+                ),
+            ),
+            false,
+        ),
+        _ => ((reasons::SYNCED, format!("{requested} requested")), false),
+    }
+}
+
+/// Bytes of a Kubernetes quantity as `storage.size` allows it (`10Gi`, `500M`, `1.5Ti`).
+pub fn quantity_bytes(q: &str) -> Option<u128> {
+    let split = q.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(q.len());
+    let (num, unit) = q.split_at(split);
+    let mult: u128 = match unit {
+        "" => 1,
+        "k" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        "T" => 1_000_000_000_000,
+        "P" => 1_000_000_000_000_000,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "Ti" => 1 << 40,
+        "Pi" => 1 << 50,
+        _ => return None,
+    };
+    let (int, frac) = num.split_once('.').unwrap_or((num, ""));
+    let int: u128 = int.parse().ok()?;
+    let scale = 10u128.checked_pow(frac.len() as u32)?;
+    let frac: u128 = if frac.is_empty() {
+        0
+    } else {
+        frac.parse().ok()?
+    };
+    Some(int.checked_mul(mult)? + frac.checked_mul(mult)? / scale)
+}
+
 /// Shortest HS256 key the sidecar accepts (RFC 7518 section 3.2: at least the hash size), after
 /// trailing newlines are removed, as both sides read it.
 pub const MIN_JWT_KEY_LEN: usize = 32;
@@ -485,7 +592,24 @@ async fn reconcile_inner(agent: &CodexAgent, ctx: &Context) -> Result<Action, Er
                     obs.name_conflict.get_or_insert(c);
                     None
                 }
-                None => Some(p),
+                None => {
+                    let (storage, grow) = storage_sync(agent, &p);
+                    obs.storage = Some(storage);
+                    if grow {
+                        // Expansion: only the size is applied (the StorageClass must allow it;
+                        // a refusal shows as ChildRejected).
+                        let body = serde_json::json!({"spec": {"resources": {"requests": {
+                            "storage": agent.spec.storage.size}}}});
+                        let grown = pvcs
+                            .patch(&pvc_name, &PatchParams::default(), &Patch::Merge(&body))
+                            .await
+                            .map_err(Error::from);
+                        note_rejection(&mut obs, grown, "PersistentVolumeClaim", &pvc_name)?
+                            .or(Some(p))
+                    } else {
+                        Some(p)
+                    }
+                }
             },
             None => {
                 let created = pvcs
@@ -813,6 +937,16 @@ mod tests {
         assert_eq!(terminating_wait(&pod(1), now), Duration::from_secs(2));
         assert_eq!(terminating_wait(&pod(40), now), Duration::from_secs(20));
         assert_eq!(terminating_wait(&pod(3600), now), Duration::from_secs(60));
+    }
+
+    #[test]
+    fn quantities_parse_as_the_api_server_reads_them() {
+        assert_eq!(quantity_bytes("1Gi"), Some(1 << 30));
+        assert_eq!(quantity_bytes("1.5Gi"), Some(3 << 29));
+        assert_eq!(quantity_bytes("500M"), Some(500_000_000));
+        assert_eq!(quantity_bytes("10"), Some(10));
+        assert_eq!(quantity_bytes("1Xi"), None);
+        assert!(quantity_bytes("2Gi") > quantity_bytes("2G"));
     }
 
     #[test]

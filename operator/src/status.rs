@@ -24,6 +24,9 @@ pub mod types {
     pub const GPU_VERIFIED: &str = "GPUVerified";
     /// `spec.suspend` is true and no pod runs.
     pub const SUSPENDED: &str = "Suspended";
+    /// The volume matches `spec.storage` (or is being expanded to it); False when a change
+    /// cannot be applied to an existing claim (a smaller size, another StorageClass).
+    pub const STORAGE_SYNCED: &str = "StorageSynced";
     /// Codex's command sandbox works in the sidecar's container (from `/v1/status`
     /// `sandbox_check`; absent until the sidecar has answered).
     pub const SANDBOX_READY: &str = "SandboxReady";
@@ -83,6 +86,12 @@ pub mod reasons {
     pub const GPU_PROBE_FAILED: &str = "GPUProbeFailed";
     /// The container is ready.
     pub const CONTAINER_READY: &str = "ContainerReady";
+    /// The claim has the requested size and class.
+    pub const SYNCED: &str = "Synced";
+    /// A larger `storage.size` was requested; the claim is being expanded.
+    pub const RESIZING: &str = "Resizing";
+    /// `storage` asks for what an existing claim cannot become.
+    pub const STORAGE_CHANGE_NOT_APPLIED: &str = "StorageChangeNotApplied";
     /// Codex's sandbox runs commands in the sidecar's container.
     pub const SANDBOX_WORKS: &str = "SandboxWorks";
     /// Codex's sandbox cannot run in the sidecar's container (usually: user namespaces are
@@ -103,6 +112,9 @@ pub struct Observed {
     pub name_conflict: Option<String>,
     /// A referenced Secret holds an unusable value (message naming it).
     pub invalid_secret: Option<String>,
+    /// How the claim compares with `spec.storage`: `(reason, message)` from
+    /// [`crate::reconcile`]'s storage step.
+    pub storage: Option<(&'static str, String)>,
     /// The agent's pod, if it exists and is not being deleted.
     pub pod: Option<Pod>,
     /// The agent's PVC, if it exists.
@@ -323,6 +335,16 @@ pub fn compute(
                 "the model server container is not ready",
             )
         });
+    }
+
+    // StorageSynced, once the claim exists.
+    if let Some((reason, message)) = &obs.storage {
+        conds.push(cond(
+            types::STORAGE_SYNCED,
+            Some(*reason != reasons::STORAGE_CHANGE_NOT_APPLIED),
+            reason,
+            message.clone(),
+        ));
     }
 
     // SandboxReady, once the sidecar has said whether codex's sandbox works in its container.

@@ -416,6 +416,10 @@ async fn cluster_e2e() {
         suspend_resume(&w)
     );
     scenario!(
+        "5b. storage changes on an existing claim",
+        storage_changes(&w)
+    );
+    scenario!(
         "6. deleting an agent: the garbage collector removes every child",
         delete_agent(&w)
     );
@@ -1213,6 +1217,57 @@ async fn suspend_resume(w: &World) {
         !events.iter().any(|e| e["type"] == "init"),
         "no new thread: {events:?}"
     );
+}
+
+/// `storage.size` grows the claim (the StorageClass allows expansion); a change a claim cannot
+/// take (another StorageClass) shows in `StorageSynced` instead of being ignored.
+async fn storage_changes(w: &World) {
+    let patch = json!({"spec": {"storage": {"size": "2Gi"}}}).to_string();
+    w.k(&[
+        "-n",
+        "chat",
+        "patch",
+        "cxa",
+        "chat",
+        "--type=merge",
+        "-p",
+        &patch,
+    ]);
+    eventually(
+        "the claim to ask for 2Gi",
+        Duration::from_secs(60),
+        async || {
+            let pvc = w.json(&["-n", "chat", "get", "pvc", "chat-state"])?;
+            (pvc["spec"]["resources"]["requests"]["storage"] == "2Gi").then_some(())
+        },
+    )
+    .await;
+    let (status, reason, message) = w
+        .wait_condition_any("chat", "chat", "StorageSynced", Duration::from_secs(30))
+        .await;
+    eprintln!("cluster: after storage.size 2Gi: StorageSynced={status} {reason}: {message}");
+    assert_eq!(status, "True", "{reason}: {message}");
+    let patch = json!({"spec": {"storage": {"storageClassName": "another-class"}}}).to_string();
+    w.k(&[
+        "-n",
+        "chat",
+        "patch",
+        "cxa",
+        "chat",
+        "--type=merge",
+        "-p",
+        &patch,
+    ]);
+    let message = w
+        .wait_reason(
+            "chat",
+            "chat",
+            "StorageSynced",
+            "StorageChangeNotApplied",
+            Duration::from_secs(60),
+        )
+        .await;
+    assert!(message.contains("another-class"), "{message}");
 }
 
 async fn delete_agent(w: &World) {

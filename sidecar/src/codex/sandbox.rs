@@ -87,8 +87,9 @@ pub async fn check(codex_bin: &Path, mode: SandboxMode, scratch: &Path) -> Sandb
         result.hint = Some(
             "commands the model runs will fail: codex's sandbox (bubblewrap) needs unprivileged \
              user namespaces, which this container's seccomp profile or kernel forbids; use \
-             --sandbox danger-full-access when the container itself is the sandbox (the \
-             default in Kubernetes pods), or allow user namespaces for this container"
+             --sandbox danger-full-access (a CodexAgent's spec.sidecar.sandbox) when the \
+             container itself is the sandbox, as a pod is, or allow user namespaces for this \
+             container"
                 .into(),
         );
     }

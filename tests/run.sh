@@ -3,7 +3,7 @@
 # suite. Needs Rust, Node.js with npm, Go 1.26+ and Python 3; the Kubernetes suite also needs a
 # Docker engine (as root: `apt-get install docker.io debootstrap && dockerd &`).
 #
-#   tests/run.sh                  every suite (cargo test --workspace)
+#   tests/run.sh                  every suite (cargo test --workspace; the cluster e2e uncaptured)
 #   tests/run.sh --cluster-only   only the Kubernetes e2e (tests/tests/cluster.rs)
 #
 # What it fetches, each cached outside the sources: the codex pinned in CODEX_VERSION (npm, under
@@ -57,7 +57,10 @@ if [ "$only_cluster" = 1 ]; then
   step "cluster e2e"
   cargo test -p codex-e2e --test cluster -- --nocapture
 else
-  step "every suite"
-  cargo test --workspace
+  step "every suite but the cluster e2e"
+  cargo test --workspace -- --skip cluster_e2e
+  # Alone and uncaptured, so that its start-up time, timings and kubectl views are in the log.
+  step "cluster e2e"
+  cargo test -p codex-e2e --test cluster -- --nocapture
 fi
 step "done"

@@ -347,17 +347,10 @@ else
   if [ "$docker_ok" = 1 ] && ! docker image inspect "$BASE" >/dev/null 2>&1; then
     if [ -n "${PACKAGING_BASE_IMAGE:-}" ]; then
       fail "PACKAGING_BASE_IMAGE=$BASE does not exist"; docker_ok=0
+    elif tests/cluster/build-image.sh --base-only >"$WORK/debootstrap.log" 2>&1; then
+      pass "base image $BASE imported from a debootstrap rootfs (tests/cluster/build-image.sh --base-only)"
     else
-      echo "debootstrap --variant=minbase --include=ca-certificates,git bookworm (about a minute)"
-      rm -rf "$WORK/rootfs"
-      if debootstrap --variant=minbase --include=ca-certificates,git bookworm "$WORK/rootfs" \
-           >"$WORK/debootstrap.log" 2>&1 \
-         && tar -C "$WORK/rootfs" -c . | docker import - "$BASE" >/dev/null; then
-        pass "base image $BASE imported from a debootstrap rootfs"
-      else
-        tail -20 "$WORK/debootstrap.log"; fail "debootstrap/import of $BASE"; docker_ok=0
-      fi
-      rm -rf "$WORK/rootfs"
+      tail -20 "$WORK/debootstrap.log"; fail "debootstrap/import of $BASE"; docker_ok=0
     fi
   fi
 

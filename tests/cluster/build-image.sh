@@ -4,6 +4,7 @@
 # (cached as an image). The cluster e2e runs this image in its pods; .ci/packaging.sh checks it.
 #
 #   tests/cluster/build-image.sh [TAG]      # default TAG codex-operator:e2e
+#   tests/cluster/build-image.sh --base-only   # only make sure the base image exists
 #
 # Environment:
 #   IMAGE_CARGO_PROFILE   debug (default) or release: which target/<profile> binaries go in
@@ -18,6 +19,8 @@
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$root"
+base_only=0
+if [ "${1:-}" = --base-only ]; then base_only=1; shift; fi
 tag="${1:-codex-operator:e2e}"
 profile="${IMAGE_CARGO_PROFILE:-debug}"
 target="${CARGO_TARGET_DIR:-$root/target}"
@@ -27,6 +30,18 @@ t0=$(date +%s)
 log() { echo "build-image [$(( $(date +%s) - t0 ))s] $*" >&2; }
 
 docker info >/dev/null 2>&1 || { echo "build-image: no Docker engine answers (as root: apt-get install docker.io && dockerd &)" >&2; exit 1; }
+if ! docker image inspect "$base" >/dev/null 2>&1; then
+  [ -n "${BASE_IMAGE:-}" ] && { echo "build-image: BASE_IMAGE=$base does not exist" >&2; exit 1; }
+  command -v debootstrap >/dev/null || { echo "build-image: debootstrap is needed for the base image (as root: apt-get install debootstrap)" >&2; exit 1; }
+  log "debootstrap --variant=minbase --include=ca-certificates,git bookworm (about a minute)"
+  rootfs="$(mktemp -d)"
+  debootstrap --variant=minbase --include=ca-certificates,git bookworm "$rootfs" >"$rootfs.log" 2>&1 \
+    || { tail -20 "$rootfs.log" >&2; exit 1; }
+  tar -C "$rootfs" -c . | docker import - "$base" >/dev/null
+  rm -rf "$rootfs" "$rootfs.log"
+fi
+
+[ "$base_only" = 1 ] && exit 0
 for b in codex-operator codex-sidecar; do
   [ -x "$bin_dir/$b" ] || { echo "build-image: $bin_dir/$b is missing (cargo build --workspace --bins; add --release for IMAGE_CARGO_PROFILE=release)" >&2; exit 1; }
 done
@@ -39,17 +54,6 @@ if [ -z "$pkg" ]; then
 fi
 vendor="${CODEX_VENDOR_DIR:-$pkg/node_modules/@openai/codex-linux-x64/vendor/x86_64-unknown-linux-musl}"
 [ -x "$vendor/bin/codex" ] || { echo "build-image: no codex vendor directory at $vendor (npm install -g @openai/codex@$(cat CODEX_VERSION))" >&2; exit 1; }
-
-if ! docker image inspect "$base" >/dev/null 2>&1; then
-  [ -n "${BASE_IMAGE:-}" ] && { echo "build-image: BASE_IMAGE=$base does not exist" >&2; exit 1; }
-  command -v debootstrap >/dev/null || { echo "build-image: debootstrap is needed for the base image (as root: apt-get install debootstrap)" >&2; exit 1; }
-  log "debootstrap --variant=minbase --include=ca-certificates,git bookworm (about a minute)"
-  rootfs="$(mktemp -d)"
-  debootstrap --variant=minbase --include=ca-certificates,git bookworm "$rootfs" >"$rootfs.log" 2>&1 \
-    || { tail -20 "$rootfs.log" >&2; exit 1; }
-  tar -C "$rootfs" -c . | docker import - "$base" >/dev/null
-  rm -rf "$rootfs" "$rootfs.log"
-fi
 
 inputs="$(cat "$bin_dir/codex-operator" "$bin_dir/codex-sidecar" "$vendor/bin/codex" Dockerfile CODEX_VERSION \
   | sha256sum | cut -c1-32)-$(docker image inspect -f '{{.Id}}' "$base" | cut -c8-20)"

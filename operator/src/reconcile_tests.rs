@@ -696,6 +696,21 @@ async fn an_agent_being_deleted_is_left_to_the_garbage_collector() {
     scenario(a, |s| async move { s }).await;
 }
 
+/// The status patch of a reconcile that leaves the agent not Ready with `reason` and a message
+/// containing `contains`, then the Warning Event of that transition.
+async fn expect_not_ready(s: &mut ApiServerVerifier, reason: &str, contains: &str) {
+    let st = s.echo(Method::PATCH, STATUS).await.body["status"].clone();
+    let ready = condition(&st, "Ready");
+    assert_eq!(ready["reason"], reason);
+    assert!(
+        ready["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(contains)),
+        "{ready}"
+    );
+    assert_eq!(s.echo(Method::POST, EVENTS).await.body["reason"], reason);
+}
+
 /// The reads of a reconcile whose Secrets, ConfigMap, PVC and Service are all up to date.
 async fn unchanged_children(s: &mut ApiServerVerifier, cm: &Value, pvc: &Value, svc: &Value) {
     s.found(JWT, secret("jwt.key")).await;
@@ -737,19 +752,12 @@ async fn a_failed_pod_is_replaced_at_once_then_with_backoff_and_its_reason_shown
         // Its replacement fails too: kept (with backoff) and reported with the pod's reason.
         unchanged_children(&mut s, &cm, &pvc, &svc).await;
         s.found(POD, second).await;
-        let st = s.echo(Method::PATCH, STATUS).await.body["status"].clone();
-        let ready = condition(&st, "Ready");
-        assert_eq!(ready["reason"], "PodFailed");
-        assert!(
-            ready["message"]
-                .as_str()
-                .is_some_and(|m| m.contains("Evicted: The node was low on resource: memory.")),
-            "{ready}"
-        );
-        assert_eq!(
-            s.echo(Method::POST, EVENTS).await.body["reason"],
-            "PodFailed"
-        );
+        expect_not_ready(
+            &mut s,
+            "PodFailed",
+            "Evicted: The node was low on resource: memory.",
+        )
+        .await;
         s
     });
     let first_action = run(a.clone(), ctx.clone()).await;
@@ -786,19 +794,7 @@ async fn a_jwt_key_under_32_bytes_blocks_the_pod_and_says_so() {
         s.found(PVC, pvc).await;
         s.found(SVC, svc).await;
         s.not_found(POD).await;
-        let st = s.echo(Method::PATCH, STATUS).await.body["status"].clone();
-        let ready = condition(&st, "Ready");
-        assert_eq!(ready["reason"], "InvalidSecret");
-        assert!(
-            ready["message"]
-                .as_str()
-                .is_some_and(|m| m.contains("holds 5 bytes")),
-            "{ready}"
-        );
-        assert_eq!(
-            s.echo(Method::POST, EVENTS).await.body["reason"],
-            "InvalidSecret"
-        );
+        expect_not_ready(&mut s, "InvalidSecret", "holds 5 bytes").await;
         s
     })
     .await;

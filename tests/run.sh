@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # The test command: fetches what the suites need from the package registries, then runs every
-# suite. Needs Rust, Node.js with npm, Go 1.26+ and Python 3; the Kubernetes suite also needs a
-# Docker engine (as root: `apt-get install docker.io debootstrap && dockerd &`).
+# suite. Needs Rust, Node.js with npm, Go 1.26+ and Python 3; the Docker and Kubernetes suites also
+# need root and a Docker engine, and the Kubernetes one the CNI plugins (as root:
+# `apt-get install docker.io debootstrap containernetworking-plugins && dockerd &`).
 #
 #   tests/run.sh                  every suite (cargo test --workspace; the cluster e2e uncaptured)
 #   tests/run.sh --cluster-only   only the Kubernetes e2e (tests/tests/cluster.rs)
 #
 # What it fetches, each cached outside the sources: the codex pinned in CODEX_VERSION (npm, under
-# target/codex/ when the `codex` on PATH is another version); helm, kubectl and the control
-# plane built from the Kubernetes version in KUBERNETES_VERSION (tests/cluster/build-tools.sh,
-# into ~/.cache/codex-operator/); the project's image on the local Docker engine
+# target/codex/ when the `codex` on PATH is another version); helm, kubectl, the control plane
+# and the node's kubelet and kube-proxy built from the Kubernetes version in KUBERNETES_VERSION
+# (tests/cluster/build-tools.sh, into ~/.cache/codex-operator/); the project's image on the local Docker engine
 # (tests/cluster/build-image.sh). A suite whose tool is missing prints `NOTICE: skipping`.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -18,7 +19,7 @@ only_cluster=0
 for a in "$@"; do
   case "$a" in
     --cluster-only) only_cluster=1 ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) echo "unknown argument: $a" >&2; exit 2 ;;
   esac
 done
@@ -50,7 +51,7 @@ export CODEX_E2E_IMAGE="${CODEX_E2E_IMAGE:-codex-operator:e2e}"
 if docker info >/dev/null 2>&1; then
   tests/cluster/build-image.sh "$CODEX_E2E_IMAGE"
 else
-  echo "NOTICE: no Docker engine answers: the Docker and cluster tests will skip (as root: apt-get install docker.io debootstrap && dockerd &)"
+  echo "NOTICE: no Docker engine answers: the Docker and cluster tests will skip (as root: apt-get install docker.io debootstrap containernetworking-plugins && dockerd &)"
 fi
 
 if [ "$only_cluster" = 1 ]; then

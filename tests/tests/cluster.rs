@@ -11,7 +11,22 @@
 //!
 //! Run alone: `tests/run.sh --cluster-only` (or `cargo test -p codex-e2e --test cluster -- --nocapture`
 //! with the tools in place).
+//!
+//! The same scenarios against a cluster of yours (a throwaway one: kind, k3d, a GPU test cluster;
+//! the test installs and removes the chart, the CRD and its namespaces), opt-in:
+//!
+//! ```sh
+//! CODEX_E2E_KUBECONFIG=~/.kube/config \
+//! CODEX_E2E_IMAGE=<the project image, pullable by the cluster or preloaded> \
+//! CODEX_E2E_MODEL_ADDR=<an address of this machine that the cluster's pods reach, e.g. 172.18.0.1 for kind> \
+//!   cargo test -p codex-e2e --test cluster -- --nocapture
+//! ```
+//!
+//! There, what needs the harness's own node is left out with a `NOTICE: skipping` line: GPUs
+//! advertised on the node (3), the Docker-host turn (4b), the expandable StorageClass (5b), and
+//! SIGKILL of the leader (7 deletes the leader's pod instead, so only the handover is timed).
 
+use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -32,13 +47,16 @@ fn repo() -> PathBuf {
 /// What every scenario shares.
 struct World {
     // Fields drop in order: the node (its pods) before the control plane.
-    node: Node,
+    /// The harness's node; `None` on an external cluster (`CODEX_E2E_KUBECONFIG`).
+    node: Option<Node>,
     cp: ControlPlane,
     /// Kept alive for the pods (their provider).
     _model: ScriptedModel,
     /// The model server as pods reach it: `http://GATEWAY:PORT/v1`.
     model_url: String,
     image: String,
+    /// `Never` for the image imported into the harness's node, `IfNotPresent` elsewhere.
+    pull_policy: &'static str,
 }
 
 fn skip_or_fail(why: &str) {
@@ -48,7 +66,38 @@ fn skip_or_fail(why: &str) {
     eprintln!("NOTICE: skipping the cluster e2e: {why}");
 }
 
+/// An external cluster (`CODEX_E2E_KUBECONFIG`): nothing is started but the scripted model.
+async fn external_world(kubeconfig: &Path) -> World {
+    let bin = cluster::bin_dir_with(cluster::CLIENT_TOOLS)
+        .unwrap_or_else(|e| panic!("{e} (tests/cluster/build-tools.sh helm fetches them)"));
+    let image = std::env::var("CODEX_E2E_IMAGE")
+        .expect("CODEX_E2E_IMAGE: the project image the cluster can pull");
+    let addr: std::net::IpAddr = std::env::var("CODEX_E2E_MODEL_ADDR")
+        .expect("CODEX_E2E_MODEL_ADDR: an address of this machine that the cluster's pods reach")
+        .parse()
+        .expect("CODEX_E2E_MODEL_ADDR is an IP address");
+    let cp = ControlPlane::external(&bin, kubeconfig)
+        .await
+        .expect("the cluster of CODEX_E2E_KUBECONFIG");
+    eprintln!("cluster: external cluster at {}", cp.server);
+    let model = ScriptedModel::start_on(std::net::SocketAddr::new(addr, 0), None)
+        .await
+        .expect("scripted model");
+    let model_url = format!("http://{}/v1", model.addr());
+    World {
+        node: None,
+        cp,
+        _model: model,
+        model_url,
+        image,
+        pull_policy: "IfNotPresent",
+    }
+}
+
 async fn world() -> Option<World> {
+    if let Some(kc) = std::env::var_os("CODEX_E2E_KUBECONFIG") {
+        return Some(external_world(Path::new(&kc)).await);
+    }
     let bin = match cluster::bin_dir() {
         Ok(b) => b,
         Err(e) => {
@@ -101,11 +150,12 @@ async fn world() -> Option<World> {
         .expect("scripted model");
     let model_url = format!("http://{}/v1", model.addr());
     Some(World {
-        node,
+        node: Some(node),
         cp,
         _model: model,
         model_url,
         image,
+        pull_policy: "Never",
     })
 }
 
@@ -256,25 +306,26 @@ impl World {
                 .kubectl(&["-n", ns, "get", "events"])
                 .unwrap_or_else(|e| e)
         );
-        eprintln!("==== sidecar log ====\n{}", self.logs(ns, name, "sidecar"));
+        eprintln!("==== sidecar log ====\n{}", self.logs_tail(ns, name, "sidecar"));
         for p in self.operator_pods() {
             if let Some(pod) = p["metadata"]["name"].as_str() {
                 eprintln!(
                     "==== operator {pod} log ====\n{}",
-                    self.logs(OPERATOR_NS, pod, "operator")
+                    self.logs_tail(OPERATOR_NS, pod, "operator")
                 );
             }
         }
-        eprintln!("==== kubelet ====\n{}", self.node.log_tail("kubelet", 30));
+        if let Some(node) = &self.node {
+            eprintln!("==== kubelet ====\n{}", node.log_tail("kubelet", 30));
+        }
     }
 
+    /// Creates (applies) a namespace, labelled `codex-e2e=scenario` for the cleanup of an
+    /// external cluster.
     fn namespace(&self, ns: &str, labels: &[(&str, &str)]) {
-        let mut meta = json!({"name": ns});
-        if !labels.is_empty() {
-            meta["labels"] = labels
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), json!(v)))
-                .collect();
+        let mut meta = json!({"name": ns, "labels": {"codex-e2e": "scenario"}});
+        for (k, v) in labels {
+            meta["labels"][*k] = json!(v);
         }
         let doc = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": meta});
         self.cp.apply(&doc.to_string(), &[]).expect("namespace");
@@ -314,11 +365,18 @@ impl World {
             .unwrap_or_default()
     }
 
-    /// `kubectl logs --tail=200 POD -c CONTAINER` (through the API server and the kubelet).
+    /// `kubectl logs POD -c CONTAINER` (through the API server and the kubelet): all of it.
     fn logs(&self, ns: &str, pod: &str, container: &str) -> String {
         self.cp
-            .kubectl(&["-n", ns, "logs", pod, "-c", container, "--tail=200"])
+            .kubectl(&["-n", ns, "logs", pod, "-c", container])
             .unwrap_or_else(|e| e)
+    }
+
+    /// The last 200 lines of [`World::logs`].
+    fn logs_tail(&self, ns: &str, pod: &str, container: &str) -> String {
+        let all = self.logs(ns, pod, container);
+        let lines: Vec<&str> = all.lines().collect();
+        lines[lines.len().saturating_sub(200)..].join("\n")
     }
 
     fn pod(&self, ns: &str, name: &str) -> Option<Value> {
@@ -348,7 +406,9 @@ impl World {
     /// The sidecar API of an agent, reached through its Service's endpoints (the EndpointSlice
     /// the controller-manager fills from the pod's readiness), with a token signed by the key in
     /// the agent's generated JWT Secret.
-    async fn sidecar(&self, ns: &str, name: &str, sub: &str) -> Api {
+    /// On an external cluster, whose pod IPs this machine may not reach, through `kubectl
+    /// port-forward` to the agent's pod instead.
+    async fn sidecar(&self, ns: &str, name: &str, sub: &str) -> Sidecar {
         let (ip, port) = eventually(
             "the agent's Service endpoints",
             Duration::from_secs(60),
@@ -381,10 +441,113 @@ impl World {
         let key = base64::engine::general_purpose::STANDARD
             .decode(key)
             .expect("base64");
-        Api::new(
-            &format!("http://{ip}:{port}"),
-            Some(mint_with(sub, None, 600, &key)),
-        )
+        let token = Some(mint_with(sub, None, 600, &key));
+        if self.node.is_some() {
+            return Sidecar {
+                api: Api::new(&format!("http://{ip}:{port}"), token),
+                _forward: None,
+            };
+        }
+        let (forward, local) = self.port_forward(ns, name, port as u16);
+        Sidecar {
+            api: Api::new(&format!("http://127.0.0.1:{local}"), token),
+            _forward: Some(forward),
+        }
+    }
+
+    /// `kubectl port-forward pod/POD :PORT`; the local port it chose.
+    fn port_forward(&self, ns: &str, pod: &str, port: u16) -> (PortForward, u16) {
+        let mut child = std::process::Command::new(self.cp.bin.join("kubectl"))
+            .env("KUBECONFIG", &self.cp.admin_kubeconfig)
+            .args([
+                "-n",
+                ns,
+                "port-forward",
+                &format!("pod/{pod}"),
+                &format!(":{port}"),
+            ])
+            .args(["--address", "127.0.0.1"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("kubectl port-forward");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let local = lines
+            .next()
+            .and_then(Result::ok)
+            .and_then(|l| {
+                l.strip_prefix("Forwarding from 127.0.0.1:")?
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .expect("kubectl port-forward names its local port");
+        // kubectl writes a line per connection: keep reading, or it dies of EPIPE.
+        std::thread::spawn(move || lines.for_each(drop));
+        (PortForward(child), local)
+    }
+
+    /// Whether the cluster is the harness's own (with its node); else prints why `what` is
+    /// skipped on an external cluster.
+    fn own_node(&self, what: &str) -> Option<&Node> {
+        if self.node.is_none() {
+            eprintln!(
+                "NOTICE: skipping {what} on an external cluster: it needs the harness's own node"
+            );
+        }
+        self.node.as_ref()
+    }
+
+    /// After the scenarios on an external cluster: removes what they made.
+    fn clean_external(&self) {
+        let _ = self
+            .cp
+            .helm(&["uninstall", RELEASE, "-n", OPERATOR_NS, "--wait"]);
+        let _ = self.cp.kubectl(&[
+            "delete",
+            "namespace",
+            "-l",
+            "codex-e2e=scenario",
+            "--wait=false",
+        ]);
+        let _ = self.cp.kubectl(&[
+            "delete",
+            "namespace",
+            OPERATOR_NS,
+            "codex-operator",
+            "--wait=false",
+        ]);
+        let _ = self
+            .cp
+            .kubectl(&["delete", "runtimeclass", "nvidia", "--ignore-not-found"]);
+        let _ = self
+            .cp
+            .kubectl(&["delete", "crd", CRD, "--ignore-not-found"]);
+    }
+}
+
+/// A sidecar API client, and the port-forward it goes through (if any).
+struct Sidecar {
+    api: Api,
+    _forward: Option<PortForward>,
+}
+
+impl std::ops::Deref for Sidecar {
+    type Target = Api;
+    fn deref(&self) -> &Api {
+        &self.api
+    }
+}
+
+/// A `kubectl port-forward` process, killed on drop.
+struct PortForward(std::process::Child);
+
+impl Drop for PortForward {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
@@ -443,6 +606,9 @@ async fn cluster_e2e() {
         "7. two operator replicas: one leader, handover on kill",
         two_replicas(&w)
     );
+    if w.node.is_none() {
+        w.clean_external();
+    }
     eprintln!(
         "cluster: start-up {:.1}s; e2e total {:.1}s",
         w.cp.startup.as_secs_f64(),
@@ -464,6 +630,7 @@ fn helm_install(w: &World, extra: &[&str]) -> Result<String, String> {
         "image.tag={}",
         w.image.split(':').nth(1).unwrap_or("latest")
     );
+    let pull_arg = format!("image.pullPolicy={}", w.pull_policy);
     let mut args = vec![
         "install",
         RELEASE,
@@ -476,7 +643,7 @@ fn helm_install(w: &World, extra: &[&str]) -> Result<String, String> {
         "--set",
         &tag_arg,
         "--set",
-        "image.pullPolicy=Never",
+        &pull_arg,
         "--wait",
         "--timeout",
         "3m",
@@ -628,9 +795,10 @@ async fn install(w: &World) {
                 .map(|s| s.trim_matches('"').to_owned())
         })
         .expect("an image in install.yaml");
-    let install = install
-        .replace(&shipped, &w.image)
-        .replace("imagePullPolicy: IfNotPresent", "imagePullPolicy: Never");
+    let install = install.replace(&shipped, &w.image).replace(
+        "imagePullPolicy: IfNotPresent",
+        &format!("imagePullPolicy: {}", w.pull_policy),
+    );
     w.cp.apply(&install, &[])
         .unwrap_or_else(|e| panic!("kubectl apply -f install.yaml: {e}"));
     w.k(&[
@@ -860,11 +1028,16 @@ fn merge(a: &mut Value, b: Value) {
 }
 
 async fn gpu_scheduling(w: &World) {
+    if w.node.is_none() && std::env::var("CODEX_E2E_GPUS").is_ok_and(|v| v == "1") {
+        return gpu_on_external(w).await;
+    }
+    let Some(node) = w.own_node("GPU scheduling (it advertises GPUs on the node; CODEX_E2E_GPUS=1 runs an agent on a real GPU instead)") else {
+        return;
+    };
     w.namespace("gpu", &[]);
     // The node is labelled with its GPU product (as GPU feature discovery does) but has no GPU
     // resource yet: the scheduler's reason is the missing resource, not the selector.
-    w.node
-        .label(&[("nvidia.com/gpu.product", Some("NVIDIA-H200"))])
+    node.label(&[("nvidia.com/gpu.product", Some("NVIDIA-H200"))])
         .await
         .expect("label");
     // RuntimeClass admission needs the class to exist (the GPU operator installs it).
@@ -908,9 +1081,8 @@ async fn gpu_scheduling(w: &World) {
     );
 
     // The node advertises the resources (what a device plugin does): both get scheduled.
-    w.node.set_extended("nvidia.com/gpu", 1).await.expect("gpu");
-    w.node
-        .set_extended("nvidia.com/mig-1g.10gb", 1)
+    node.set_extended("nvidia.com/gpu", 1).await.expect("gpu");
+    node.set_extended("nvidia.com/mig-1g.10gb", 1)
         .await
         .expect("mig");
     for (name, resource) in [
@@ -940,11 +1112,26 @@ async fn gpu_scheduling(w: &World) {
         }
     }
     w.k(&["delete", "namespace", "gpu", "--wait=false"]);
-    w.node.set_extended("nvidia.com/gpu", 0).await.expect("gpu");
-    w.node
-        .set_extended("nvidia.com/mig-1g.10gb", 0)
+    node.set_extended("nvidia.com/gpu", 0).await.expect("gpu");
+    node.set_extended("nvidia.com/mig-1g.10gb", 0)
         .await
         .expect("mig");
+}
+
+/// On an external cluster with GPUs (`CODEX_E2E_GPUS=1`): an agent asking for one GPU is
+/// scheduled, becomes Ready, and the sidecar's NVML sees the GPU (`GPUVerified=True`).
+async fn gpu_on_external(w: &World) {
+    w.namespace("gpu", &[]);
+    let mut spec = w.custom_spec();
+    spec["gpu"] = json!({"count": 1});
+    w.apply_agent("gpu", "gpu-agent", spec);
+    w.wait_condition("gpu", "gpu-agent", "Ready", "True", Duration::from_secs(600))
+        .await;
+    let (_, reason, message) = w
+        .wait_condition("gpu", "gpu-agent", "GPUVerified", "True", Duration::from_secs(120))
+        .await;
+    eprintln!("cluster: GPUVerified {reason}: {message}");
+    w.k(&["delete", "namespace", "gpu", "--wait=false"]);
 }
 
 async fn real_turn(w: &World) {
@@ -1067,6 +1254,9 @@ async fn real_turn(w: &World) {
 /// `codex-operator docker apply -f agent.yaml` with the project's image on the local engine: a
 /// real turn and a shell command, then `docker delete --volumes`.
 async fn docker_host_turn(w: &World) {
+    if w.own_node("the Docker-host turn").is_none() {
+        return;
+    }
     let exe = std::env::current_exe().expect("exe");
     let operator = exe
         .parent()
@@ -1227,6 +1417,11 @@ async fn suspend_resume(w: &World) {
 /// `storage.size` grows the claim (the StorageClass allows expansion); a change a claim cannot
 /// take (another StorageClass) shows in `StorageSynced` instead of being ignored.
 async fn storage_changes(w: &World) {
+    if w.own_node("storage changes (they need the harness's expandable StorageClass)")
+        .is_none()
+    {
+        return;
+    }
     let patch = json!({"spec": {"storage": {"size": "2Gi"}}}).to_string();
     w.k(&[
         "-n",
@@ -1526,18 +1721,26 @@ async fn two_replicas(w: &World) {
         .expect("the leader's container")
         .to_owned();
     let t = Instant::now();
-    w.node
-        .kill_container(&leader_container)
-        .expect("SIGKILL the leader");
-    w.k(&[
-        "-n",
-        OPERATOR_NS,
-        "delete",
-        "pod",
-        &holder,
-        "--grace-period=0",
-        "--force",
-    ]);
+    let killed = match w.own_node("SIGKILL of the leader (its pod is deleted instead)") {
+        Some(node) => {
+            node.kill_container(&leader_container)
+                .expect("SIGKILL the leader");
+            w.k(&[
+                "-n",
+                OPERATOR_NS,
+                "delete",
+                "pod",
+                &holder,
+                "--grace-period=0",
+                "--force",
+            ]);
+            true
+        }
+        None => {
+            w.k(&["-n", OPERATOR_NS, "delete", "pod", &holder, "--wait=false"]);
+            false
+        }
+    };
     let new = eventually("a new leader", Duration::from_secs(60), async || {
         w.lease_holder(OPERATOR_NS).filter(|h| *h != holder)
     })
@@ -1548,7 +1751,7 @@ async fn two_replicas(w: &World) {
         took.as_secs_f64()
     );
     assert!(
-        took >= Duration::from_secs(15 - 2 - 1),
+        !killed || took >= Duration::from_secs(15 - 2 - 1),
         "nobody took the Lease before it expired (15 s after the last renewal, renewed every 2 s): {took:?}"
     );
     assert!(

@@ -42,10 +42,18 @@ pub const BINARIES: &[&str] = &[
     "helm",
 ];
 
+/// The client tools, all that [`ControlPlane::external`] needs.
+pub const CLIENT_TOOLS: &[&str] = &["kubectl", "helm"];
+
 /// The directory holding [`BINARIES`]: `CODEX_E2E_KUBE_BIN`, else the cache that
 /// `tests/cluster/build-tools.sh` fills for the version in `KUBERNETES_VERSION`. `Err` says what
 /// is missing and how to get it (callers print it as a `NOTICE: skipping` line).
 pub fn bin_dir() -> Result<PathBuf, String> {
+    bin_dir_with(BINARIES)
+}
+
+/// Like [`bin_dir`], needing only `names` there.
+pub fn bin_dir_with(names: &[&str]) -> Result<PathBuf, String> {
     let dir = match std::env::var_os("CODEX_E2E_KUBE_BIN") {
         Some(d) => PathBuf::from(d),
         None => {
@@ -64,7 +72,7 @@ pub fn bin_dir() -> Result<PathBuf, String> {
             cache.join(format!("kube-{}", version.trim())).join("bin")
         }
     };
-    let missing: Vec<&str> = BINARIES
+    let missing: Vec<&str> = names
         .iter()
         .copied()
         .filter(|b| !dir.join(b).is_file())
@@ -125,6 +133,7 @@ struct Proc {
 }
 
 /// A running control plane. Dropping it stops every process (SIGTERM, then SIGKILL after 5 s).
+/// [`ControlPlane::external`] stands for a cluster that runs elsewhere (no processes, no keys).
 pub struct ControlPlane {
     procs: Vec<Proc>,
     /// `https://ADDR:PORT` of kube-apiserver.
@@ -133,10 +142,13 @@ pub struct ControlPlane {
     pub api_addr: SocketAddr,
     /// Admin kubeconfig (`system:masters`).
     pub admin_kubeconfig: PathBuf,
-    /// The CA and keys.
-    pub pki: pki::Pki,
-    /// Issues client certificates of the cluster CA (the node's kubelet and kube-proxy).
-    pub authority: pki::Authority,
+    /// The CA and keys (`None` for an external cluster).
+    pub pki: Option<pki::Pki>,
+    /// Issues client certificates of the cluster CA (the node's kubelet and kube-proxy; `None`
+    /// for an external cluster).
+    pub authority: Option<pki::Authority>,
+    /// The cluster CA's certificate (PEM).
+    pub ca_pem: String,
     /// The directory holding the binaries.
     pub bin: PathBuf,
     /// The control plane's working directory (PKI, etcd data, logs, kubeconfigs).
@@ -255,8 +267,9 @@ impl ControlPlane {
             server: server.clone(),
             api_addr,
             admin_kubeconfig: admin_kubeconfig.clone(),
-            pki: pki.clone(),
-            authority,
+            pki: Some(pki.clone()),
+            authority: Some(authority),
+            ca_pem: ca_pem.clone(),
             bin: bin.to_path_buf(),
             dir: dir.clone(),
             startup: Duration::ZERO,
@@ -363,6 +376,73 @@ impl ControlPlane {
         Ok(cp)
     }
 
+    /// A cluster that runs elsewhere, reached with the admin `kubeconfig` (its current context;
+    /// the CA from `certificate-authority-data` or `certificate-authority`), driven with the
+    /// kubectl and helm in `bin`. Nothing is started or stopped.
+    pub async fn external(bin: &Path, kubeconfig: &Path) -> anyhow::Result<ControlPlane> {
+        let kc = kube::config::Kubeconfig::read_from(kubeconfig)
+            .with_context(|| format!("reading {}", kubeconfig.display()))?;
+        let ctx_name = kc.current_context.clone().context("no current-context")?;
+        let ctx = kc
+            .contexts
+            .iter()
+            .find(|c| c.name == ctx_name)
+            .and_then(|c| c.context.clone())
+            .context("the current context is not defined")?;
+        let cluster = kc
+            .clusters
+            .iter()
+            .find(|c| c.name == ctx.cluster)
+            .and_then(|c| c.cluster.clone())
+            .context("the current context's cluster is not defined")?;
+        let server = cluster
+            .server
+            .clone()
+            .context("the cluster has no server")?;
+        let ca_pem = match (
+            &cluster.certificate_authority_data,
+            &cluster.certificate_authority,
+        ) {
+            (Some(data), _) => {
+                String::from_utf8(base64::engine::general_purpose::STANDARD.decode(data.trim())?)?
+            }
+            (None, Some(path)) => std::fs::read_to_string(path)?,
+            (None, None) => bail!("the cluster names no certificate authority"),
+        };
+        let host_port = server
+            .trim_start_matches("https://")
+            .split('/')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        let api_addr = tokio::net::lookup_host(&host_port)
+            .await
+            .with_context(|| format!("resolving {host_port}"))?
+            .next()
+            .context("the API server's host has no address")?;
+        let tmp = tempfile::Builder::new()
+            .prefix("codex-e2e-external-")
+            .tempdir_in(crate::harness::tmp_root())?;
+        let dir = tmp.path().to_path_buf();
+        let admin_kubeconfig = dir.join("admin.kubeconfig");
+        std::fs::copy(kubeconfig, &admin_kubeconfig)?;
+        let cp = ControlPlane {
+            procs: Vec::new(),
+            server,
+            api_addr,
+            admin_kubeconfig,
+            pki: None,
+            authority: None,
+            ca_pem,
+            bin: bin.to_path_buf(),
+            dir,
+            startup: Duration::ZERO,
+            _tmp: tmp,
+        };
+        cp.wait_api_ready(Duration::from_secs(30)).await?;
+        Ok(cp)
+    }
+
     async fn wait_api_ready(&self, limit: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + limit;
         loop {
@@ -442,11 +522,11 @@ impl ControlPlane {
 
     /// Writes a kubeconfig that authenticates with `token`, and returns its path.
     pub fn token_kubeconfig(&self, name: &str, token: &str) -> anyhow::Result<PathBuf> {
-        let ca = std::fs::read_to_string(&self.pki.ca_cert)?;
+        let ca = &self.ca_pem;
         let path = self.dir.join(format!("{name}.kubeconfig"));
         write_private(
             &path,
-            &kubeconfig(&self.server, &ca, &KubeUser::Token(token.to_owned())),
+            &kubeconfig(&self.server, ca, &KubeUser::Token(token.to_owned())),
         )?;
         Ok(path)
     }

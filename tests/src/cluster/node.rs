@@ -167,20 +167,21 @@ impl Node {
 
         // --- kubelet -----------------------------------------------------------------------
         let node_ip = cp.api_addr.ip();
-        let ca_pem = std::fs::read_to_string(&cp.pki.ca_cert)?;
-        let kubelet_cert = cp
-            .authority
-            .client(&format!("system:node:{NODE_NAME}"), &["system:nodes"])?;
+        let ca_pem = &cp.ca_pem;
+        let (Some(pki), Some(authority)) = (&cp.pki, &cp.authority) else {
+            bail!(
+                "a node joins only a control plane the harness started (it signs the node's certificates)"
+            );
+        };
+        let kubelet_cert =
+            authority.client(&format!("system:node:{NODE_NAME}"), &["system:nodes"])?;
         let kubelet_kc = dir.join("kubelet.kubeconfig");
         super::write_private(
             &kubelet_kc,
-            &super::kubeconfig(&cp.server, &ca_pem, &super::KubeUser::Cert(kubelet_cert)),
+            &super::kubeconfig(&cp.server, ca_pem, &super::KubeUser::Cert(kubelet_cert)),
         )?;
         let kubelet_cfg = dir.join("kubelet.yaml");
-        std::fs::write(
-            &kubelet_cfg,
-            kubelet_config(node_ip, &cp.pki.ca_cert, &socket),
-        )?;
+        std::fs::write(&kubelet_cfg, kubelet_config(node_ip, &pki.ca_cert, &socket))?;
         let root = dir.join("kubelet");
         node.spawn(
             "kubelet",
@@ -197,11 +198,11 @@ impl Node {
         )?;
 
         // --- kube-proxy --------------------------------------------------------------------
-        let proxy_cert = cp.authority.client("system:kube-proxy", &[])?;
+        let proxy_cert = authority.client("system:kube-proxy", &[])?;
         let proxy_kc = dir.join("kube-proxy.kubeconfig");
         super::write_private(
             &proxy_kc,
-            &super::kubeconfig(&cp.server, &ca_pem, &super::KubeUser::Cert(proxy_cert)),
+            &super::kubeconfig(&cp.server, ca_pem, &super::KubeUser::Cert(proxy_cert)),
         )?;
         let proxy_cfg = dir.join("kube-proxy.yaml");
         std::fs::write(&proxy_cfg, kube_proxy_config(&proxy_kc))?;

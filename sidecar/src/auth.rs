@@ -14,6 +14,10 @@
 //!   and is not looked at otherwise;
 //! * `sub` (§4.1.2) is required: it is the [`Principal`] that owns sessions.
 //!
+//! An HS256 key file is read as its bytes with every trailing `\n` and `\r` removed, exactly as
+//! the operator reads the same key from the agent's Secret (so both sides agree on the key and on
+//! its length, which must be at least [`MIN_HS256_SECRET_LEN`] bytes).
+//!
 //! Secrets never leave this module: neither [`AuthError`] nor [`AuthConfigError`] (nor the
 //! `Debug` of [`Authenticator`]) contains key bytes or token text, and this module logs nothing.
 
@@ -133,7 +137,7 @@ impl AuthError {
 /// [`Authenticator::public_key_pem`]. Never contains key bytes.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KeyProblem {
-    /// The HS256 secret is empty (after removing one trailing newline).
+    /// The HS256 secret is empty (after removing trailing `\n` and `\r` bytes).
     #[error("the secret is empty")]
     EmptySecret,
     /// The HS256 secret is shorter than [`MIN_HS256_SECRET_LEN`] bytes.
@@ -275,8 +279,9 @@ struct Claims {
 impl Authenticator {
     /// HS256 (HMAC with SHA-256, RFC 7518 §3.2) with a shared secret.
     ///
-    /// `secret` is a key file's bytes: one trailing `\n` or `\r\n` is removed, and what remains
-    /// must be at least [`MIN_HS256_SECRET_LEN`] bytes. `audience`: see [`Self::public_key_pem`].
+    /// `secret` is a key file's bytes: every trailing `\n` and `\r` is removed (as the operator
+    /// does), and what remains must be at least [`MIN_HS256_SECRET_LEN`] bytes. `audience`: see
+    /// [`Self::public_key_pem`].
     ///
     /// # Errors
     /// [`AuthConfigError::Key`] with [`KeyProblem::EmptySecret`] or
@@ -475,12 +480,20 @@ fn alg_name(alg: Algorithm) -> &'static str {
     }
 }
 
-/// Removes one trailing `\n` / `\r\n` and checks the length.
+/// The HS256 key in a key file's bytes: every trailing `\n` and `\r` removed. The operator's
+/// `secret_key` (operator/src/reconcile.rs) trims the Secret's value the same way, so both sides
+/// sign and verify with the same bytes and check the same length.
+pub fn trim_key(bytes: &[u8]) -> &[u8] {
+    let end = bytes
+        .iter()
+        .rposition(|b| !matches!(b, b'\n' | b'\r'))
+        .map_or(0, |i| i + 1);
+    &bytes[..end]
+}
+
+/// Trims the secret ([`trim_key`]) and checks the length.
 fn checked_secret(secret: &[u8]) -> Result<&[u8], KeyProblem> {
-    let secret = secret
-        .strip_suffix(b"\r\n")
-        .or_else(|| secret.strip_suffix(b"\n"))
-        .unwrap_or(secret);
+    let secret = trim_key(secret);
     if secret.is_empty() {
         return Err(KeyProblem::EmptySecret);
     }
@@ -773,6 +786,42 @@ mod tests {
             let auth = Authenticator::hs256(&secret, None).expect("authenticator");
             assert!(check(&auth, &token).is_ok());
         }
+    }
+
+    /// The operator (operator/src/reconcile.rs `secret_key`) removes every trailing `\n`/`\r`
+    /// before it signs its probe token and checks the 32-byte minimum; the sidecar must read the
+    /// same file as the same key, whatever the line ending.
+    #[test]
+    fn key_file_is_read_like_the_operator_reads_it() {
+        let token = hs(serde_json::json!({"sub": "alice", "exp": now() + 600}));
+        for ending in [
+            &b""[..],
+            b"\n",
+            b"\r\n",
+            b"\n\n",
+            b"\r",
+            b"\r\n\r\n",
+            b"\n\r\n",
+        ] {
+            let mut file = SECRET.to_vec();
+            file.extend_from_slice(ending);
+            assert_eq!(trim_key(&file), SECRET, "{ending:?}");
+            let auth = Authenticator::hs256(&file, None).expect("authenticator");
+            assert!(check(&auth, &token).is_ok(), "{ending:?}");
+            // `codex-sidecar token` signs with the same bytes.
+            let minted = mint_hs256(&file, "bob", None, Duration::from_secs(60)).expect("mint");
+            let plain = Authenticator::hs256(SECRET, None).expect("authenticator");
+            assert!(check(&plain, &minted).is_ok(), "{ending:?}");
+        }
+        // 31 bytes followed by newlines is 31 bytes: refused, as the operator refuses it.
+        let short = b"0123456789abcdef0123456789abcde\n\n";
+        assert!(matches!(
+            Authenticator::hs256(short, None),
+            Err(AuthConfigError::Key(KeyProblem::SecretTooShort { len: 31 }))
+        ));
+        // Inner newlines are part of the key.
+        assert_eq!(trim_key(b"a\nb\r\n"), b"a\nb");
+        assert_eq!(trim_key(b"\r\n\n"), b"");
     }
 
     #[test]

@@ -18,8 +18,14 @@
 //! the operator reads the same key from the agent's Secret (so both sides agree on the key and on
 //! its length, which must be at least [`MIN_HS256_SECRET_LEN`] bytes).
 //!
+//! The key in use can be replaced while the sidecar runs: [`reload::KeyRing`] re-reads the key
+//! file when it changes and keeps the previous key valid for an overlap.
+//!
 //! Secrets never leave this module: neither [`AuthError`] nor [`AuthConfigError`] (nor the
-//! `Debug` of [`Authenticator`]) contains key bytes or token text, and this module logs nothing.
+//! `Debug` of [`Authenticator`]) contains key bytes or token text, and this module logs nothing
+//! except [`reload::spawn_watcher`], which logs the key file's path and what is wrong with it.
+
+pub mod reload;
 
 use std::fmt;
 use std::io::Read;
@@ -329,22 +335,38 @@ impl Authenticator {
         audience: Option<String>,
         insecure_no_auth: bool,
     ) -> Result<Self, AuthConfigError> {
-        match (secret_file, public_key_file, insecure_no_auth) {
-            (None, None, true) => Ok(Self::disabled()),
-            (Some(_), _, true) => Err(AuthConfigError::InsecureWithKey(SECRET_FLAG)),
-            (None, Some(_), true) => Err(AuthConfigError::InsecureWithKey(PUBLIC_KEY_FLAG)),
-            (None, None, false) => Err(AuthConfigError::NoKey),
-            (Some(_), Some(_), false) => Err(AuthConfigError::BothKeys),
-            (Some(path), None, false) => {
-                let bytes = read_key_file(SECRET_FLAG, path)?;
-                Self::hs256(&bytes, audience).map_err(|e| in_file(e, SECRET_FLAG, path))
-            }
-            (None, Some(path), false) => {
-                let bytes = read_key_file(PUBLIC_KEY_FLAG, path)?;
-                Self::public_key_pem(&bytes, audience)
-                    .map_err(|e| in_file(e, PUBLIC_KEY_FLAG, path))
-            }
+        match key_file_flag(secret_file, public_key_file, insecure_no_auth)? {
+            None => Ok(Self::disabled()),
+            Some((flag, path)) => Ok(Self::from_key_file(flag, path, audience)?.0),
         }
+    }
+
+    /// Reads the key file `path` that `flag` names and builds the authenticator of its kind (see
+    /// [`Self::from_key_bytes`]). Returns it with the file's bytes (for change detection).
+    fn from_key_file(
+        flag: &'static str,
+        path: &Path,
+        audience: Option<String>,
+    ) -> Result<(Self, Vec<u8>), AuthConfigError> {
+        let bytes = read_key_file(flag, path)?;
+        Ok((Self::from_key_bytes(flag, path, &bytes, audience)?, bytes))
+    }
+
+    /// The authenticator for the bytes of the key file `path` that `flag` names:
+    /// [`Self::hs256`] for [`SECRET_FLAG`], [`Self::public_key_pem`] otherwise; errors name the
+    /// flag and file.
+    fn from_key_bytes(
+        flag: &'static str,
+        path: &Path,
+        bytes: &[u8],
+        audience: Option<String>,
+    ) -> Result<Self, AuthConfigError> {
+        let auth = if flag == SECRET_FLAG {
+            Self::hs256(bytes, audience)
+        } else {
+            Self::public_key_pem(bytes, audience)
+        };
+        auth.map_err(|e| in_file(e, flag, path))
     }
 
     /// Verifies a request's `Authorization` header value (`None` when the header is absent) and
@@ -477,6 +499,23 @@ fn alg_name(alg: Algorithm) -> &'static str {
         Algorithm::ES256 => "ES256",
         // Only the three above are ever configured.
         _ => "unsupported",
+    }
+}
+
+/// Which key file the settings name: `(flag, path)`, or `None` when authentication is disabled.
+fn key_file_flag<'a>(
+    secret_file: Option<&'a Path>,
+    public_key_file: Option<&'a Path>,
+    insecure_no_auth: bool,
+) -> Result<Option<(&'static str, &'a Path)>, AuthConfigError> {
+    match (secret_file, public_key_file, insecure_no_auth) {
+        (None, None, true) => Ok(None),
+        (Some(_), _, true) => Err(AuthConfigError::InsecureWithKey(SECRET_FLAG)),
+        (None, Some(_), true) => Err(AuthConfigError::InsecureWithKey(PUBLIC_KEY_FLAG)),
+        (None, None, false) => Err(AuthConfigError::NoKey),
+        (Some(_), Some(_), false) => Err(AuthConfigError::BothKeys),
+        (Some(path), None, false) => Ok(Some((SECRET_FLAG, path))),
+        (None, Some(path), false) => Ok(Some((PUBLIC_KEY_FLAG, path))),
     }
 }
 

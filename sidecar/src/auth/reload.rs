@@ -405,20 +405,26 @@ fn report(ring: &KeyRing, outcome: ReloadOutcome, dropped: usize, metrics: &Metr
             previous_expires_at,
         } => {
             metrics.jwt_key_reloads.get_or_create(&RELOADED).inc();
-            let until =
-                previous_expires_at.map_or_else(|| "not at all (overlap 0)".into(), rfc3339);
-            tracing::info!(%file, alg = ring.algorithm().unwrap_or("none"),
-                "loaded a new API token key; the previous key is accepted until {until}");
+            let replaced = match previous_expires_at {
+                Some(t) => format!("the replaced key is accepted until {}", rfc3339(t)),
+                None => "the replaced key is refused from now on (overlap 0)".to_owned(),
+            };
+            let alg = ring.algorithm().unwrap_or("none");
+            tracing::info!(%file, alg, "loaded a new API token key; {replaced}");
         }
         ReloadOutcome::Failed { error, repeated } => {
             if !repeated {
                 metrics.jwt_key_reloads.get_or_create(&FAILED).inc();
-                tracing::warn!(error = %error, "cannot reload the API token key; keeping the key in use");
+                tracing::warn!(%error, "cannot reload the API token key; keeping the keys in use");
             }
         }
     }
     if dropped > 0 {
-        tracing::info!(%file, dropped, "the overlap of a replaced API token key ended; it is no longer accepted");
+        tracing::info!(
+            %file,
+            dropped,
+            "a replaced API token key reached the end of its overlap; no longer accepted"
+        );
     }
 }
 

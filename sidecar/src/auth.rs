@@ -14,11 +14,24 @@
 //!   and is not looked at otherwise;
 //! * `sub` (§4.1.2) is required: it is the [`Principal`] that owns sessions.
 //!
+//! An HS256 key file is read as its bytes with every trailing `\n` and `\r` removed, exactly as
+//! the operator reads the same key from the agent's Secret (so both sides agree on the key and on
+//! its length, which must be at least [`MIN_HS256_SECRET_LEN`] bytes).
+//!
+//! The key in use can be replaced while the sidecar runs: [`reload::KeyRing`] re-reads the key
+//! file when it changes and keeps the previous key valid for an overlap.
+//!
 //! Secrets never leave this module: neither [`AuthError`] nor [`AuthConfigError`] (nor the
-//! `Debug` of [`Authenticator`]) contains key bytes or token text, and this module logs nothing.
+//! `Debug` of [`Authenticator`]) contains key bytes or token text, and this module logs nothing
+//! except [`reload::spawn_watcher`], which logs the key file's path and what is wrong with it.
+
+mod keys;
+pub mod reload;
+
+pub use keys::{KeyProblem, MIN_HS256_SECRET_LEN, MIN_RSA_BITS, trim_key};
+use keys::{checked_secret, parse_public_key, read_key_file};
 
 use std::fmt;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -30,22 +43,11 @@ use serde::{Deserialize, Serialize};
 /// leeway").
 pub const LEEWAY_SECS: u64 = 30;
 
-/// Shortest accepted HS256 secret, in bytes: RFC 7518 §3.2 says a key of at least the hash output
-/// size (256 bits for HS256) MUST be used.
-pub const MIN_HS256_SECRET_LEN: usize = 32;
-
-/// Smallest accepted RSA modulus, in bits (RFC 7518 §3.3: "A key of size 2048 bits or larger MUST
-/// be used").
-pub const MIN_RSA_BITS: usize = 2048;
-
 /// Longest accepted token, in bytes. Longer values are refused before any decoding work.
 pub const MAX_TOKEN_LEN: usize = 8 * 1024;
 
 /// Longest accepted `sub` claim, in bytes.
 pub const MAX_SUBJECT_LEN: usize = 1024;
-
-/// Largest key file [`Authenticator::from_files`] reads, in bytes.
-const MAX_KEY_FILE_LEN: u64 = 1024 * 1024;
 
 /// The subject of every request when authentication is disabled (`--insecure-no-auth`).
 pub const ANONYMOUS_SUBJECT: &str = "anonymous";
@@ -127,47 +129,6 @@ impl AuthError {
             _ => "Bearer realm=\"codex-sidecar\", error=\"invalid_token\"",
         }
     }
-}
-
-/// What is wrong with a key given to [`Authenticator::hs256`] or
-/// [`Authenticator::public_key_pem`]. Never contains key bytes.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum KeyProblem {
-    /// The HS256 secret is empty (after removing one trailing newline).
-    #[error("the secret is empty")]
-    EmptySecret,
-    /// The HS256 secret is shorter than [`MIN_HS256_SECRET_LEN`] bytes.
-    #[error(
-        "the secret is {len} bytes; HS256 needs at least {MIN_HS256_SECRET_LEN} (RFC 7518 §3.2); \
-         generate one with `openssl rand -hex 32`"
-    )]
-    SecretTooShort {
-        /// The secret's length in bytes.
-        len: usize,
-    },
-    /// The file holds a private key; the sidecar only needs (and should only get) the public key.
-    #[error("is a private key; give the public key instead (`openssl pkey -in KEY -pubout`)")]
-    PrivateKey,
-    /// The file is a PEM certificate, not a bare public key.
-    #[error(
-        "is a certificate; give its public key instead (`openssl x509 -in CERT -pubkey -noout`)"
-    )]
-    Certificate,
-    /// Not a PEM `PUBLIC KEY` (SPKI) or `RSA PUBLIC KEY` (PKCS#1) holding an RSA or P-256 key.
-    #[error("not an RSA or P-256 public key in PEM")]
-    NotAPublicKey,
-    /// An elliptic-curve key on a curve other than P-256 (only ES256 is supported).
-    #[error("EC public key is not on P-256 (only ES256 is supported)")]
-    NotP256,
-    /// The RSA modulus is smaller than [`MIN_RSA_BITS`].
-    #[error("RSA key is {bits} bits; at least {MIN_RSA_BITS} are required (RFC 7518 §3.3)")]
-    RsaTooSmall {
-        /// The modulus size in bits.
-        bits: usize,
-    },
-    /// The key parses as PEM but its contents are not a usable key of its type.
-    #[error("invalid {0} public key")]
-    Invalid(&'static str),
 }
 
 /// Why the authenticator could not be configured. Names the flag (and file) at fault, never the
@@ -275,8 +236,9 @@ struct Claims {
 impl Authenticator {
     /// HS256 (HMAC with SHA-256, RFC 7518 §3.2) with a shared secret.
     ///
-    /// `secret` is a key file's bytes: one trailing `\n` or `\r\n` is removed, and what remains
-    /// must be at least [`MIN_HS256_SECRET_LEN`] bytes. `audience`: see [`Self::public_key_pem`].
+    /// `secret` is a key file's bytes: every trailing `\n` and `\r` is removed (as the operator
+    /// does), and what remains must be at least [`MIN_HS256_SECRET_LEN`] bytes. `audience`: see
+    /// [`Self::public_key_pem`].
     ///
     /// # Errors
     /// [`AuthConfigError::Key`] with [`KeyProblem::EmptySecret`] or
@@ -324,22 +286,38 @@ impl Authenticator {
         audience: Option<String>,
         insecure_no_auth: bool,
     ) -> Result<Self, AuthConfigError> {
-        match (secret_file, public_key_file, insecure_no_auth) {
-            (None, None, true) => Ok(Self::disabled()),
-            (Some(_), _, true) => Err(AuthConfigError::InsecureWithKey(SECRET_FLAG)),
-            (None, Some(_), true) => Err(AuthConfigError::InsecureWithKey(PUBLIC_KEY_FLAG)),
-            (None, None, false) => Err(AuthConfigError::NoKey),
-            (Some(_), Some(_), false) => Err(AuthConfigError::BothKeys),
-            (Some(path), None, false) => {
-                let bytes = read_key_file(SECRET_FLAG, path)?;
-                Self::hs256(&bytes, audience).map_err(|e| in_file(e, SECRET_FLAG, path))
-            }
-            (None, Some(path), false) => {
-                let bytes = read_key_file(PUBLIC_KEY_FLAG, path)?;
-                Self::public_key_pem(&bytes, audience)
-                    .map_err(|e| in_file(e, PUBLIC_KEY_FLAG, path))
-            }
+        match key_file_flag(secret_file, public_key_file, insecure_no_auth)? {
+            None => Ok(Self::disabled()),
+            Some((flag, path)) => Ok(Self::from_key_file(flag, path, audience)?.0),
         }
+    }
+
+    /// Reads the key file `path` that `flag` names and builds the authenticator of its kind (see
+    /// [`Self::from_key_bytes`]). Returns it with the file's bytes (for change detection).
+    fn from_key_file(
+        flag: &'static str,
+        path: &Path,
+        audience: Option<String>,
+    ) -> Result<(Self, Vec<u8>), AuthConfigError> {
+        let bytes = read_key_file(flag, path)?;
+        Ok((Self::from_key_bytes(flag, path, &bytes, audience)?, bytes))
+    }
+
+    /// The authenticator for the bytes of the key file `path` that `flag` names:
+    /// [`Self::hs256`] for [`SECRET_FLAG`], [`Self::public_key_pem`] otherwise; errors name the
+    /// flag and file.
+    fn from_key_bytes(
+        flag: &'static str,
+        path: &Path,
+        bytes: &[u8],
+        audience: Option<String>,
+    ) -> Result<Self, AuthConfigError> {
+        let auth = if flag == SECRET_FLAG {
+            Self::hs256(bytes, audience)
+        } else {
+            Self::public_key_pem(bytes, audience)
+        };
+        auth.map_err(|e| in_file(e, flag, path))
     }
 
     /// Verifies a request's `Authorization` header value (`None` when the header is absent) and
@@ -475,19 +453,21 @@ fn alg_name(alg: Algorithm) -> &'static str {
     }
 }
 
-/// Removes one trailing `\n` / `\r\n` and checks the length.
-fn checked_secret(secret: &[u8]) -> Result<&[u8], KeyProblem> {
-    let secret = secret
-        .strip_suffix(b"\r\n")
-        .or_else(|| secret.strip_suffix(b"\n"))
-        .unwrap_or(secret);
-    if secret.is_empty() {
-        return Err(KeyProblem::EmptySecret);
+/// Which key file the settings name: `(flag, path)`, or `None` when authentication is disabled.
+fn key_file_flag<'a>(
+    secret_file: Option<&'a Path>,
+    public_key_file: Option<&'a Path>,
+    insecure_no_auth: bool,
+) -> Result<Option<(&'static str, &'a Path)>, AuthConfigError> {
+    match (secret_file, public_key_file, insecure_no_auth) {
+        (None, None, true) => Ok(None),
+        (Some(_), _, true) => Err(AuthConfigError::InsecureWithKey(SECRET_FLAG)),
+        (None, Some(_), true) => Err(AuthConfigError::InsecureWithKey(PUBLIC_KEY_FLAG)),
+        (None, None, false) => Err(AuthConfigError::NoKey),
+        (Some(_), Some(_), false) => Err(AuthConfigError::BothKeys),
+        (Some(path), None, false) => Ok(Some((SECRET_FLAG, path))),
+        (None, Some(path), false) => Ok(Some((PUBLIC_KEY_FLAG, path))),
     }
-    if secret.len() < MIN_HS256_SECRET_LEN {
-        return Err(KeyProblem::SecretTooShort { len: secret.len() });
-    }
-    Ok(secret)
 }
 
 fn in_file(err: AuthConfigError, flag: &'static str, path: &Path) -> AuthConfigError {
@@ -498,93 +478,6 @@ fn in_file(err: AuthConfigError, flag: &'static str, path: &Path) -> AuthConfigE
             problem,
         },
         other => other,
-    }
-}
-
-fn read_key_file(flag: &'static str, path: &Path) -> Result<Vec<u8>, AuthConfigError> {
-    let read_err = |source| AuthConfigError::Read {
-        flag,
-        path: path.to_path_buf(),
-        source,
-    };
-    let file = std::fs::File::open(path).map_err(read_err)?;
-    let mut bytes = Vec::new();
-    file.take(MAX_KEY_FILE_LEN + 1)
-        .read_to_end(&mut bytes)
-        .map_err(read_err)?;
-    if bytes.len() as u64 > MAX_KEY_FILE_LEN {
-        return Err(AuthConfigError::TooLarge {
-            flag,
-            path: path.to_path_buf(),
-        });
-    }
-    Ok(bytes)
-}
-
-/// The label of the first PEM block (`-----BEGIN <label>-----`), if any.
-fn pem_label(text: &str) -> Option<&str> {
-    let start = text.find("-----BEGIN ")? + "-----BEGIN ".len();
-    let rest = &text[start..];
-    let end = rest.find("-----")?;
-    Some(&rest[..end])
-}
-
-fn parse_public_key(pem: &[u8]) -> Result<(Algorithm, DecodingKey), KeyProblem> {
-    let text = std::str::from_utf8(pem).map_err(|_| KeyProblem::NotAPublicKey)?;
-    match pem_label(text) {
-        Some("PUBLIC KEY" | "RSA PUBLIC KEY") => {}
-        Some("CERTIFICATE" | "TRUSTED CERTIFICATE") => return Err(KeyProblem::Certificate),
-        Some(label) if label.contains("PRIVATE KEY") => return Err(KeyProblem::PrivateKey),
-        _ => return Err(KeyProblem::NotAPublicKey),
-    }
-    if let Ok(key) = DecodingKey::from_rsa_pem(pem) {
-        check_rsa_key(&key)?;
-        return Ok((Algorithm::RS256, key));
-    }
-    if let Ok(key) = DecodingKey::from_ec_pem(pem) {
-        check_p256_key(&key)?;
-        return Ok((Algorithm::ES256, key));
-    }
-    Err(KeyProblem::NotAPublicKey)
-}
-
-/// Parses the PKCS#1 `RSAPublicKey` now (the verifier would otherwise only parse it per request)
-/// and checks the modulus size.
-fn check_rsa_key(key: &DecodingKey) -> Result<(), KeyProblem> {
-    let der = key
-        .try_get_as_bytes()
-        .map_err(|_| KeyProblem::Invalid("RSA"))?;
-    let (n, _e) = (jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER
-        .key_utils
-        .rsa_pub_components_from_public_key)(der)
-    .map_err(|_| KeyProblem::Invalid("RSA"))?;
-    let bits = match n.iter().position(|b| *b != 0) {
-        Some(i) => (n.len() - i) * 8 - n[i].leading_zeros() as usize,
-        None => 0,
-    };
-    if bits < MIN_RSA_BITS {
-        return Err(KeyProblem::RsaTooSmall { bits });
-    }
-    Ok(())
-}
-
-/// Checks that the SEC1 point is a P-256 point (65 bytes uncompressed or 33 compressed, RFC 5480
-/// §2.2) on the curve.
-fn check_p256_key(key: &DecodingKey) -> Result<(), KeyProblem> {
-    let point = key
-        .try_get_as_bytes()
-        .map_err(|_| KeyProblem::Invalid("EC"))?;
-    let p256_sized = matches!(
-        (point.len(), point.first()),
-        (65, Some(4)) | (33, Some(2 | 3))
-    );
-    if !p256_sized {
-        return Err(KeyProblem::NotP256);
-    }
-    // Building the ES256 verifier parses the point; a dummy signature then just fails to verify.
-    match jsonwebtoken::crypto::verify("AA", b"probe", key, Algorithm::ES256) {
-        Ok(_) => Ok(()),
-        Err(_) => Err(KeyProblem::Invalid("P-256")),
     }
 }
 
@@ -773,6 +666,42 @@ mod tests {
             let auth = Authenticator::hs256(&secret, None).expect("authenticator");
             assert!(check(&auth, &token).is_ok());
         }
+    }
+
+    /// The operator (operator/src/reconcile.rs `secret_key`) removes every trailing `\n`/`\r`
+    /// before it signs its probe token and checks the 32-byte minimum; the sidecar must read the
+    /// same file as the same key, whatever the line ending.
+    #[test]
+    fn key_file_is_read_like_the_operator_reads_it() {
+        let token = hs(serde_json::json!({"sub": "alice", "exp": now() + 600}));
+        for ending in [
+            &b""[..],
+            b"\n",
+            b"\r\n",
+            b"\n\n",
+            b"\r",
+            b"\r\n\r\n",
+            b"\n\r\n",
+        ] {
+            let mut file = SECRET.to_vec();
+            file.extend_from_slice(ending);
+            assert_eq!(trim_key(&file), SECRET, "{ending:?}");
+            let auth = Authenticator::hs256(&file, None).expect("authenticator");
+            assert!(check(&auth, &token).is_ok(), "{ending:?}");
+            // `codex-sidecar token` signs with the same bytes.
+            let minted = mint_hs256(&file, "bob", None, Duration::from_secs(60)).expect("mint");
+            let plain = Authenticator::hs256(SECRET, None).expect("authenticator");
+            assert!(check(&plain, &minted).is_ok(), "{ending:?}");
+        }
+        // 31 bytes followed by newlines is 31 bytes: refused, as the operator refuses it.
+        let short = b"0123456789abcdef0123456789abcde\n\n";
+        assert!(matches!(
+            Authenticator::hs256(short, None),
+            Err(AuthConfigError::Key(KeyProblem::SecretTooShort { len: 31 }))
+        ));
+        // Inner newlines are part of the key.
+        assert_eq!(trim_key(b"a\nb\r\n"), b"a\nb");
+        assert_eq!(trim_key(b"\r\n\n"), b"");
     }
 
     #[test]

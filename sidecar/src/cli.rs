@@ -139,14 +139,19 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
     }
     let listen = config.listen;
     let insecure = config.insecure_no_auth;
+    let key_reload_interval = config.jwt_key_reload_interval;
     let metrics = Arc::new(Metrics::new());
+    let auth = Arc::new(auth);
+    let key_watcher = key_reload_interval.and_then(|interval| {
+        crate::auth::reload::spawn_watcher(auth.clone(), interval, metrics.clone())
+    });
     let redactor = Arc::new(Redactor::new());
     let engine = Engine::open(config, metrics.clone(), redactor)
         .map_err(|e| format!("--state-dir: cannot load sessions: {e}"))?;
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let state = AppState {
         engine: engine.clone(),
-        auth: Arc::new(auth),
+        auth,
         metrics,
         gpu: Arc::new(GpuProbe::init()),
         sandbox: Arc::new(sandbox),
@@ -184,6 +189,9 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
         })
         .await
         .map_err(|e| format!("server error: {e}"))?;
+    if let Some(w) = key_watcher {
+        w.abort();
+    }
     tracing::info!("stopping codex children");
     engine.shutdown().await;
     Ok(())

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::auth::Authenticator;
+use crate::auth::reload::KeyRing;
 use crate::settings::{
     ApprovalDecision, ApprovalPolicy, McpServer, ProviderKind, SandboxMode, ServeSettings,
 };
@@ -22,6 +22,14 @@ pub const DEFAULT_MAX_LIVE_SESSIONS: u32 = 8;
 pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 600;
 /// Default `--turn-timeout` in seconds.
 pub const DEFAULT_TURN_TIMEOUT_SECS: u64 = 600;
+/// Default `--jwt-key-reload-interval` in seconds.
+pub const DEFAULT_JWT_KEY_RELOAD_INTERVAL_SECS: u64 = 5;
+/// Largest `--jwt-key-reload-interval` in seconds (one day).
+pub const MAX_JWT_KEY_RELOAD_INTERVAL_SECS: u64 = 86_400;
+/// Default `--jwt-key-overlap` in seconds.
+pub const DEFAULT_JWT_KEY_OVERLAP_SECS: u64 = 300;
+/// Largest `--jwt-key-overlap` in seconds (seven days).
+pub const MAX_JWT_KEY_OVERLAP_SECS: u64 = 7 * 86_400;
 
 /// Input bounds of the HTTP API.
 #[derive(Debug, Clone, Copy)]
@@ -114,6 +122,10 @@ pub struct Config {
     pub limits: Limits,
     /// Whether `/v1/*` is open (`--insecure-no-auth`).
     pub insecure_no_auth: bool,
+    /// How often the JWT key file is re-read (`--jwt-key-reload-interval`); `None`: never.
+    pub jwt_key_reload_interval: Option<Duration>,
+    /// How long a replaced JWT key stays valid (`--jwt-key-overlap`).
+    pub jwt_key_overlap: Duration,
 }
 
 /// A setting that cannot be used; the message names it.
@@ -135,11 +147,11 @@ fn bad(setting: impl Into<String>, message: impl Into<String>) -> ConfigError {
 
 impl Config {
     /// Applies defaults, reads key files and checks every setting; runs `codex --version`.
-    /// Returns the config and the API authenticator.
+    /// Returns the config and the API verifier (its key reloadable from its file).
     ///
     /// # Errors
     /// A [`ConfigError`] naming the first bad setting.
-    pub async fn resolve(s: ServeSettings) -> Result<(Config, Authenticator), ConfigError> {
+    pub async fn resolve(s: ServeSettings) -> Result<(Config, KeyRing), ConfigError> {
         let p = s.paths;
         let a = s.agent;
         let listen_text = p.listen.unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
@@ -157,11 +169,29 @@ impl Config {
                 ),
             ));
         }
-        let authenticator = Authenticator::from_files(
+        let reload_secs = p
+            .jwt_key_reload_interval
+            .unwrap_or(DEFAULT_JWT_KEY_RELOAD_INTERVAL_SECS);
+        if reload_secs > MAX_JWT_KEY_RELOAD_INTERVAL_SECS {
+            return Err(bad(
+                format!("--jwt-key-reload-interval {reload_secs}"),
+                format!("at most {MAX_JWT_KEY_RELOAD_INTERVAL_SECS} seconds (0 never reloads)"),
+            ));
+        }
+        let overlap_secs = p.jwt_key_overlap.unwrap_or(DEFAULT_JWT_KEY_OVERLAP_SECS);
+        if overlap_secs > MAX_JWT_KEY_OVERLAP_SECS {
+            return Err(bad(
+                format!("--jwt-key-overlap {overlap_secs}"),
+                format!("at most {MAX_JWT_KEY_OVERLAP_SECS} seconds (7 days)"),
+            ));
+        }
+        let jwt_key_overlap = Duration::from_secs(overlap_secs);
+        let authenticator = KeyRing::from_files(
             p.jwt_secret_file.as_deref(),
             p.jwt_public_key_file.as_deref(),
             a.jwt_audience.clone(),
             p.insecure_no_auth,
+            jwt_key_overlap,
         )
         .map_err(|e| bad("API authentication", e.to_string()))?;
 
@@ -283,6 +313,8 @@ impl Config {
             mcp_servers: a.mcp_servers,
             limits: Limits::default(),
             insecure_no_auth: p.insecure_no_auth,
+            jwt_key_reload_interval: (reload_secs > 0).then(|| Duration::from_secs(reload_secs)),
+            jwt_key_overlap,
         };
         Ok((config, authenticator))
     }
@@ -384,4 +416,21 @@ pub fn find_executable(bin: &Path) -> Option<PathBuf> {
     std::env::split_paths(&path)
         .map(|d| d.join(bin))
         .find(|p| is_exec(p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn key_reload_settings_are_bounded() {
+        let mut s = ServeSettings::default();
+        s.paths.jwt_key_reload_interval = Some(MAX_JWT_KEY_RELOAD_INTERVAL_SECS + 1);
+        let err = Config::resolve(s.clone()).await.expect_err("too long");
+        assert_eq!(err.setting, "--jwt-key-reload-interval 86401");
+        s.paths.jwt_key_reload_interval = Some(0);
+        s.paths.jwt_key_overlap = Some(MAX_JWT_KEY_OVERLAP_SECS + 1);
+        let err = Config::resolve(s).await.expect_err("too long");
+        assert_eq!(err.setting, "--jwt-key-overlap 604801");
+    }
 }

@@ -22,6 +22,13 @@ pub struct TokenLabel {
     pub kind: &'static str,
 }
 
+/// Label for key reload outcomes.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    /// `reloaded` or `failed`.
+    pub result: &'static str,
+}
+
 /// Every metric the sidecar exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -44,6 +51,10 @@ pub struct Metrics {
     pub evictions: Counter,
     /// `codex_sidecar_tokens_total{kind}`: tokens used.
     pub tokens: Family<TokenLabel, Counter>,
+    /// `codex_sidecar_jwt_key_reloads_total{result}`: changes of the API token key file seen by
+    /// the watcher: `reloaded` (a new key is in use) or `failed` (unusable; the key in use was
+    /// kept; counted once per distinct failure, not per poll).
+    pub jwt_key_reloads: Family<ResultLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -66,6 +77,7 @@ impl Metrics {
         let codex_restarts = Counter::default();
         let evictions = Counter::default();
         let tokens = Family::<TokenLabel, Counter>::default();
+        let jwt_key_reloads = Family::<ResultLabel, Counter>::default();
         registry.register(
             "live_sessions",
             "Sessions with a running codex app-server child",
@@ -103,6 +115,11 @@ impl Metrics {
             evictions.clone(),
         );
         registry.register("tokens", "Tokens used, by kind", tokens.clone());
+        registry.register(
+            "jwt_key_reloads",
+            "Changes of the API token key file: reloaded, or failed (the key in use was kept)",
+            jwt_key_reloads.clone(),
+        );
         Self {
             registry,
             live_sessions,
@@ -114,6 +131,7 @@ impl Metrics {
             codex_restarts,
             evictions,
             tokens,
+            jwt_key_reloads,
         }
     }
 

@@ -293,7 +293,8 @@ pub struct PathSettings {
     )]
     pub openai_api_key_file: Option<PathBuf>,
 
-    /// HS256 secret for API tokens (the file's bytes, trailing newline removed).
+    /// HS256 secret for API tokens (the file's bytes, trailing newlines removed; at least 32
+    /// bytes). Reloaded when the file changes (see `--jwt-key-reload-interval`).
     #[arg(long, value_name = "PATH")]
     #[serde(
         default,
@@ -302,7 +303,8 @@ pub struct PathSettings {
     )]
     pub jwt_secret_file: Option<PathBuf>,
 
-    /// RS256 (RSA) or ES256 (P-256) public key in PEM for API tokens.
+    /// RS256 (RSA) or ES256 (P-256) public key in PEM for API tokens. Reloaded when the file
+    /// changes (see `--jwt-key-reload-interval`).
     #[arg(long, value_name = "PATH")]
     #[serde(
         default,
@@ -310,6 +312,27 @@ pub struct PathSettings {
         alias = "jwt-public-key-file"
     )]
     pub jwt_public_key_file: Option<PathBuf>,
+
+    /// Seconds between reads of the JWT key file: when its bytes change and hold an acceptable
+    /// key, that key is used from then on, without a restart (a Kubernetes Secret volume updates
+    /// the file in place). Default 5; 0 never reloads; at most 86400.
+    #[arg(long, value_name = "SECS")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        alias = "jwt-key-reload-interval"
+    )]
+    pub jwt_key_reload_interval: Option<u64>,
+
+    /// Seconds the key replaced by a reload is still accepted, so clients can switch over.
+    /// Default 300; 0 refuses it at once; at most 604800 (7 days).
+    #[arg(long, value_name = "SECS")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        alias = "jwt-key-overlap"
+    )]
+    pub jwt_key_overlap: Option<u64>,
 
     /// Serve `/v1/*` without authentication. Refused unless `--listen` is a loopback address.
     #[arg(long)]
@@ -368,6 +391,8 @@ impl ServeSettings {
                 openai_api_key_file: fp.openai_api_key_file.or(f.openai_api_key_file),
                 jwt_secret_file: fp.jwt_secret_file.or(f.jwt_secret_file),
                 jwt_public_key_file: fp.jwt_public_key_file.or(f.jwt_public_key_file),
+                jwt_key_reload_interval: fp.jwt_key_reload_interval.or(f.jwt_key_reload_interval),
+                jwt_key_overlap: fp.jwt_key_overlap.or(f.jwt_key_overlap),
                 insecure_no_auth: fp.insecure_no_auth || f.insecure_no_auth,
             },
             agent: AgentSettings {
@@ -403,6 +428,7 @@ mod tests {
         let file = ServeSettings::from_toml(
             "listen = \"127.0.0.1:9000\"\ncompactAtTokens = 100\nturn-timeout = 5\n\
              provider = \"custom\"\nproviderBaseUrl = \"http://127.0.0.1:1/v1\"\n\
+             jwtKeyReloadInterval = 2\njwt-key-overlap = 60\n\
              [mcpServers.files]\ncommand = \"mcp-files\"\nargs = [\"--root\", \"/w\"]\n",
         )
         .expect("parses");
@@ -410,6 +436,8 @@ mod tests {
         assert_eq!(file.agent.compact_at_tokens, Some(100));
         assert_eq!(file.agent.turn_timeout, Some(5));
         assert_eq!(file.agent.provider, Some(ProviderKind::Custom));
+        assert_eq!(file.paths.jwt_key_reload_interval, Some(2));
+        assert_eq!(file.paths.jwt_key_overlap, Some(60));
         assert_eq!(file.agent.mcp_servers["files"].args, vec!["--root", "/w"]);
     }
 

@@ -15,7 +15,7 @@ use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::routing::{get, post};
 
-use crate::auth::Authenticator;
+use crate::auth::reload::KeyRing;
 use crate::engine::Engine;
 use crate::error::ApiError;
 use crate::gpu::GpuProbe;
@@ -26,8 +26,9 @@ use crate::metrics::Metrics;
 pub struct AppState {
     /// The session engine.
     pub engine: Arc<Engine>,
-    /// Verifies bearer tokens.
-    pub auth: Arc<Authenticator>,
+    /// Verifies bearer tokens (its key reloaded from its file by
+    /// [`crate::auth::reload::spawn_watcher`]).
+    pub auth: Arc<KeyRing>,
     /// Metrics registry.
     pub metrics: Arc<Metrics>,
     /// GPU status.

@@ -100,7 +100,10 @@ pub async fn metrics(State(st): State<AppState>) -> Response {
 }
 
 /// `GET /v1/status` (authenticated) -> versions, provider, model, sandbox (and whether it
-/// works here: `sandbox_check`), limits, counts and GPU.
+/// works here: `sandbox_check`), `auth` (the accepted `alg`, or `none`), `auth_key` (the key
+/// file, when its key was loaded, until when a replaced key is still accepted, the last reload
+/// error: [`crate::auth::reload::KeyStatus`]; `null` without authentication), limits, counts and
+/// GPU.
 pub async fn status(State(st): State<AppState>, Owner(_owner): Owner) -> Json<Value> {
     let cfg = &st.engine.ctx().config;
     let gpu = st.gpu.clone();
@@ -115,6 +118,7 @@ pub async fn status(State(st): State<AppState>, Owner(_owner): Owner) -> Json<Va
         "sandbox": cfg.sandbox.as_str(),
         "sandbox_check": *st.sandbox,
         "auth": st.auth.algorithm().unwrap_or("none"),
+        "auth_key": st.auth.status(),
         "limits": {
             "max_live_sessions": cfg.max_live_sessions,
             "compact_at_tokens": cfg.compact_at_tokens,

@@ -93,6 +93,18 @@ pub enum DockerError {
     /// The OS random source failed.
     #[error("generating the JWT key: {0}")]
     Random(getrandom::Error),
+    /// The JWT key file is too short to sign with (the sidecar refuses it too).
+    #[error(
+        "the JWT key in {path} has {len} bytes (trailing newlines removed); at least {min} are needed"
+    )]
+    WeakJwtKey {
+        /// The key file.
+        path: PathBuf,
+        /// Its length after trimming.
+        len: usize,
+        /// [`crate::reconcile::MIN_JWT_KEY_LEN`].
+        min: usize,
+    },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DockerError + '_ {
@@ -280,19 +292,28 @@ fn read_secret(opts: &DockerOptions, r: &SecretKeyRef) -> Result<Vec<u8>, Docker
 }
 
 /// The JWT key: `auth.jwtSecretRef`'s file, or `<data dir>/<agent>/jwt.key`, created once
-/// (exclusive create, mode 0600) and never overwritten. Returns (key bytes, file).
+/// (exclusive create, mode 0600) and never overwritten. Returns (key bytes with trailing
+/// newlines removed, as the sidecar reads them; file).
 ///
 /// # Errors
-/// I/O errors, a missing secret file, or a random source failure.
+/// I/O errors, a missing secret file, a random source failure, or a key shorter than
+/// [`crate::reconcile::MIN_JWT_KEY_LEN`] bytes ([`DockerError::WeakJwtKey`]).
 pub fn jwt_key(
     agent: &CodexAgent,
     opts: &DockerOptions,
 ) -> Result<(Vec<u8>, PathBuf), DockerError> {
     if let Some(r) = &agent.spec.auth.jwt_secret_ref {
-        return Ok((
-            read_secret(opts, r)?,
-            opts.secrets_dir.join(&r.name).join(&r.key),
-        ));
+        let path = opts.secrets_dir.join(&r.name).join(&r.key);
+        let key = crate::reconcile::trim_key(read_secret(opts, r)?);
+        let min = crate::reconcile::MIN_JWT_KEY_LEN;
+        if key.len() < min {
+            return Err(DockerError::WeakJwtKey {
+                path,
+                len: key.len(),
+                min,
+            });
+        }
+        return Ok((key, path));
     }
     let dir = opts
         .data_dir
@@ -309,7 +330,7 @@ pub fn jwt_key(
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(DockerError::Io { path, source: e }),
     }
-    let bytes = std::fs::read(&path).map_err(io_err(&path))?;
+    let bytes = crate::reconcile::trim_key(std::fs::read(&path).map_err(io_err(&path))?);
     Ok((bytes, path))
 }
 

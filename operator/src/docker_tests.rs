@@ -131,6 +131,37 @@ fn plan_refuses_invalid_specs_and_missing_secret_files() {
 }
 
 #[test]
+fn a_user_jwt_key_is_read_like_the_sidecar_reads_it_and_a_short_one_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let o = opts(dir.path());
+    let a = agent(
+        "a1",
+        json!({"model": "m", "provider": {"type": "custom", "baseUrl": "http://gw/v1"},
+               "auth": {"jwtSecretRef": {"name": "jwt", "key": "jwt.key"}}}),
+    );
+    let file = o.secrets_dir.join("jwt").join("jwt.key");
+    std::fs::create_dir_all(file.parent().expect("parent")).expect("mkdir");
+    std::fs::write(&file, "k".repeat(31) + "\r\n\n").expect("write");
+    let err = jwt_key(&a, &o).expect_err("31 bytes are refused");
+    let text = err.to_string();
+    assert!(
+        text.contains("has 31 bytes") && text.contains("at least 32"),
+        "{text}"
+    );
+    assert!(
+        !text.contains(&"k".repeat(31)),
+        "the key is not in the message: {text}"
+    );
+    std::fs::write(&file, "k".repeat(32) + "\n").expect("write");
+    let (key, _) = jwt_key(&a, &o).expect("32 bytes are enough");
+    assert_eq!(
+        key,
+        "k".repeat(32).into_bytes(),
+        "the trailing newline is not part of the key"
+    );
+}
+
+#[test]
 fn generated_jwt_key_is_created_once_and_kept() {
     let dir = tempfile::tempdir().expect("tempdir");
     let o = opts(dir.path());

@@ -4,7 +4,15 @@
 //! The request carries a short-lived HS256 JWT minted from the agent's own key (claims `sub`,
 //! `iat`, `exp` 60 s ahead, and `aud` when the agent sets `jwtAudience`). The fetch is behind the
 //! [`SidecarProbe`] trait so reconciler tests can fake it.
+//!
+//! During a key rotation the operator reads the new key from the Secret at once, while the pod
+//! sees it only when the kubelet has updated the Secret volume (up to its sync period, about a
+//! minute) and the sidecar has re-read the file (`--jwt-key-reload-interval`): [`AcceptedKeys`]
+//! remembers the key each agent's pod last accepted and retries a 401 with it, so a rotation
+//! does not flip `GPUVerified` or `SandboxReady`.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::future::BoxFuture;
@@ -95,6 +103,88 @@ pub enum ProbeError {
     /// Connection, timeout, non-2xx status or a body without a `gpu` section.
     #[error("GET /v1/status: {0}")]
     Http(#[from] reqwest::Error),
+    /// The sidecar refused the token (401), from probes that do not go through reqwest.
+    #[error("GET /v1/status: 401 Unauthorized")]
+    Unauthorized,
+}
+
+impl ProbeError {
+    /// The sidecar answered 401: it does not (yet) accept the token's key.
+    pub fn is_unauthorized(&self) -> bool {
+        matches!(self, ProbeError::Http(e) if e.status() == Some(reqwest::StatusCode::UNAUTHORIZED))
+            || matches!(self, ProbeError::Unauthorized)
+    }
+}
+
+/// What [`AcceptedKeys::status`] learnt.
+#[derive(Debug)]
+pub struct Probed {
+    /// The report, or the error of the probe with the current key.
+    pub report: Result<SidecarReport, ProbeError>,
+    /// The pod still accepts only the key it accepted before (a rotation in progress): the
+    /// report came from a probe signed with that key. Reconcile again soon.
+    pub rotating: bool,
+}
+
+/// The key each agent's pod last accepted (keyed by `namespace/name`, holding the pod UID), so
+/// that a probe during a key rotation can fall back to it. Never logged.
+#[derive(Default)]
+pub struct AcceptedKeys {
+    keys: Mutex<HashMap<String, (String, Vec<u8>)>>,
+}
+
+impl AcceptedKeys {
+    /// Probes `target` (signed with the Secret's current key); on a 401, probes again with the
+    /// key pod `pod_uid` of `agent` (`namespace/name`) accepted last, if it differs.
+    pub async fn status(
+        &self,
+        probe: &dyn SidecarProbe,
+        agent: &str,
+        pod_uid: &str,
+        target: &ProbeTarget,
+    ) -> Probed {
+        let report = probe.status(target).await;
+        match &report {
+            Ok(_) => self.remember(agent, pod_uid, &target.key),
+            Err(e) if e.is_unauthorized() => {
+                let previous = self.keys.lock().ok().and_then(|m| {
+                    m.get(agent)
+                        .filter(|(uid, key)| uid == pod_uid && *key != target.key)
+                        .map(|(_, key)| key.clone())
+                });
+                if let Some(key) = previous {
+                    let old = ProbeTarget {
+                        key,
+                        ..target.clone()
+                    };
+                    if let Ok(r) = probe.status(&old).await {
+                        return Probed {
+                            report: Ok(r),
+                            rotating: true,
+                        };
+                    }
+                }
+            }
+            Err(_) => {}
+        }
+        Probed {
+            report,
+            rotating: false,
+        }
+    }
+
+    fn remember(&self, agent: &str, pod_uid: &str, key: &[u8]) {
+        if let Ok(mut m) = self.keys.lock() {
+            m.insert(agent.to_owned(), (pod_uid.to_owned(), key.to_vec()));
+        }
+    }
+
+    /// Forgets an agent (deleted).
+    pub fn forget(&self, agent: &str) {
+        if let Ok(mut m) = self.keys.lock() {
+            m.remove(agent);
+        }
+    }
 }
 
 /// Fetches the sidecar's report.
@@ -187,6 +277,68 @@ impl SidecarProbe for HttpProbe {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A sidecar that accepts exactly one key, which the test changes (the pod's key file).
+    struct OneKey(Mutex<Vec<u8>>);
+
+    impl SidecarProbe for OneKey {
+        fn status<'a>(
+            &'a self,
+            target: &'a ProbeTarget,
+        ) -> BoxFuture<'a, Result<SidecarReport, ProbeError>> {
+            let ok = self.0.lock().is_ok_and(|k| *k == target.key);
+            Box::pin(async move {
+                if ok {
+                    Ok(SidecarReport::default())
+                } else {
+                    Err(ProbeError::Unauthorized)
+                }
+            })
+        }
+    }
+
+    fn target(key: &[u8]) -> ProbeTarget {
+        ProbeTarget {
+            base_url: "http://10.0.0.7:8080".into(),
+            key: key.to_vec(),
+            audience: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_rotation_in_progress_is_probed_with_the_key_the_pod_still_has() {
+        let old = b"old-key-old-key-old-key-old-key-1".to_vec();
+        let new = b"new-key-new-key-new-key-new-key-2".to_vec();
+        let sidecar = OneKey(Mutex::new(old.clone()));
+        let keys = AcceptedKeys::default();
+        // Before the rotation: the current key works and is remembered.
+        let p = keys.status(&sidecar, "ns/a", "uid-1", &target(&old)).await;
+        assert!(p.report.is_ok() && !p.rotating);
+        // The Secret has the new key, the pod not yet: the old key answers, rotation flagged.
+        let p = keys.status(&sidecar, "ns/a", "uid-1", &target(&new)).await;
+        assert!(p.report.is_ok(), "{:?}", p.report);
+        assert!(p.rotating);
+        // The pod has reloaded: the new key works and replaces the old one.
+        *sidecar.0.lock().expect("lock") = new.clone();
+        let p = keys.status(&sidecar, "ns/a", "uid-1", &target(&new)).await;
+        assert!(p.report.is_ok() && !p.rotating);
+        // A key the pod never had is a real 401 (no fallback to a key it dropped).
+        *sidecar.0.lock().expect("lock") = b"third-key-third-key-third-key-333".to_vec();
+        let p = keys.status(&sidecar, "ns/a", "uid-1", &target(&new)).await;
+        assert!(p.report.as_ref().is_err_and(ProbeError::is_unauthorized));
+        assert!(!p.rotating);
+    }
+
+    #[tokio::test]
+    async fn a_new_pod_gets_no_fallback_to_the_old_pods_key() {
+        let old = b"old-key-old-key-old-key-old-key-1".to_vec();
+        let new = b"new-key-new-key-new-key-new-key-2".to_vec();
+        let sidecar = OneKey(Mutex::new(old.clone()));
+        let keys = AcceptedKeys::default();
+        keys.status(&sidecar, "ns/a", "uid-1", &target(&old)).await;
+        let p = keys.status(&sidecar, "ns/a", "uid-2", &target(&new)).await;
+        assert!(p.report.is_err() && !p.rotating);
+    }
 
     #[test]
     fn token_verifies_with_the_same_key_and_audience() {

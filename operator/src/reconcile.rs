@@ -50,6 +50,9 @@ pub const REQUEUE_NOT_READY: Duration = Duration::from_secs(30);
 pub const BACKOFF_BASE: Duration = Duration::from_secs(5);
 /// Longest retry delay after errors.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// How soon to look again while an agent's pod still holds the JWT key its Secret had before
+/// (a rotation the kubelet and the sidecar have not caught up with yet).
+pub const KEY_ROTATION_RECHECK: Duration = Duration::from_secs(10);
 
 /// Reconcile errors.
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +99,8 @@ pub struct Context {
     pub failures: Mutex<HashMap<ObjectRef<CodexAgent>, u32>>,
     /// Failed pods seen per agent, for the replacement backoff.
     pub replacements: Mutex<HashMap<ObjectRef<CodexAgent>, Replacement>>,
+    /// The JWT key each agent's pod last accepted (key rotation, see [`crate::probe`]).
+    pub accepted_keys: crate::probe::AcceptedKeys,
 }
 
 impl Context {
@@ -122,6 +127,7 @@ impl Context {
             metrics,
             failures: Mutex::new(HashMap::new()),
             replacements: Mutex::new(HashMap::new()),
+            accepted_keys: Default::default(),
         }
     }
 }
@@ -418,13 +424,19 @@ async fn read_secret_key(
 
 /// `key` of `secret`, trailing newlines removed (both sides read a key file identically).
 fn secret_key(secret: Secret, key: &str) -> Option<Vec<u8>> {
-    secret.data.and_then(|mut d| d.remove(key)).map(|b| {
-        let mut v = b.0;
-        while v.last().is_some_and(|c| *c == b'\n' || *c == b'\r') {
-            v.pop();
-        }
-        v
-    })
+    secret
+        .data
+        .and_then(|mut d| d.remove(key))
+        .map(|b| trim_key(b.0))
+}
+
+/// A key file's bytes as the sidecar reads them: every trailing `\n` and `\r` removed (the
+/// sidecar's `auth::trim_key`), so both sides sign and verify with the same key.
+pub fn trim_key(mut v: Vec<u8>) -> Vec<u8> {
+    while v.last().is_some_and(|c| *c == b'\n' || *c == b'\r') {
+        v.pop();
+    }
+    v
 }
 
 async fn publish(
@@ -467,6 +479,8 @@ async fn reconcile_inner(agent: &CodexAgent, ctx: &Context) -> Result<Action, Er
     if agent.metadata.deletion_timestamp.is_some() {
         // Being deleted (e.g. foreground deletion): the garbage collector removes the children;
         // recreating them now would fight it.
+        ctx.accepted_keys
+            .forget(&format!("{ns}/{}", agent.name_any()));
         return Ok(Action::await_change());
     }
     let name = agent.name_any();
@@ -737,7 +751,21 @@ async fn reconcile_inner(agent: &CodexAgent, ctx: &Context) -> Result<Action, Er
             key: key.clone(),
             audience: agent.spec.sidecar.jwt_audience.clone(),
         };
-        let report = ctx.probe.status(&target).await.map_err(|e| e.to_string());
+        let probed = ctx
+            .accepted_keys
+            .status(
+                &*ctx.probe,
+                &format!("{ns}/{name}"),
+                pod.metadata.uid.as_deref().unwrap_or_default(),
+                &target,
+            )
+            .await;
+        if probed.rotating {
+            // The pod has not loaded the Secret's new key yet; look again soon.
+            requeue_after =
+                Some(requeue_after.map_or(KEY_ROTATION_RECHECK, |w| w.min(KEY_ROTATION_RECHECK)));
+        }
+        let report = probed.report.map_err(|e| e.to_string());
         if status::gpus_on_sidecar(agent) {
             obs.gpu = Some(report.as_ref().map(|r| r.gpu.clone()).map_err(Clone::clone));
         }

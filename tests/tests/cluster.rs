@@ -306,7 +306,10 @@ impl World {
                 .kubectl(&["-n", ns, "get", "events"])
                 .unwrap_or_else(|e| e)
         );
-        eprintln!("==== sidecar log ====\n{}", self.logs_tail(ns, name, "sidecar"));
+        eprintln!(
+            "==== sidecar log ====\n{}",
+            self.logs_tail(ns, name, "sidecar")
+        );
         for p in self.operator_pods() {
             if let Some(pod) = p["metadata"]["name"].as_str() {
                 eprintln!(
@@ -1125,10 +1128,22 @@ async fn gpu_on_external(w: &World) {
     let mut spec = w.custom_spec();
     spec["gpu"] = json!({"count": 1});
     w.apply_agent("gpu", "gpu-agent", spec);
-    w.wait_condition("gpu", "gpu-agent", "Ready", "True", Duration::from_secs(600))
-        .await;
+    w.wait_condition(
+        "gpu",
+        "gpu-agent",
+        "Ready",
+        "True",
+        Duration::from_secs(600),
+    )
+    .await;
     let (_, reason, message) = w
-        .wait_condition("gpu", "gpu-agent", "GPUVerified", "True", Duration::from_secs(120))
+        .wait_condition(
+            "gpu",
+            "gpu-agent",
+            "GPUVerified",
+            "True",
+            Duration::from_secs(120),
+        )
         .await;
     eprintln!("cluster: GPUVerified {reason}: {message}");
     w.k(&["delete", "namespace", "gpu", "--wait=false"]);
@@ -1249,6 +1264,54 @@ async fn real_turn(w: &World) {
             "{sandbox}: the command ran in the agent's pod: {text}"
         );
     }
+
+    key_rotation(w, "chat", "full").await;
+}
+
+/// A new key in the agent's JWT Secret reaches the sidecar without a pod restart (the kubelet
+/// updates the Secret volume, the sidecar re-reads its key file); tokens of the old key stay
+/// valid for the overlap; the operator's probe keeps working throughout (`SandboxReady` stays).
+async fn key_rotation(w: &World, ns: &str, agent: &str) {
+    let uid = |w: &World| w.pod(ns, agent).map(|p| p["metadata"]["uid"].clone());
+    let before = uid(w);
+    let old = w.sidecar(ns, agent, "alice").await;
+    assert_eq!(old.call("GET", "/v1/status", None).await.0, 200);
+    let t = Instant::now();
+    let patch = json!({"stringData": {"jwt.key": "rotated-signing-key-for-the-e2e-0123456789\n"}})
+        .to_string();
+    w.k(&[
+        "-n",
+        ns,
+        "patch",
+        "secret",
+        &format!("{agent}-jwt"),
+        "--type=merge",
+        "-p",
+        &patch,
+    ]);
+    let new = w.sidecar(ns, agent, "alice").await;
+    eventually(
+        "the sidecar to accept the Secret's new key",
+        Duration::from_secs(150),
+        async || (new.call("GET", "/v1/status", None).await.0 == 200).then_some(()),
+    )
+    .await;
+    eprintln!(
+        "cluster: a rotated JWT key reached the running sidecar in {:.1}s",
+        t.elapsed().as_secs_f64()
+    );
+    let (code, st) = old.call("GET", "/v1/status", None).await;
+    assert_eq!(
+        code, 200,
+        "the old key is still valid during the overlap: {st}"
+    );
+    assert_eq!(uid(w), before, "no pod restart");
+    let (status, reason, _) = w
+        .condition(ns, agent, "SandboxReady")
+        .expect("SandboxReady");
+    assert_eq!((status.as_str(), reason.as_str()), ("True", "SandboxWorks"));
+    let (status, _, message) = w.condition(ns, agent, "Ready").expect("Ready");
+    assert_eq!(status, "True", "{message}");
 }
 
 /// `codex-operator docker apply -f agent.yaml` with the project's image on the local engine: a

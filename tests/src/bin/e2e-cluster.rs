@@ -13,7 +13,10 @@ use codex_e2e::cluster::{self, ControlPlane};
 
 /// Command-line arguments.
 #[derive(Debug, Parser)]
-#[command(name = "e2e-cluster", about = "A one-node Kubernetes cluster for the project's e2e")]
+#[command(
+    name = "e2e-cluster",
+    about = "A one-node Kubernetes cluster for the project's e2e"
+)]
 struct Args {
     /// An image of the local Docker engine to import into the node (repeatable).
     #[arg(long)]

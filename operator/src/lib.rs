@@ -17,6 +17,7 @@ pub mod crd;
 pub mod docker;
 pub mod lease;
 pub mod metrics;
+pub mod pod_events;
 pub mod probe;
 pub mod reconcile;
 pub mod resources;

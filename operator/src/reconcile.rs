@@ -772,6 +772,15 @@ async fn reconcile_inner(agent: &CodexAgent, ctx: &Context) -> Result<Action, Er
         obs.sandbox = report.ok().and_then(|r| r.sandbox_check);
     }
 
+    // 4b. A pod on a node whose containers are not being created: only its Events say why (a
+    // volume that cannot be mounted, a sandbox the runtime cannot create).
+    if let Some(pod) = &obs.pod {
+        match crate::pod_events::startup_failure(&ctx.client, pod).await {
+            Ok(failure) => obs.startup_failure = failure,
+            Err(e) => tracing::debug!(agent = %name, error = %e, "listing the pod's Events"),
+        }
+    }
+
     let action = finish(agent, ctx, &obs, requeue_soon).await?;
     if status::condition(agent.status.as_ref(), types::READY).is_some_and(|c| c.status == "True")
         && obs.pod.as_ref().is_some_and(|p| !status::pod_failed(p))

@@ -66,6 +66,11 @@ pub mod reasons {
     pub const CRASH_LOOP_BACK_OFF: &str = "CrashLoopBackOff";
     /// A container keeps being killed for exceeding its memory limit (`OOMKilled`).
     pub const OOM_KILLED: &str = "OOMKilled";
+    /// The kubelet cannot attach or mount one of the pod's volumes (its `FailedMount` Event).
+    pub const VOLUME_MOUNT_FAILED: &str = "VolumeMountFailed";
+    /// The container runtime cannot create the pod's sandbox, e.g. no handler for the
+    /// RuntimeClass (its `FailedCreatePodSandBox` Event).
+    pub const SANDBOX_CREATION_FAILED: &str = "SandboxCreationFailed";
     /// The runtime cannot create a container (`CreateContainerError`: e.g. a bad command).
     pub const CREATE_CONTAINER_ERROR: &str = "CreateContainerError";
     /// The runtime cannot start a container (`RunContainerError`, `StartError`).
@@ -123,6 +128,9 @@ pub struct Observed {
     pub gpu: Option<Result<GpuReport, String>>,
     /// The sidecar's sandbox check, when it answered `/v1/status`.
     pub sandbox: Option<crate::probe::SandboxReport>,
+    /// Why a scheduled pod's containers are not being created, from its Events:
+    /// `(reason, kubelet's message)` ([`crate::pod_events`]).
+    pub startup_failure: Option<(&'static str, String)>,
 }
 
 /// True when GPUs are attached to the sidecar container (so `/v1/status` can verify them).
@@ -520,6 +528,12 @@ pub fn compute(
         (
             cond(types::READY, Some(false), reason, message),
             Phase::Failed,
+        )
+    } else if let Some((reason, message)) = &obs.startup_failure {
+        // The kubelet retries mounts and sandboxes: Pending, not Failed.
+        (
+            cond(types::READY, Some(false), reason, message.clone()),
+            Phase::Pending,
         )
     } else if let Some(c) = sched_false {
         let msg = c.message.clone().unwrap_or_default();

@@ -441,9 +441,13 @@ impl World {
             .expect("the JWT Secret");
         let key = secret["data"]["jwt.key"].as_str().expect("jwt.key");
         use base64::Engine;
-        let key = base64::engine::general_purpose::STANDARD
+        let mut key = base64::engine::general_purpose::STANDARD
             .decode(key)
             .expect("base64");
+        // As the sidecar and the operator read a key: trailing newlines are not part of it.
+        while key.last().is_some_and(|c| *c == b'\n' || *c == b'\r') {
+            key.pop();
+        }
         let token = Some(mint_with(sub, None, 600, &key));
         if self.node.is_some() {
             return Sidecar {
@@ -1114,7 +1118,33 @@ async fn gpu_scheduling(w: &World) {
             );
         }
     }
+    // A RuntimeClass whose handler the node's runtime lacks: the pod is scheduled, its sandbox
+    // cannot be created, and the agent says so with the runtime's message (the pod only says
+    // ContainerCreating; the kubelet's FailedCreatePodSandBox Event says why).
+    w.cp.apply(&json!({"apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass", "metadata": {"name": "missing-runtime"}, "handler": "no-such-handler"}).to_string(), &[])
+        .expect("RuntimeClass");
+    node.set_extended("nvidia.com/gpu", 2).await.expect("gpu");
+    w.apply_agent("gpu", "no-runtime", {
+        let mut s = w.custom_spec();
+        s["gpu"] = json!({"count": 1, "runtimeClassName": "missing-runtime"});
+        s
+    });
+    let message = w
+        .wait_reason(
+            "gpu",
+            "no-runtime",
+            "Ready",
+            "SandboxCreationFailed",
+            Duration::from_secs(90),
+        )
+        .await;
+    eprintln!("cluster: a RuntimeClass the node cannot run: SandboxCreationFailed: {message}");
+    assert!(
+        message.contains("no-such-handler"),
+        "the runtime's message: {message}"
+    );
     w.k(&["delete", "namespace", "gpu", "--wait=false"]);
+    w.k(&["delete", "runtimeclass", "missing-runtime"]);
     node.set_extended("nvidia.com/gpu", 0).await.expect("gpu");
     node.set_extended("nvidia.com/mig-1g.10gb", 0)
         .await
@@ -1531,6 +1561,65 @@ async fn storage_changes(w: &World) {
         )
         .await;
     assert!(message.contains("another-class"), "{message}");
+
+    // A volume the kubelet cannot mount (its directory is gone while the agent was suspended):
+    // the pod only says ContainerCreating; the agent says why, from the kubelet's Event.
+    w.apply_agent("chat", "nomount", w.custom_spec());
+    w.wait_condition("chat", "nomount", "Ready", "True", Duration::from_secs(120))
+        .await;
+    w.set_suspend("chat", "nomount", true);
+    w.wait_reason(
+        "chat",
+        "nomount",
+        "Ready",
+        "Suspended",
+        Duration::from_secs(60),
+    )
+    .await;
+    eventually(
+        "the suspended pod to go",
+        Duration::from_secs(60),
+        async || w.pod("chat", "nomount").is_none().then_some(()),
+    )
+    .await;
+    let pv = w.k(&[
+        "-n",
+        "chat",
+        "get",
+        "pvc",
+        "nomount-state",
+        "-o",
+        "jsonpath={.spec.volumeName}",
+    ]);
+    let path = w.k(&[
+        "get",
+        "pv",
+        pv.trim(),
+        "-o",
+        "jsonpath={.spec.hostPath.path}",
+    ]);
+    std::fs::remove_dir_all(path.trim()).expect("removing the volume's directory");
+    w.set_suspend("chat", "nomount", false);
+    let message = w
+        .wait_reason(
+            "chat",
+            "nomount",
+            "Ready",
+            "VolumeMountFailed",
+            Duration::from_secs(120),
+        )
+        .await;
+    eprintln!("cluster: a volume that cannot be mounted: VolumeMountFailed: {message}");
+    assert!(
+        message.contains("MountVolume"),
+        "the kubelet's message: {message}"
+    );
+    let pod = w.pod("chat", "nomount").expect("pod");
+    assert_eq!(
+        pod["status"]["containerStatuses"][0]["state"]["waiting"]["reason"], "ContainerCreating",
+        "the pod itself says no more than ContainerCreating"
+    );
+    w.k(&["-n", "chat", "delete", "cxa", "nomount"]);
 }
 
 async fn delete_agent(w: &World) {

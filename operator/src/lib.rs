@@ -13,6 +13,7 @@
 
 #![warn(missing_docs)]
 
+pub mod controller;
 pub mod crd;
 pub mod docker;
 pub mod lease;

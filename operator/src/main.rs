@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use codex_operator::{crd, docker, lease, metrics, probe, reconcile, resources};
+use codex_operator::{controller, crd, docker, lease, metrics, probe, reconcile, resources};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
 use tracing::{error, info};
@@ -152,7 +152,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         Some(identity),
     ));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let mut controller = tokio::spawn(reconcile::run(ctx, async move {
+    let mut controller = tokio::spawn(controller::run(ctx, async move {
         let _ = stop_rx.await;
     }));
     let outcome = tokio::select! {

@@ -21,18 +21,16 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tracing::{info, warn};
+use tracing::warn;
 
 use crate::crd::CodexAgent;
 use crate::metrics::Metrics;
@@ -915,36 +913,6 @@ pub async fn check_crd(client: &Client) -> Result<(), StartError> {
         Err(kube::Error::Api(s)) if s.code == 404 => Err(StartError::CrdMissing),
         Err(e) => Err(e.into()),
     }
-}
-
-/// Runs the controller until `shutdown` resolves.
-pub async fn run(
-    ctx: Arc<Context>,
-    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
-) {
-    let client = ctx.client.clone();
-    let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=codex-operator");
-    Controller::new(
-        Api::<CodexAgent>::all(client.clone()),
-        watcher::Config::default().any_semantic(),
-    )
-    .owns(Api::<Pod>::all(client.clone()), owned.clone())
-    .owns(Api::<Service>::all(client.clone()), owned.clone())
-    .owns(Api::<ConfigMap>::all(client.clone()), owned.clone())
-    .owns(
-        Api::<PersistentVolumeClaim>::all(client.clone()),
-        owned.clone(),
-    )
-    .owns(Api::<Secret>::all(client.clone()), owned)
-    .graceful_shutdown_on(shutdown)
-    .run(reconcile, error_policy, ctx)
-    .for_each(|res| async move {
-        match res {
-            Ok((obj, _)) => tracing::debug!(agent = %obj, "reconciled"),
-            Err(e) => info!(error = %e, "reconcile failed"),
-        }
-    })
-    .await;
 }
 
 #[cfg(test)]

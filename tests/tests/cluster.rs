@@ -584,6 +584,10 @@ async fn cluster_e2e() {
     );
     scenario!("2. examples and refused agents", examples_and_refusals(&w));
     scenario!(
+        "2b. one agent the operator cannot decode stops no other",
+        undecodable_agent(&w)
+    );
+    scenario!(
         "3. GPU scheduling by the real scheduler",
         gpu_scheduling(&w)
     );
@@ -1032,6 +1036,112 @@ fn merge(a: &mut Value, b: Value) {
         }
         (a, b) => *a = b,
     }
+}
+
+/// Removes the bounds of every `weight` in a CRD schema (what the CRD looked like before they
+/// were added).
+fn unbound_weights(v: &mut Value) {
+    if let Some(obj) = v.as_object_mut() {
+        if let Some(w) = obj
+            .get_mut("properties")
+            .and_then(|p| p.get_mut("weight"))
+            .and_then(Value::as_object_mut)
+        {
+            for k in ["minimum", "maximum", "format"] {
+                w.remove(k);
+            }
+        }
+        for child in obj.values_mut() {
+            unbound_weights(child);
+        }
+    } else if let Some(items) = v.as_array_mut() {
+        for child in items {
+            unbound_weights(child);
+        }
+    }
+}
+
+/// An agent stored while the CRD had no bounds on affinity weights (3000000000 does not fit the
+/// Rust `i32`): after the operator restarts, every other agent is still reconciled, and the bad
+/// one is reported on itself (Event, condition), not in a LIST that fails for everyone.
+async fn undecodable_agent(w: &World) {
+    w.namespace("decode", &[]);
+    let mut crd: Value =
+        serde_json::from_str(&w.k(&["get", "crd", CRD, "-o", "json"])).expect("crd json");
+    let meta = crd["metadata"].as_object_mut().expect("metadata");
+    for k in [
+        "resourceVersion",
+        "managedFields",
+        "uid",
+        "creationTimestamp",
+        "generation",
+    ] {
+        meta.remove(k);
+    }
+    crd.as_object_mut().expect("crd").remove("status");
+    let original = crd.to_string();
+    let mut loose = crd.clone();
+    unbound_weights(&mut loose);
+    w.cp.kubectl_as(
+        &w.cp.admin_kubeconfig,
+        &["replace", "-f", "-"],
+        Some(&loose.to_string()),
+    )
+    .expect("the CRD without weight bounds");
+    let mut bad = w.custom_spec();
+    bad["affinity"] = json!({"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+        {"weight": 3_000_000_000u64, "preference": {"matchExpressions": [
+            {"key": "kubernetes.io/os", "operator": "Exists"}]}}]}});
+    let stored = eventually("the loose CRD to take effect", Duration::from_secs(30), async || {
+        let doc = json!({"apiVersion": "agents.codex-operator.dev/v1alpha1", "kind": "CodexAgent",
+                         "metadata": {"name": "huge-weight", "namespace": "decode"}, "spec": bad});
+        w.cp.apply(&doc.to_string(), &[]).ok()
+    })
+    .await;
+    eprintln!("cluster: stored under the loose CRD: {}", stored.trim());
+    w.cp.kubectl_as(
+        &w.cp.admin_kubeconfig,
+        &["replace", "-f", "-"],
+        Some(&original),
+    )
+    .expect("the CRD restored");
+    // A restart makes the operator LIST every agent again.
+    for p in w.operator_pods() {
+        if let Some(pod) = p["metadata"]["name"].as_str() {
+            w.k(&["-n", OPERATOR_NS, "delete", "pod", pod, "--wait=false"]);
+        }
+    }
+    w.apply_agent("decode", "fine", w.custom_spec());
+    w.wait_condition("decode", "fine", "Ready", "True", Duration::from_secs(150))
+        .await;
+    let message = w
+        .wait_reason(
+            "decode",
+            "huge-weight",
+            "Ready",
+            "InvalidObject",
+            Duration::from_secs(60),
+        )
+        .await;
+    eprintln!("cluster: the undecodable agent: InvalidObject: {message}");
+    assert!(message.contains("3000000000"), "{message}");
+    let events = w.events("decode", "huge-weight");
+    assert!(events.contains("InvalidObject"), "{events}");
+    let logs: String = w
+        .operator_pods()
+        .iter()
+        .filter_map(|p| {
+            p["metadata"]["name"]
+                .as_str()
+                .map(|n| w.logs(OPERATOR_NS, n, "operator"))
+        })
+        .collect();
+    assert!(
+        logs.contains("skipping a CodexAgent that does not decode") && logs.contains("huge-weight"),
+        "a log line names it"
+    );
+    eprintln!("{}", w.table("decode"));
+    w.k(&["delete", "namespace", "decode", "--wait=false"]);
 }
 
 async fn gpu_scheduling(w: &World) {

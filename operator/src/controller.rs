@@ -8,15 +8,22 @@
 //! any namespace is reconciled. Here such an object is reported on itself only: a Warning Event
 //! `InvalidObject` and a log line naming it, `Ready=False` with reason `InvalidObject` where the
 //! API server accepts that status, and it is looked at again only when it changes.
+//!
+//! At scale ([`Options`]): at most `concurrency` reconciles run at once; changes to an agent
+//! trigger a reconcile only when its `metadata.generation` moves (a spec change), so the
+//! operator's own status writes cause no extra reconcile; events on the children are debounced,
+//! so creating five children causes one more reconcile, not five.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::{self as kube_controller, Action, Controller};
 use kube::runtime::events::{Event, EventType};
-use kube::runtime::watcher;
+use kube::runtime::reflector::store::Writer;
+use kube::runtime::{WatchStreamExt, predicates, watcher};
 use kube::{Resource, ResourceExt};
 use tracing::{info, warn};
 
@@ -105,36 +112,68 @@ async fn report_undecodable(obj: &DynamicObject, error: &serde_json::Error, ctx:
     }
 }
 
+/// How the controller schedules reconciles.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Reconciles running at once, across all agents (`--max-concurrent-reconciles`).
+    pub concurrency: u16,
+    /// How long a burst of events for one agent is collected into one reconcile.
+    pub debounce: Duration,
+}
+
+impl Default for Options {
+    /// 16 at once, 1 s debounce.
+    fn default() -> Self {
+        Self {
+            concurrency: 16,
+            debounce: Duration::from_secs(1),
+        }
+    }
+}
+
 /// Runs the controller until `shutdown` resolves.
 pub async fn run(
     ctx: Arc<Context>,
+    options: Options,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let client = ctx.client.clone();
     let ar = api_resource();
     let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=codex-operator");
-    Controller::new_with(
+    let writer = Writer::new(ar.clone());
+    let reader = writer.as_reader();
+    // Only spec changes (and first sight) trigger: the operator's own status writes do not.
+    let agents = watcher(
         Api::<DynamicObject>::all_with(client.clone(), &ar),
         watcher::Config::default().any_semantic(),
-        ar,
     )
-    .owns(Api::<Pod>::all(client.clone()), owned.clone())
-    .owns(Api::<Service>::all(client.clone()), owned.clone())
-    .owns(Api::<ConfigMap>::all(client.clone()), owned.clone())
-    .owns(
-        Api::<PersistentVolumeClaim>::all(client.clone()),
-        owned.clone(),
-    )
-    .owns(Api::<Secret>::all(client.clone()), owned)
-    .graceful_shutdown_on(shutdown)
-    .run(reconcile_object, error_policy_object, ctx)
-    .for_each(|res| async move {
-        match res {
-            Ok((obj, _)) => tracing::debug!(agent = %obj, "reconciled"),
-            Err(e) => info!(error = %e, "reconcile failed"),
-        }
-    })
-    .await;
+    .default_backoff()
+    .reflect(writer)
+    .applied_objects()
+    .predicate_filter(predicates::generation, Default::default());
+    Controller::for_stream_with(agents, reader, ar)
+        .with_config(
+            kube_controller::Config::default()
+                .concurrency(options.concurrency)
+                .debounce(options.debounce),
+        )
+        .owns(Api::<Pod>::all(client.clone()), owned.clone())
+        .owns(Api::<Service>::all(client.clone()), owned.clone())
+        .owns(Api::<ConfigMap>::all(client.clone()), owned.clone())
+        .owns(
+            Api::<PersistentVolumeClaim>::all(client.clone()),
+            owned.clone(),
+        )
+        .owns(Api::<Secret>::all(client.clone()), owned)
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile_object, error_policy_object, ctx)
+        .for_each(|res| async move {
+            match res {
+                Ok((obj, _)) => tracing::debug!(agent = %obj, "reconciled"),
+                Err(e) => info!(error = %e, "reconcile failed"),
+            }
+        })
+        .await;
 }
 
 #[cfg(test)]

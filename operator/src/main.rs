@@ -38,6 +38,9 @@ struct RunArgs {
     /// disabled it falls back to `0.0.0.0`).
     #[arg(long, default_value = "[::]:8080", value_name = "ADDR")]
     metrics_addr: SocketAddr,
+    /// Reconciles running at once, across all agents (1..=1024).
+    #[arg(long, default_value_t = 16, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    max_concurrent_reconciles: u16,
     /// Default sidecar image for agents without spec.image.
     #[arg(long, env = "SIDECAR_IMAGE", value_name = "IMG", default_value = resources::DEFAULT_SIDECAR_IMAGE)]
     sidecar_image: String,
@@ -152,7 +155,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         Some(identity),
     ));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let mut controller = tokio::spawn(controller::run(ctx, async move {
+    let options = controller::Options {
+        concurrency: args.max_concurrent_reconciles,
+        ..controller::Options::default()
+    };
+    let mut controller = tokio::spawn(controller::run(ctx, options, async move {
         let _ = stop_rx.await;
     }));
     let outcome = tokio::select! {

@@ -553,6 +553,9 @@ pub fn model_server_command(
                 model.to_string(),
                 "--port".into(),
                 port.to_string(),
+                // Loopback only: the sidecar is the pod's one entry (behind its JWT).
+                "--host".into(),
+                "127.0.0.1".into(),
             ],
             env: Vec::new(),
             cache_dir: Some("/root/.cache/huggingface"),
@@ -590,7 +593,23 @@ fn model_container(
             period_seconds: Some(10),
             ..Probe::default()
         },
-        Engine::Vllm => http_probe("/health", IntOrString::Int(port), 10, 3),
+        // The server listens on loopback, which the kubelet's HTTP probes cannot reach (they
+        // connect to the pod IP): probe from inside the container (vLLM's image has Python).
+        Engine::Vllm => Probe {
+            exec: Some(ExecAction {
+                command: Some(vec![
+                    "python3".into(),
+                    "-c".into(),
+                    format!(
+                        "import urllib.request; urllib.request.urlopen('http://127.0.0.1:{port}/health', timeout=5)"
+                    ),
+                ]),
+            }),
+            period_seconds: Some(10),
+            timeout_seconds: Some(8),
+            failure_threshold: Some(3),
+            ..Probe::default()
+        },
         Engine::Lmstudio | Engine::Other => Probe {
             tcp_socket: Some(TCPSocketAction {
                 port: IntOrString::Int(port),
@@ -661,6 +680,33 @@ mod tests {
     fn cfg() -> OperatorConfig {
         OperatorConfig {
             sidecar_image: "ghcr.io/x/codex:1".into(),
+        }
+    }
+
+    #[test]
+    fn local_model_servers_listen_on_loopback_only() {
+        for (engine, check) in [("ollama", "OLLAMA_HOST"), ("vllm", "--host")] {
+            let a = agent(json!({"model": "m", "provider": {"type": "local",
+                "local": {"engine": engine}}, "gpu": {"count": 1}}));
+            let pod = build(&a, &cfg()).expect("build").pod;
+            let c = pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.containers.iter().find(|c| c.name == MODEL_CONTAINER))
+                .expect("model container")
+                .clone();
+            let env = serde_json::to_string(&c.env).expect("json");
+            let args = c.args.clone().unwrap_or_default();
+            match check {
+                "OLLAMA_HOST" => assert!(env.contains("127.0.0.1:11434"), "{engine}: {env}"),
+                _ => {
+                    let i = args.iter().position(|a| a == "--host").expect("--host");
+                    assert_eq!(args[i + 1], "127.0.0.1", "{engine}: {args:?}");
+                }
+            }
+            // The kubelet's HTTP probes reach only the pod IP: readiness is probed inside.
+            let probe = c.readiness_probe.expect("readiness");
+            assert!(probe.http_get.is_none() && probe.exec.is_some(), "{engine}: {probe:?}");
         }
     }
 

@@ -9,6 +9,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::APIGroup;
 use kube::Client;
@@ -18,6 +19,9 @@ use crate::resources::SIDECAR_UID;
 
 /// The API group whose presence marks a cluster as OpenShift.
 pub const OPENSHIFT_SECURITY_GROUP: &str = "security.openshift.io";
+
+/// How long start-up waits for the discovery answer before taking the vanilla default.
+pub const DISCOVERY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The largest group ID the API server accepts for `fsGroup` (Kubernetes' `IsValidGroupID`).
 pub const MAX_GID: i64 = i32::MAX as i64;
@@ -82,16 +86,31 @@ impl FsGroupSetting {
     }
 }
 
+/// Why the OpenShift detection gave no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum DetectError {
+    /// The discovery request failed (other than with a 404).
+    #[error("GET /apis/{OPENSHIFT_SECURITY_GROUP}: {0}")]
+    Api(#[from] kube::Error),
+    /// No answer within [`DISCOVERY_TIMEOUT`].
+    #[error("GET /apis/{OPENSHIFT_SECURITY_GROUP}: no answer within {DISCOVERY_TIMEOUT:?}")]
+    Timeout,
+}
+
 /// Whether the cluster serves the [`OPENSHIFT_SECURITY_GROUP`] API group
-/// (`GET /apis/security.openshift.io`): `Ok(false)` on a 404, any other failure is an error.
-pub async fn is_openshift(client: &Client) -> Result<bool, kube::Error> {
+/// (`GET /apis/security.openshift.io`): `Ok(false)` on a 404; any other failure, or no answer
+/// within [`DISCOVERY_TIMEOUT`], is an error.
+pub async fn is_openshift(client: &Client) -> Result<bool, DetectError> {
     let request = http::Request::get(format!("/apis/{OPENSHIFT_SECURITY_GROUP}"))
         .body(Vec::new())
         .map_err(kube::Error::HttpError)?;
-    match client.request::<APIGroup>(request).await {
+    let answer = tokio::time::timeout(DISCOVERY_TIMEOUT, client.request::<APIGroup>(request))
+        .await
+        .map_err(|_| DetectError::Timeout)?;
+    match answer {
         Ok(group) => Ok(group.name == OPENSHIFT_SECURITY_GROUP),
         Err(kube::Error::Api(status)) if status.code == 404 => Ok(false),
-        Err(e) => Err(e),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -209,7 +228,28 @@ mod tests {
             |c| async move { is_openshift(&c).await },
         )
         .await;
-        assert!(failed.is_err());
+        assert!(matches!(failed, Err(DetectError::Api(_))), "{failed:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_api_server_times_out_to_10001() {
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = Client::new(service, "default");
+        // Take the request and never answer it.
+        let server = tokio::spawn(async move {
+            let held = handle.next_request().await;
+            std::future::pending::<()>().await;
+            drop(held);
+        });
+        assert!(matches!(
+            is_openshift(&client).await,
+            Err(DetectError::Timeout)
+        ));
+        assert_eq!(
+            resolve_fs_group(&client, FsGroupSetting::Auto).await,
+            Some(10001)
+        );
+        server.abort();
     }
 
     #[tokio::test]

@@ -233,6 +233,7 @@ async fn main() {
         client,
         OperatorConfig {
             sidecar_image: "registry.test/codex-sidecar:1".into(),
+            fs_group: Some(codex_operator::resources::SIDECAR_UID),
         },
         Arc::new(NoProbe),
         Arc::new(Metrics::default()),

@@ -207,6 +207,7 @@ pub fn testing() -> (Arc<Context>, ApiServerVerifier, Arc<FakeProbe>) {
         client,
         OperatorConfig {
             sidecar_image: "registry.test/codex-sidecar:1".into(),
+            fs_group: Some(crate::resources::SIDECAR_UID),
         },
         probe.clone(),
         Arc::new(Metrics::default()),

@@ -7,6 +7,7 @@
 //! - [`status`]: status and conditions from observed objects.
 //! - [`probe`]: the sidecar `/v1/status` GPU check with a short-lived HS256 JWT.
 //! - [`reconcile`]: the controller and its reconcile/error policy.
+//! - [`platform`]: platform-dependent pod settings (`--fs-group`, OpenShift detection).
 //! - [`lease`]: leader election on a coordination.k8s.io Lease.
 //! - [`metrics`]: Prometheus metrics and the `/metrics` + `/healthz` server.
 //! - [`docker`]: the same spec on a Docker host through bollard.
@@ -18,6 +19,7 @@ pub mod crd;
 pub mod docker;
 pub mod lease;
 pub mod metrics;
+pub mod platform;
 pub mod pod_events;
 pub mod probe;
 pub mod reconcile;

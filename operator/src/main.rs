@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
+use codex_operator::platform::{self, FsGroupSetting};
 use codex_operator::{controller, crd, docker, lease, metrics, probe, reconcile, resources};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
@@ -44,6 +45,10 @@ struct RunArgs {
     /// Default sidecar image for agents without spec.image.
     #[arg(long, env = "SIDECAR_IMAGE", value_name = "IMG", default_value = resources::DEFAULT_SIDECAR_IMAGE)]
     sidecar_image: String,
+    /// fsGroup of the agent pods: `auto` (10001, or none on OpenShift, detected at start-up by
+    /// its security.openshift.io API group), `none` (the platform assigns one) or a group ID.
+    #[arg(long, value_name = "auto|none|GID", default_value_t = FsGroupSetting::Auto)]
+    fs_group: FsGroupSetting,
     /// Namespace of the leader-election Lease (default: the operator's own, from POD_NAMESPACE).
     #[arg(
         long,
@@ -119,6 +124,7 @@ async fn main() -> ExitCode {
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     let client = kube::Client::try_default().await?;
     reconcile::check_crd(&client).await?;
+    let fs_group = platform::resolve_fs_group(&client, args.fs_group).await;
     let metrics = Arc::new(metrics::Metrics::default());
     let addr = args.metrics_addr;
     let m = metrics.clone();
@@ -149,6 +155,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         client,
         resources::OperatorConfig {
             sidecar_image: args.sidecar_image,
+            fs_group,
         },
         Arc::new(probe::HttpProbe::new()?),
         metrics.clone(),
@@ -211,5 +218,53 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_args(extra: &[&str]) -> Result<RunArgs, clap::Error> {
+        let argv = ["codex-operator", "run"].iter().chain(extra);
+        match Cli::try_parse_from(argv)?.command {
+            Command::Run(args) => Ok(args),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn cli_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn fs_group_defaults_to_auto_and_takes_none_or_a_gid() {
+        assert_eq!(
+            run_args(&[]).expect("parses").fs_group,
+            FsGroupSetting::Auto
+        );
+        let none = run_args(&["--fs-group", "none"]).expect("parses");
+        assert_eq!(none.fs_group, FsGroupSetting::None);
+        let gid = run_args(&["--fs-group=1000680000"]).expect("parses");
+        assert_eq!(gid.fs_group, FsGroupSetting::Gid(1_000_680_000));
+    }
+
+    #[test]
+    fn fs_group_refuses_a_bad_value_clearly() {
+        for (argv, bad) in [
+            (&["--fs-group=-5"][..], "-5"),
+            (&["--fs-group", "root"][..], "root"),
+            (&["--fs-group", "4294967296"][..], "4294967296"),
+        ] {
+            let e = run_args(argv).expect_err("refused");
+            assert_eq!(e.kind(), clap::error::ErrorKind::ValueValidation);
+            let text = e.to_string();
+            assert!(text.contains("--fs-group"), "{text}");
+            let why =
+                format!("expected `auto`, `none` or a group ID from 0 to 2147483647, got `{bad}`");
+            assert!(text.contains(&why), "{text}");
+        }
     }
 }

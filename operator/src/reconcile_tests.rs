@@ -45,6 +45,7 @@ fn world(a: &CodexAgent) -> (Value, Value, Value, Value) {
         a,
         &OperatorConfig {
             sidecar_image: "registry.test/codex-sidecar:1".into(),
+            fs_group: Some(crate::resources::SIDECAR_UID),
         },
     )
     .expect("build");

@@ -66,6 +66,9 @@ pub const DEFAULT_SIDECAR_IMAGE: &str = "ghcr.io/codex-operator/codex-operator:l
 pub struct OperatorConfig {
     /// Default sidecar image (`--sidecar-image` / `SIDECAR_IMAGE`).
     pub sidecar_image: String,
+    /// The pods' `securityContext.fsGroup`: `--fs-group` resolved at start-up
+    /// ([`crate::platform::resolve_fs_group`]); `None` sets none (OpenShift assigns one).
+    pub fs_group: Option<i64>,
 }
 
 /// Errors building the desired children.
@@ -491,9 +494,11 @@ fn pod_spec(agent: &CodexAgent, cfg: &OperatorConfig) -> PodSpec {
             .then(|| spec.image_pull_secrets.clone()),
         runtime_class_name: gpu.and_then(|g| g.runtime_class_name.clone()),
         security_context: Some(PodSecurityContext {
-            fs_group: Some(SIDECAR_UID),
+            // 10001 by default; none on OpenShift, whose restricted-v2 SCC assigns one from the
+            // namespace's range (and refuses any other): see `crate::platform`.
+            fs_group: cfg.fs_group,
             // Re-chown a volume only when its root does not already match: a large model cache
-            // is not walked at every start.
+            // is not walked at every start. It applies to an SCC-assigned fsGroup too.
             fs_group_change_policy: Some("OnRootMismatch".into()),
             seccomp_profile: Some(SeccompProfile {
                 type_: "RuntimeDefault".into(),
@@ -680,6 +685,7 @@ mod tests {
     fn cfg() -> OperatorConfig {
         OperatorConfig {
             sidecar_image: "ghcr.io/x/codex:1".into(),
+            fs_group: Some(SIDECAR_UID),
         }
     }
 
@@ -772,6 +778,77 @@ mod tests {
             .expect("a")[HASH_ANNOTATION]
             .clone();
         assert_ne!(h1, h3, "a config change must roll the pod");
+    }
+
+    fn pod_security(a: &CodexAgent, fs_group: Option<i64>) -> (PodSecurityContext, String) {
+        let c = build(a, &OperatorConfig { fs_group, ..cfg() }).expect("build");
+        let hash = c.pod.metadata.annotations.expect("annotations")[HASH_ANNOTATION].clone();
+        let sc = c
+            .pod
+            .spec
+            .expect("spec")
+            .security_context
+            .expect("pod securityContext");
+        (sc, hash)
+    }
+
+    #[test]
+    fn pod_fs_group_follows_the_operator_setting_and_keeps_on_root_mismatch() {
+        let a =
+            agent(json!({"model": "m", "provider": {"type": "custom", "baseUrl": "http://gw/v1"}}));
+        let (vanilla, h_vanilla) = pod_security(&a, Some(SIDECAR_UID));
+        assert_eq!(vanilla.fs_group, Some(10001));
+        // `none`, or `auto` on OpenShift: the SCC assigns one.
+        let (openshift, h_openshift) = pod_security(&a, None);
+        assert_eq!(openshift.fs_group, None);
+        let (gid, h_gid) = pod_security(&a, Some(1_000_680_000));
+        assert_eq!(gid.fs_group, Some(1_000_680_000));
+        for sc in [&vanilla, &openshift, &gid] {
+            assert_eq!(sc.fs_group_change_policy.as_deref(), Some("OnRootMismatch"));
+            assert_eq!(
+                sc.seccomp_profile.as_ref().map(|p| p.type_.as_str()),
+                Some("RuntimeDefault")
+            );
+            // Never a pod-level UID or GID: the images' or the platform's.
+            assert_eq!((sc.run_as_user, sc.run_as_group), (None, None));
+        }
+        // Omitted, not null, in what is applied.
+        let applied = serde_json::to_value(&openshift).expect("json");
+        assert_eq!(
+            applied,
+            json!({"fsGroupChangePolicy": "OnRootMismatch", "seccompProfile": {"type": "RuntimeDefault"}})
+        );
+        // A changed setting is a changed pod (fsGroup is immutable: the pod is recreated).
+        assert_ne!(h_vanilla, h_openshift);
+        assert_ne!(h_vanilla, h_gid);
+    }
+
+    #[test]
+    fn every_container_is_restricted_without_a_fixed_uid() {
+        let a = agent(json!({"model": "m", "provider": {"type": "local",
+            "local": {"engine": "ollama"}}}));
+        let c = build(&a, &cfg()).expect("build");
+        let containers = c.pod.spec.expect("spec").containers;
+        assert_eq!(containers.len(), 2);
+        for ct in &containers {
+            let sc = ct.security_context.as_ref().expect("securityContext");
+            assert_eq!(sc.allow_privilege_escalation, Some(false), "{}", ct.name);
+            assert_eq!(
+                sc.capabilities.as_ref().and_then(|c| c.drop.clone()),
+                Some(vec!["ALL".to_string()]),
+                "{}",
+                ct.name
+            );
+            assert_eq!(sc.run_as_user, None, "{}", ct.name);
+            assert_eq!(sc.privileged, None, "{}", ct.name);
+        }
+        assert_eq!(
+            containers[0]
+                .security_context
+                .as_ref()
+                .and_then(|s| s.run_as_non_root),
+            Some(true)
+        );
     }
 
     #[test]

@@ -54,6 +54,15 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- printf "%s:%s" $repo $tag }}
 {{- end }}
 
+{{/*
+The --fs-group value: `auto`, `none` or a group ID. A number from a values file arrives as a
+float64, which would print as 1.00068e+09: print it as an integer.
+*/}}
+{{- define "codex-operator.fsGroup" -}}
+{{- $fsGroup := .Values.agents.fsGroup }}
+{{- if kindIs "string" $fsGroup }}{{ $fsGroup }}{{ else }}{{ int64 $fsGroup }}{{ end }}
+{{- end }}
+
 {{- define "codex-operator.leaseNamespace" -}}
 {{- default .Release.Namespace .Values.leaderElection.namespace }}
 {{- end }}

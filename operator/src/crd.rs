@@ -808,6 +808,33 @@ mod tests {
         }
     }
 
+    #[test]
+    fn every_example_secret_carries_the_opt_in_label() {
+        let root = env!("CARGO_MANIFEST_DIR");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(format!("{root}/../manifests/examples")).expect("examples") {
+            let path = entry.expect("entry").path();
+            let text = std::fs::read_to_string(&path).expect("read");
+            for doc in text.split("\n---").filter(|d| d.contains("kind: Secret")) {
+                let secret: k8s_openapi::api::core::v1::Secret =
+                    serde_saphyr::from_str(doc).unwrap_or_else(|e| panic!("{path:?}: {e}"));
+                let label = secret
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(ALLOW_USE_LABEL));
+                assert_eq!(
+                    label.map(String::as_str),
+                    Some("true"),
+                    "{path:?}: Secret {:?} lacks {ALLOW_USE_LABEL}: \"true\"",
+                    secret.metadata.name
+                );
+                seen += 1;
+            }
+        }
+        assert!(seen >= 5, "the examples' Secrets: {seen}");
+    }
+
     /// The rules the API server evaluates at `kubectl apply` (CEL `x-kubernetes-validations`),
     /// run client-side with kube-cel on raw objects (which need not even deserialize).
     #[test]

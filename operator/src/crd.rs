@@ -30,6 +30,15 @@ pub const SIDECAR_PORT: i32 = 8080;
 pub const DEFAULT_GPU_RESOURCE: &str = "nvidia.com/gpu";
 /// GPU Feature Discovery node label holding the GPU product name (e.g. `NVIDIA-H100-80GB-HBM3`).
 pub const GPU_PRODUCT_LABEL: &str = "nvidia.com/gpu.product";
+/// Label (value `"true"`) by which a Secret's owner lets CodexAgents in its namespace use it:
+/// `auth.jwtSecretRef`, `provider.authJsonSecretRef`, `provider.apiKeySecretRef` and
+/// `imagePullSecrets` are only mounted, read or handed to the kubelet when the Secret carries
+/// it, so that being allowed to create a CodexAgent is not being allowed to use every Secret of
+/// the namespace (the operator itself may read them all). Labelling a Secret takes `patch` on
+/// it, and whoever may patch a Secret can already read it (a patch answers with the object).
+/// A Secret controlled by the agent itself (the generated `<agent>-jwt`) needs no label. The
+/// Docker runtime reads files the host's operator placed and does not look at it.
+pub const ALLOW_USE_LABEL: &str = "agents.codex-operator.dev/allow-use";
 /// Default size of the state/workspace volume.
 pub const DEFAULT_STORAGE_SIZE: &str = "10Gi";
 
@@ -116,7 +125,9 @@ pub struct CodexAgentSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub affinity: Option<Affinity>,
 
-    /// Secrets used to pull the sidecar and model server images.
+    /// Secrets used to pull the sidecar and model server images. Each one that exists must carry
+    /// the label `agents.codex-operator.dev/allow-use: "true"` (its owner's consent), else no pod
+    /// is created (`SecretNotAllowed`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub image_pull_secrets: Vec<LocalObjectReference>,
 
@@ -178,13 +189,15 @@ pub struct ProviderSpec {
     pub type_: ProviderType,
 
     /// A Secret key holding an `auth.json` from `codex login` (ChatGPT or API-key login);
-    /// mounted at `/etc/codex-sidecar/auth/auth.json`. `openai` only.
+    /// mounted at `/etc/codex-sidecar/auth/auth.json`. `openai` only. The Secret must carry the
+    /// label `agents.codex-operator.dev/allow-use: "true"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth_json_secret_ref: Option<SecretKeyRef>,
 
     /// A Secret key holding an API key: for `openai`, mounted at
     /// `/etc/codex-sidecar/openai/api-key`; for `custom`, exported to the sidecar as
-    /// `CODEX_PROVIDER_API_KEY` and sent as `Authorization: Bearer`.
+    /// `CODEX_PROVIDER_API_KEY` and sent as `Authorization: Bearer`. The Secret must carry the
+    /// label `agents.codex-operator.dev/allow-use: "true"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_key_secret_ref: Option<SecretKeyRef>,
 
@@ -198,7 +211,8 @@ pub struct ProviderSpec {
     pub local: Option<LocalModelServer>,
 }
 
-/// A reference to one key of a Secret in the agent's namespace.
+/// A reference to one key of a Secret in the agent's namespace. The operator uses the Secret only
+/// when it carries the label `agents.codex-operator.dev/allow-use: "true"`.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SecretKeyRef {
@@ -379,8 +393,10 @@ fn default_storage_size() -> String {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AuthSpec {
-    /// A Secret key holding the HS256 signing key. Absent: the operator creates the Secret
-    /// `<name>-jwt` (key `jwt.key`, 32 random bytes hex-encoded) once and never overwrites it.
+    /// A Secret key holding the HS256 signing key; the Secret must carry the label
+    /// `agents.codex-operator.dev/allow-use: "true"`. Absent: the operator creates the Secret
+    /// `<name>-jwt` (key `jwt.key`, 32 random bytes hex-encoded) once and never overwrites it
+    /// (that one needs no label).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwt_secret_ref: Option<SecretKeyRef>,
 }
@@ -790,6 +806,33 @@ mod tests {
             kube_cel::validate(&schema, &obj, None)
                 .unwrap_or_else(|e| panic!("{path}: CEL refused: {e}"));
         }
+    }
+
+    #[test]
+    fn every_example_secret_carries_the_opt_in_label() {
+        let root = env!("CARGO_MANIFEST_DIR");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(format!("{root}/../manifests/examples")).expect("examples") {
+            let path = entry.expect("entry").path();
+            let text = std::fs::read_to_string(&path).expect("read");
+            for doc in text.split("\n---").filter(|d| d.contains("kind: Secret")) {
+                let secret: k8s_openapi::api::core::v1::Secret =
+                    serde_saphyr::from_str(doc).unwrap_or_else(|e| panic!("{path:?}: {e}"));
+                let label = secret
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(ALLOW_USE_LABEL));
+                assert_eq!(
+                    label.map(String::as_str),
+                    Some("true"),
+                    "{path:?}: Secret {:?} lacks {ALLOW_USE_LABEL}: \"true\"",
+                    secret.metadata.name
+                );
+                seen += 1;
+            }
+        }
+        assert!(seen >= 5, "the examples' Secrets: {seen}");
     }
 
     /// The rules the API server evaluates at `kubectl apply` (CEL `x-kubernetes-validations`),

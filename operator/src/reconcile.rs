@@ -3,13 +3,17 @@
 //! Each call reads the world and converges it, in a fixed order (tests rely on it):
 //! 1. JWT Secret: `GET`; when absent and generated, `POST` it (create-if-absent: never
 //!    overwritten, a 409 from a racing replica is fine); when absent and user-supplied, the agent
-//!    reports `MissingSecret`. Then `GET` the provider Secret, if any.
+//!    reports `MissingSecret`. Then `GET` the provider Secret, if any, then each
+//!    `imagePullSecrets` entry. A Secret the spec names (every one but the generated JWT Secret)
+//!    is used only when it carries [`ALLOW_USE_LABEL`]` = "true"`; otherwise its data is not read
+//!    and the agent reports `SecretNotAllowed`.
 //! 2. ConfigMap, PVC, Service: `GET`, then server-side apply (field manager
 //!    [`FIELD_MANAGER`], forced) only when the observed child's [`HASH_ANNOTATION`] differs from
 //!    the desired one. The PVC is only ever created: a bound claim's spec is immutable.
 //! 3. Pod: `GET`; suspended: `DELETE` it; otherwise create it when absent, or `DELETE` it when its
 //!    hash is stale (pod specs are immutable; the next reconcile creates the new one). No pod is
-//!    created while a Secret is missing.
+//!    created while a Secret is missing, invalid or not allowed; a pod that uses a Secret no
+//!    longer allowed (its label removed) is deleted.
 //! 4. GPU probe (`/v1/status`) when GPUs sit on the sidecar and the sidecar is ready.
 //! 5. Status: server-side apply on the status subresource only when it changed.
 //! 6. Events for transitions of the Ready reason and for created/deleted pods.
@@ -32,7 +36,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::warn;
 
-use crate::crd::CodexAgent;
+use crate::crd::{ALLOW_USE_LABEL, CodexAgent};
 use crate::metrics::Metrics;
 use crate::probe::{ProbeTarget, SidecarProbe};
 use crate::resources::{self, BuildError, HASH_ANNOTATION, OperatorConfig, SIDECAR_CONTAINER};
@@ -420,6 +424,57 @@ async fn read_secret_key(
     Ok(api.get_opt(name).await?.and_then(|s| secret_key(s, key)))
 }
 
+/// True when `secret` carries [`ALLOW_USE_LABEL`] with the value `"true"`: its owner lets the
+/// CodexAgents of its namespace use it.
+pub fn use_allowed(secret: &Secret) -> bool {
+    secret
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(ALLOW_USE_LABEL))
+        .is_some_and(|v| v == "true")
+}
+
+/// True when `agent` may use `secret`: its owner allowed it ([`use_allowed`]), or it is the
+/// agent's own (controlled by it: the generated JWT Secret).
+fn may_use(agent: &CodexAgent, secret: &Secret) -> bool {
+    use_allowed(secret) || foreign(agent, "Secret", &secret.metadata).is_none()
+}
+
+/// The `SecretNotAllowed` message for the Secrets of namespace `ns` that lack the opt-in label,
+/// as `(name, spec field)` pairs in spec order: which ones, why, and the `kubectl label` command
+/// that allows them. Names only, never a value.
+pub fn not_allowed_message(ns: &str, refused: &[(String, &'static str)]) -> String {
+    let mut by_name: Vec<(&str, Vec<&str>)> = Vec::new();
+    for (name, field) in refused {
+        match by_name.iter_mut().find(|(n, _)| n == name) {
+            Some((_, fields)) => {
+                if !fields.contains(field) {
+                    fields.push(field);
+                }
+            }
+            None => by_name.push((name, vec![field])),
+        }
+    }
+    let listed: Vec<String> = by_name
+        .iter()
+        .map(|(n, f)| format!("{ns}/{n} ({})", f.join(", ")))
+        .collect();
+    let names: Vec<&str> = by_name.iter().map(|(n, _)| *n).collect();
+    let (noun, verb, them) = if by_name.len() == 1 {
+        ("Secret", "does", "it")
+    } else {
+        ("Secrets", "do", "them")
+    };
+    format!(
+        "{noun} {} {verb} not carry the label {ALLOW_USE_LABEL}=true, so the operator does not use \
+         {them}: a CodexAgent may only use the Secrets their owners allowed. Whoever may change \
+         the {noun} allows {them} with: kubectl label secret {} {ALLOW_USE_LABEL}=true -n {ns}",
+        listed.join(", "),
+        names.join(" ")
+    )
+}
+
 /// `key` of `secret`, trailing newlines removed (both sides read a key file identically).
 fn secret_key(secret: Secret, key: &str) -> Option<Vec<u8>> {
     secret
@@ -507,11 +562,16 @@ async fn reconcile_inner(agent: &CodexAgent, ctx: &Context) -> Result<Action, Er
             .as_ref()
             .filter(|_| generated)
             .and_then(|s| foreign(agent, "Secret", &s.metadata));
-        match foreign {
-            Some(c) => {
+        // Secrets the spec names that lack the opt-in label: never read, never mounted.
+        let mut refused: Vec<(String, &'static str)> = Vec::new();
+        match (foreign, found) {
+            (Some(c), _) => {
                 obs.name_conflict.get_or_insert(c);
             }
-            None => jwt_key = found.and_then(|s| secret_key(s, &jwt_ref.key)),
+            (None, Some(s)) if !generated && !may_use(agent, &s) => {
+                refused.push((jwt_ref.name.clone(), "auth.jwtSecretRef"));
+            }
+            (None, found) => jwt_key = found.and_then(|s| secret_key(s, &jwt_ref.key)),
         }
         if jwt_key.is_none() && generated && obs.name_conflict.is_none() {
             let key = resources::random_jwt_key().map_err(Error::Random)?;
@@ -557,24 +617,44 @@ async fn reconcile_inner(agent: &CodexAgent, ctx: &Context) -> Result<Action, Er
                 k.len()
             ));
         }
-        if jwt_key.is_none() && obs.name_conflict.is_none() {
+        if jwt_key.is_none() && obs.name_conflict.is_none() && refused.is_empty() {
             obs.missing_secret = Some(format!(
                 "Secret {ns}/{} has no key {:?} (auth.jwtSecretRef)",
                 jwt_ref.name, jwt_ref.key
             ));
         }
         let p = &agent.spec.provider;
-        if let Some(r) = p
-            .auth_json_secret_ref
-            .as_ref()
-            .or(p.api_key_secret_ref.as_ref())
+        let provider = match (&p.auth_json_secret_ref, &p.api_key_secret_ref) {
+            (Some(r), _) => Some((r, "provider.authJsonSecretRef")),
+            (None, Some(r)) => Some((r, "provider.apiKeySecretRef")),
+            (None, None) => None,
+        };
+        if let Some((r, field)) = provider
             && obs.missing_secret.is_none()
-            && read_secret_key(&secrets, &r.name, &r.key).await?.is_none()
         {
-            obs.missing_secret = Some(format!(
-                "Secret {ns}/{} has no key {:?} (provider)",
-                r.name, r.key
-            ));
+            match secrets.get_opt(&r.name).await? {
+                Some(s) if !may_use(agent, &s) => refused.push((r.name.clone(), field)),
+                s => {
+                    if s.and_then(|s| secret_key(s, &r.key)).is_none() {
+                        obs.missing_secret = Some(format!(
+                            "Secret {ns}/{} has no key {:?} (provider)",
+                            r.name, r.key
+                        ));
+                    }
+                }
+            }
+        }
+        // A pull Secret that does not exist is no error (the kubelet pulls without it, as for
+        // any pod); one that exists is handed to the kubelet only with its owner's consent.
+        for r in &agent.spec.image_pull_secrets {
+            if let Some(s) = secrets.get_opt(&r.name).await?
+                && !may_use(agent, &s)
+            {
+                refused.push((r.name.clone(), "imagePullSecrets"));
+            }
+        }
+        if !refused.is_empty() {
+            obs.secret_not_allowed = Some(not_allowed_message(&ns, &refused));
         }
     }
 
@@ -672,6 +752,23 @@ async fn reconcile_inner(agent: &CodexAgent, ctx: &Context) -> Result<Action, Er
             Some(pod) if terminating => {
                 requeue_after = Some(terminating_wait(&pod, k8s_openapi::jiff::Timestamp::now()));
             }
+            // A Secret's owner withdrew consent (or a Secret of that name was made anew without
+            // it): the pod, which mounts it, must not go on using it.
+            Some(_) if obs.secret_not_allowed.is_some() => {
+                pods.delete(&name, &DeleteParams::default()).await?;
+                publish(
+                    ctx,
+                    agent,
+                    EventType::Warning,
+                    reasons::SECRET_NOT_ALLOWED,
+                    "DeletePod",
+                    format!(
+                        "deleted pod {name}: it uses a Secret this agent may not use (see the \
+                         Ready condition)"
+                    ),
+                )
+                .await;
+            }
             Some(pod) if status::pod_failed(&pod) => {
                 let uid = pod.metadata.uid.clone().unwrap_or_default();
                 match ctx.replacement_wait(&ObjectRef::from_obj(agent), &uid) {
@@ -714,7 +811,8 @@ async fn reconcile_inner(agent: &CodexAgent, ctx: &Context) -> Result<Action, Er
             None if agent.spec.suspend => {}
             None if obs.missing_secret.is_some()
                 || obs.name_conflict.is_some()
-                || obs.invalid_secret.is_some() => {}
+                || obs.invalid_secret.is_some()
+                || obs.secret_not_allowed.is_some() => {}
             None => {
                 let created = pods
                     .patch(&name, &apply_params(), &Patch::Apply(&children.pod))
@@ -952,6 +1050,57 @@ mod tests {
         assert_eq!(quantity_bytes("10"), Some(10));
         assert_eq!(quantity_bytes("1Xi"), None);
         assert!(quantity_bytes("2Gi") > quantity_bytes("2G"));
+    }
+
+    #[test]
+    fn the_not_allowed_message_lists_each_secret_once_with_one_label_command() {
+        let one = not_allowed_message("ns", &[("gw".into(), "provider.apiKeySecretRef")]);
+        assert!(
+            one.starts_with("Secret ns/gw (provider.apiKeySecretRef) does not carry the label"),
+            "{one}"
+        );
+        assert!(
+            one.ends_with("kubectl label secret gw agents.codex-operator.dev/allow-use=true -n ns"),
+            "{one}"
+        );
+        let many = not_allowed_message(
+            "team",
+            &[
+                ("shared".into(), "auth.jwtSecretRef"),
+                ("shared".into(), "provider.apiKeySecretRef"),
+                ("regcred".into(), "imagePullSecrets"),
+                ("regcred".into(), "imagePullSecrets"),
+            ],
+        );
+        assert!(
+            many.starts_with(
+                "Secrets team/shared (auth.jwtSecretRef, provider.apiKeySecretRef), \
+                 team/regcred (imagePullSecrets) do not carry"
+            ),
+            "{many}"
+        );
+        assert!(
+            many.ends_with(
+                "kubectl label secret shared regcred agents.codex-operator.dev/allow-use=true -n team"
+            ),
+            "{many}"
+        );
+    }
+
+    #[test]
+    fn only_the_label_value_true_allows_a_secret() {
+        let with = |labels: serde_json::Value| -> Secret {
+            serde_json::from_value(serde_json::json!({"metadata": {"name": "s", "labels": labels}}))
+                .expect("secret")
+        };
+        assert!(use_allowed(&with(
+            serde_json::json!({ALLOW_USE_LABEL: "true"})
+        )));
+        assert!(!use_allowed(&with(
+            serde_json::json!({ALLOW_USE_LABEL: "yes"})
+        )));
+        assert!(!use_allowed(&with(serde_json::json!({"other": "true"}))));
+        assert!(!use_allowed(&Secret::default()));
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use http::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::crd::CodexAgent;
+use crate::crd::{ALLOW_USE_LABEL, CodexAgent};
 use crate::fixtures::{self, ApiServerVerifier, agent, conflict_status, testing, timeout};
 use crate::probe::{GpuDevice, GpuReport};
 use crate::reconcile::{self, Context};
@@ -32,11 +32,18 @@ fn gpu_agent() -> CodexAgent {
 
 fn secret(key: &str) -> Value {
     // base64("secret-key-of-at-least-32-bytes!!"): as long as an HS256 key must be. Owned by the
-    // agent, as the generated one is.
+    // agent, as the generated one is (so it needs no opt-in label).
     json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "x", "namespace": "ns",
            "ownerReferences": [{"apiVersion": "agents.codex-operator.dev/v1alpha1", "kind": "CodexAgent",
                                 "name": "a1", "uid": "uid-a1", "controller": true}]},
            "data": {key: "c2VjcmV0LWtleS1vZi1hdC1sZWFzdC0zMi1ieXRlcyEh"}})
+}
+
+/// A Secret a user made and allowed CodexAgents to use (the opt-in label, no owner).
+fn user_secret(key: &str) -> Value {
+    let mut s = secret(key);
+    s["metadata"] = json!({"name": "x", "namespace": "ns", "labels": {ALLOW_USE_LABEL: "true"}});
+    s
 }
 
 /// The children as the API server would hold them after a previous reconcile.
@@ -160,7 +167,7 @@ async fn first_reconcile_creates_every_child_owned_and_gpu_scheduled() {
         assert_owned(&created.body);
         let ev = s.echo(Method::POST, EVENTS).await;
         assert_eq!(ev.body["reason"], "SecretGenerated");
-        s.found(&format!("{SECRETS}/openai"), secret("api-key"))
+        s.found(&format!("{SECRETS}/openai"), user_secret("api-key"))
             .await;
 
         s.not_found(CM).await;
@@ -236,7 +243,7 @@ async fn local_model_server_runs_in_the_pod_with_the_gpus() {
         "auth": {"jwtSecretRef": {"name": "mine", "key": "k"}},
     }));
     scenario(a, |mut s| async move {
-        s.found(&format!("{SECRETS}/mine"), secret("k")).await;
+        s.found(&format!("{SECRETS}/mine"), user_secret("k")).await;
         s.not_found(CM).await;
         let cm = s.echo(Method::PATCH, CM).await;
         let toml = cm.body["data"]["config.toml"].as_str().expect("config");
@@ -305,7 +312,7 @@ async fn observe(
     let (tx, rx) = tokio::sync::oneshot::channel();
     let probe = scenario_with(a, report, move |mut s| async move {
         s.found(JWT, secret("jwt.key")).await;
-        s.found(&format!("{SECRETS}/openai"), secret("api-key"))
+        s.found(&format!("{SECRETS}/openai"), user_secret("api-key"))
             .await;
         s.found(CM, cm).await;
         s.found(PVC, pvc).await;
@@ -466,7 +473,7 @@ async fn suspend_deletes_the_pod_and_keeps_the_volume() {
     let (cm, pvc, svc, _) = world(&a);
     scenario(a, |mut s| async move {
         s.found(JWT, secret("jwt.key")).await;
-        s.found(&format!("{SECRETS}/openai"), secret("api-key"))
+        s.found(&format!("{SECRETS}/openai"), user_secret("api-key"))
             .await;
         s.found(CM, cm).await;
         s.found(PVC, pvc).await;
@@ -500,7 +507,7 @@ async fn resume_recreates_the_pod_on_the_same_volume() {
     let (cm, pvc, svc, _) = world(&a);
     scenario(a, |mut s| async move {
         s.found(JWT, secret("jwt.key")).await;
-        s.found(&format!("{SECRETS}/openai"), secret("api-key"))
+        s.found(&format!("{SECRETS}/openai"), user_secret("api-key"))
             .await;
         s.found(CM, cm).await;
         s.found(PVC, pvc).await;
@@ -527,7 +534,7 @@ async fn changed_spec_replaces_the_pod() {
     let (cm, pvc, svc, _) = world(&a);
     scenario(a, |mut s| async move {
         s.found(JWT, secret("jwt.key")).await;
-        s.found(&format!("{SECRETS}/openai"), secret("api-key"))
+        s.found(&format!("{SECRETS}/openai"), user_secret("api-key"))
             .await;
         s.found(CM, cm).await;
         s.found(PVC, pvc).await;
@@ -555,7 +562,7 @@ async fn changed_config_is_reapplied() {
     done.status = Some(serde_json::from_value(status.expect("status")).expect("parses"));
     scenario(done, |mut s| async move {
         s.found(JWT, secret("jwt.key")).await;
-        s.found(&format!("{SECRETS}/openai"), secret("api-key"))
+        s.found(&format!("{SECRETS}/openai"), user_secret("api-key"))
             .await;
         s.found(CM, cm).await;
         let applied = s.echo(Method::PATCH, CM).await;
@@ -589,7 +596,7 @@ async fn generated_jwt_secret_is_never_overwritten() {
             .await;
         assert_eq!(post.body["metadata"]["name"], "a1-jwt");
         s.found(JWT, secret("jwt.key")).await;
-        s.found(&format!("{SECRETS}/openai"), secret("api-key"))
+        s.found(&format!("{SECRETS}/openai"), user_secret("api-key"))
             .await;
         s.found(CM, cm).await;
         s.found(PVC, pvc).await;
@@ -715,7 +722,7 @@ async fn expect_not_ready(s: &mut ApiServerVerifier, reason: &str, contains: &st
 /// The reads of a reconcile whose Secrets, ConfigMap, PVC and Service are all up to date.
 async fn unchanged_children(s: &mut ApiServerVerifier, cm: &Value, pvc: &Value, svc: &Value) {
     s.found(JWT, secret("jwt.key")).await;
-    s.found(&format!("{SECRETS}/openai"), secret("api-key"))
+    s.found(&format!("{SECRETS}/openai"), user_secret("api-key"))
         .await;
     s.found(CM, cm.clone()).await;
     s.found(PVC, pvc.clone()).await;
@@ -788,7 +795,8 @@ async fn a_jwt_key_under_32_bytes_blocks_the_pod_and_says_so() {
         s.found(
             &format!("{SECRETS}/mine"),
             json!({"apiVersion": "v1", "kind": "Secret",
-            "metadata": {"name": "mine", "namespace": "ns"}, "data": {"k": "c2hvcnQK"}}),
+            "metadata": {"name": "mine", "namespace": "ns", "labels": {ALLOW_USE_LABEL: "true"}},
+            "data": {"k": "c2hvcnQK"}}),
         )
         .await;
         s.found(CM, cm).await;
@@ -828,4 +836,140 @@ async fn a_users_service_with_the_agents_name_is_left_alone_and_reported() {
         s
     })
     .await;
+}
+
+/// A Secret a user made, without the opt-in label.
+fn unlabelled_secret(name: &str, key: &str) -> Value {
+    // base64("super-secret-token"): must never show up in a message.
+    json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": "ns"},
+           "data": {key: "c3VwZXItc2VjcmV0LXRva2Vu"}})
+}
+
+#[tokio::test]
+async fn a_secret_without_the_opt_in_label_is_not_used_and_says_how_to_allow_it() {
+    let a = agent(json!({
+        "model": "m",
+        "provider": {"type": "custom", "baseUrl": "https://gw.example/v1",
+                     "apiKeySecretRef": {"name": "gw-key", "key": "token"}},
+    }));
+    let (cm, pvc, svc, _) = world(&a);
+    scenario(a, |mut s| async move {
+        // The generated JWT Secret is the agent's own: it needs no label.
+        s.found(JWT, secret("jwt.key")).await;
+        s.found(
+            &format!("{SECRETS}/gw-key"),
+            unlabelled_secret("gw-key", "token"),
+        )
+        .await;
+        s.found(CM, cm).await;
+        s.found(PVC, pvc).await;
+        s.found(SVC, svc).await;
+        s.not_found(POD).await;
+        // No pod is created: only the status and its Event.
+        let st = s.echo(Method::PATCH, STATUS).await.body["status"].clone();
+        let ready = condition(&st, "Ready");
+        assert_eq!(ready["status"], "False");
+        assert_eq!(ready["reason"], "SecretNotAllowed");
+        let fix = "kubectl label secret gw-key agents.codex-operator.dev/allow-use=true -n ns";
+        let message = ready["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("Secret ns/gw-key (provider.apiKeySecretRef)")
+                && message.contains(fix),
+            "{message}"
+        );
+        assert!(
+            !message.contains("c3VwZXI") && !message.contains("super-secret"),
+            "names only, never a value: {message}"
+        );
+        assert_eq!(st["phase"], "Pending");
+        assert!(st["podName"].is_null(), "{st}");
+        let ev = s.echo(Method::POST, EVENTS).await;
+        assert_eq!(ev.body["type"], "Warning");
+        assert_eq!(ev.body["reason"], "SecretNotAllowed");
+        assert!(
+            ev.body["note"].as_str().is_some_and(|n| n.contains(fix)),
+            "{}",
+            ev.body
+        );
+        s
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_pod_using_a_secret_no_longer_allowed_is_deleted() {
+    // The JWT Secret is allowed; the existing pull Secret lost its label (or was made anew
+    // without it); a pull Secret that does not exist is no error, as for any pod.
+    let a = agent(json!({
+        "model": "m",
+        "provider": {"type": "custom", "baseUrl": "https://gw.example/v1"},
+        "auth": {"jwtSecretRef": {"name": "api-jwt", "key": "k"}},
+        "imagePullSecrets": [{"name": "regcred"}, {"name": "gone"}],
+    }));
+    let (cm, pvc, svc, pod) = world(&a);
+    scenario(a, |mut s| async move {
+        s.found(&format!("{SECRETS}/api-jwt"), user_secret("k"))
+            .await;
+        s.found(
+            &format!("{SECRETS}/regcred"),
+            unlabelled_secret("regcred", ".dockerconfigjson"),
+        )
+        .await;
+        s.not_found(&format!("{SECRETS}/gone")).await;
+        s.found(CM, cm).await;
+        s.found(PVC, pvc).await;
+        s.found(SVC, svc).await;
+        s.found(POD, pod.clone()).await;
+        s.expect(Method::DELETE, POD, StatusCode::OK, pod).await;
+        let ev = s.echo(Method::POST, EVENTS).await;
+        assert_eq!(ev.body["type"], "Warning");
+        assert_eq!(ev.body["reason"], "SecretNotAllowed");
+        assert!(
+            ev.body["note"]
+                .as_str()
+                .is_some_and(|n| n.contains("deleted pod a1")),
+            "{}",
+            ev.body
+        );
+        expect_not_ready(
+            &mut s,
+            "SecretNotAllowed",
+            "ns/regcred (imagePullSecrets) does not carry the label \
+             agents.codex-operator.dev/allow-use=true",
+        )
+        .await;
+        s
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn another_agents_signing_key_is_not_used_without_the_label() {
+    // b1's generated key: controlled by b1, not by a1, and not labelled by anyone.
+    let a = agent(json!({
+        "model": "m",
+        "provider": {"type": "custom", "baseUrl": "https://gw.example/v1"},
+        "auth": {"jwtSecretRef": {"name": "b1-jwt", "key": "jwt.key"}},
+    }));
+    let (cm, pvc, svc, _) = world(&a);
+    let mut theirs = secret("jwt.key");
+    theirs["metadata"]["name"] = json!("b1-jwt");
+    theirs["metadata"]["ownerReferences"][0]["name"] = json!("b1");
+    theirs["metadata"]["ownerReferences"][0]["uid"] = json!("uid-b1");
+    let probe = scenario(a, |mut s| async move {
+        s.found(&format!("{SECRETS}/b1-jwt"), theirs).await;
+        s.found(CM, cm).await;
+        s.found(PVC, pvc).await;
+        s.found(SVC, svc).await;
+        s.not_found(POD).await;
+        expect_not_ready(
+            &mut s,
+            "SecretNotAllowed",
+            "Secret ns/b1-jwt (auth.jwtSecretRef) does not carry the label",
+        )
+        .await;
+        s
+    })
+    .await;
+    assert!(probe.calls.lock().expect("lock").is_empty());
 }

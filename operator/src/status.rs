@@ -44,6 +44,10 @@ pub mod reasons {
     pub const INVALID_SPEC: &str = "InvalidSpec";
     /// A referenced Secret (or its key) does not exist.
     pub const MISSING_SECRET: &str = "MissingSecret";
+    /// A Secret the spec names lacks the opt-in label [`crate::crd::ALLOW_USE_LABEL`] (value
+    /// `"true"`): the operator does not use it, no pod is created and a running one is deleted.
+    /// The message names the Secrets and the `kubectl label` command that allows them.
+    pub const SECRET_NOT_ALLOWED: &str = "SecretNotAllowed";
     /// A referenced Secret holds an unusable value (a JWT key under 32 bytes); no pod is created.
     pub const INVALID_SECRET: &str = "InvalidSecret";
     /// An object with a child's name exists and is not controlled by this agent (a user's, or
@@ -117,6 +121,8 @@ pub struct Observed {
     pub name_conflict: Option<String>,
     /// A referenced Secret holds an unusable value (message naming it).
     pub invalid_secret: Option<String>,
+    /// Secrets the spec names that lack the opt-in label (message naming them and the fix).
+    pub secret_not_allowed: Option<String>,
     /// How the claim compares with `spec.storage`: `(reason, message)` from
     /// [`crate::reconcile`]'s storage step.
     pub storage: Option<(&'static str, String)>,
@@ -465,6 +471,16 @@ pub fn compute(
                 "the agent is suspended",
             ),
             Phase::Suspended,
+        )
+    } else if let Some(m) = &obs.secret_not_allowed {
+        (
+            cond(
+                types::READY,
+                Some(false),
+                reasons::SECRET_NOT_ALLOWED,
+                m.clone(),
+            ),
+            Phase::Pending,
         )
     } else if let Some(m) = &obs.missing_secret {
         (

@@ -997,7 +997,8 @@ async fn examples_and_refusals(w: &World) {
     assert!(failures.is_empty(), "{failures:#?}");
 
     // A JWT key the sidecar would refuse (under 32 bytes): no crash-looping pod, a condition.
-    let short = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "short-key", "namespace": "examples"},
+    let short = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "short-key", "namespace": "examples",
+                       "labels": {"agents.codex-operator.dev/allow-use": "true"}},
                        "stringData": {"jwt.key": "too-short\n"}});
     w.cp.apply(&short.to_string(), &[]).expect("secret");
     let mut spec = w.custom_spec();
@@ -1020,6 +1021,71 @@ async fn examples_and_refusals(w: &World) {
         w.pod("examples", "weak-key").is_none(),
         "no pod with a key the sidecar refuses"
     );
+
+    // A Secret whose owner has not allowed CodexAgents to use it (no opt-in label): not used,
+    // no pod, and the condition says how to allow it; once labelled, the agent proceeds.
+    let unlabelled = json!({"apiVersion": "v1", "kind": "Secret",
+                            "metadata": {"name": "not-offered", "namespace": "examples"},
+                            "stringData": {"jwt.key": "a-signing-key-nobody-offered-0123456789"}});
+    w.cp.apply(&unlabelled.to_string(), &[]).expect("secret");
+    let mut spec = w.custom_spec();
+    spec["auth"] = json!({"jwtSecretRef": {"name": "not-offered", "key": "jwt.key"}});
+    w.apply_agent("examples", "borrower", spec);
+    let message = w
+        .wait_reason(
+            "examples",
+            "borrower",
+            "Ready",
+            "SecretNotAllowed",
+            Duration::from_secs(60),
+        )
+        .await;
+    assert!(
+        message.contains(
+            "kubectl label secret not-offered agents.codex-operator.dev/allow-use=true -n examples"
+        ),
+        "{message}"
+    );
+    assert!(
+        !message.contains("nobody-offered"),
+        "names only, never a value: {message}"
+    );
+    eventually(
+        "a SecretNotAllowed Event",
+        Duration::from_secs(30),
+        async || {
+            w.events("examples", "borrower")
+                .contains("SecretNotAllowed")
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(
+        w.pod("examples", "borrower").is_none(),
+        "no pod with a Secret its owner did not allow"
+    );
+    w.k(&[
+        "-n",
+        "examples",
+        "label",
+        "secret",
+        "not-offered",
+        "agents.codex-operator.dev/allow-use=true",
+    ]);
+    let (_, reason, _) = eventually(
+        "the labelled Secret to be used",
+        Duration::from_secs(90),
+        async || {
+            w.condition("examples", "borrower", "Ready")
+                .filter(|c| c.1 != "SecretNotAllowed")
+        },
+    )
+    .await;
+    eventually("the agent's pod", Duration::from_secs(30), async || {
+        w.pod("examples", "borrower")
+    })
+    .await;
+    eprintln!("cluster: an unlabelled Secret was refused; once labelled, Ready reason {reason}");
     w.k(&["delete", "namespace", "examples", "--wait=false"]);
 }
 

@@ -278,10 +278,19 @@ async fn local_model_server_runs_in_the_pod_with_the_gpus() {
                 "--served-model-name",
                 "qwen3-coder",
                 "--port",
-                "8000"
+                "8000",
+                "--host",
+                "127.0.0.1"
             ])
         );
-        assert_eq!(model["readinessProbe"]["httpGet"]["path"], "/health");
+        // Loopback only, so the readiness check runs inside the container.
+        assert!(
+            model["readinessProbe"]["exec"]["command"][2]
+                .as_str()
+                .is_some_and(|c| c.contains("http://127.0.0.1:8000/health")),
+            "{}",
+            model["readinessProbe"]
+        );
         assert!(
             containers[0]["resources"].is_null(),
             "the GPU goes to the model server, not the sidecar"

@@ -712,7 +712,10 @@ mod tests {
             }
             // The kubelet's HTTP probes reach only the pod IP: readiness is probed inside.
             let probe = c.readiness_probe.expect("readiness");
-            assert!(probe.http_get.is_none() && probe.exec.is_some(), "{engine}: {probe:?}");
+            assert!(
+                probe.http_get.is_none() && probe.exec.is_some(),
+                "{engine}: {probe:?}"
+            );
         }
     }
 

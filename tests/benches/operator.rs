@@ -125,6 +125,7 @@ async fn main() -> anyhow::Result<()> {
         client,
         OperatorConfig {
             sidecar_image: "codex-operator:bench".into(),
+            fs_group: Some(codex_operator::resources::SIDECAR_UID),
         },
         Arc::new(NoProbe),
         metrics.clone(),

@@ -309,7 +309,19 @@ impl ControlPlane {
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
                 format!("--service-account-key-file={}", p(&pki.sa_pub)),
                 format!("--service-account-signing-key-file={}", p(&pki.sa_key)),
-                "--service-cluster-ip-range=10.0.0.0/24".into(),
+                // Room for a ClusterIP per agent of the 1,000-agent benchmark.
+                "--service-cluster-ip-range=10.0.0.0/16".into(),
+                // The `kubernetes` Service's endpoint is the advertise address, which may not be
+                // loopback: a loopback control plane (no node, e.g. the operator benchmark)
+                // publishes none.
+                format!(
+                    "--endpoint-reconciler-type={}",
+                    if api_ip.is_loopback() {
+                        "none"
+                    } else {
+                        "lease"
+                    }
+                ),
                 format!("--kubelet-client-certificate={}", p(&kubelet_client_cert)),
                 format!("--kubelet-client-key={}", p(&kubelet_client_key)),
                 "--kubelet-preferred-address-types=InternalIP".into(),

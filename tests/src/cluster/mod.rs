@@ -159,9 +159,21 @@ pub struct ControlPlane {
 }
 
 fn spawn(name: &'static str, bin: &Path, args: &[String], log: &Path) -> anyhow::Result<Proc> {
+    spawn_program(name, &bin.join(name), args, log)
+}
+
+/// Starts `program` in its own process group (so that stopping it stops its children too),
+/// killed by the kernel if this process dies first (`PR_SET_PDEATHSIG`), stdout and stderr to
+/// `log`.
+fn spawn_program(
+    name: &'static str,
+    program: &Path,
+    args: &[String],
+    log: &Path,
+) -> anyhow::Result<Proc> {
     let out = std::fs::File::create(log)?;
     let err = out.try_clone()?;
-    let mut cmd = Command::new(bin.join(name));
+    let mut cmd = Command::new(program);
     cmd.args(args)
         .stdin(Stdio::null())
         .stdout(out)
@@ -176,12 +188,50 @@ fn spawn(name: &'static str, bin: &Path, args: &[String], log: &Path) -> anyhow:
     }
     let child = cmd
         .spawn()
-        .with_context(|| format!("starting {}", bin.join(name).display()))?;
+        .with_context(|| format!("starting {}", program.display()))?;
     Ok(Proc {
         name,
         child,
         log: log.to_path_buf(),
     })
+}
+
+/// Fails when one of `procs` has exited, with the end of its log.
+fn check_procs(procs: &[Proc]) -> anyhow::Result<()> {
+    for p in procs {
+        // try_wait needs &mut; a zero-signal kill tells liveness without reaping.
+        let pid = p.child.id() as i32;
+        // SAFETY: signal 0 only checks that the process exists.
+        let alive = unsafe { libc::kill(pid, 0) } == 0 && !is_zombie(pid);
+        if !alive {
+            bail!("{} exited\n{}", p.name, tail_of(&p.log, 30));
+        }
+    }
+    Ok(())
+}
+
+/// The last `n` lines of a log file.
+fn tail_of(log: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Stops a process group: SIGTERM, then SIGKILL after `grace`.
+fn stop_proc(p: &mut Proc, grace: Duration) {
+    let pgid = p.child.id() as i32;
+    // SAFETY: signalling our own child's process group.
+    unsafe { libc::kill(-pgid, libc::SIGTERM) };
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if matches!(p.child.try_wait(), Ok(Some(_))) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SAFETY: as above.
+    unsafe { libc::kill(-pgid, libc::SIGKILL) };
+    let _ = p.child.wait();
 }
 
 /// A kubeconfig for `server` with the CA `ca_pem` and either a client certificate or a bearer
@@ -476,28 +526,16 @@ impl ControlPlane {
 
     /// Fails when a component has exited, with the end of its log.
     pub fn check_alive(&self) -> anyhow::Result<()> {
-        for p in &self.procs {
-            // try_wait needs &mut; a zero-signal kill tells liveness without reaping.
-            let pid = p.child.id() as i32;
-            // SAFETY: signal 0 only checks that the process exists.
-            let alive = unsafe { libc::kill(pid, 0) } == 0 && !is_zombie(pid);
-            if !alive {
-                bail!("{} exited\n{}", p.name, self.log_tail(p.name, 30));
-            }
-        }
-        Ok(())
+        check_procs(&self.procs)
     }
 
     /// The last `n` lines of a component's log.
     pub fn log_tail(&self, name: &str, n: usize) -> String {
-        let text = self
-            .procs
+        self.procs
             .iter()
             .find(|p| p.name == name)
-            .and_then(|p| std::fs::read_to_string(&p.log).ok())
-            .unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(n)..].join("\n")
+            .map(|p| tail_of(&p.log, n))
+            .unwrap_or_default()
     }
 
     /// Runs the real kubectl as the admin; `Ok(stdout)` on exit 0, `Err(stderr)` otherwise.
@@ -620,19 +658,7 @@ impl Drop for ControlPlane {
         // Reverse start order: the scheduler and controller-manager before the API server,
         // etcd last.
         for p in self.procs.iter_mut().rev() {
-            let pgid = p.child.id() as i32;
-            // SAFETY: signalling our own child's process group.
-            unsafe { libc::kill(-pgid, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline {
-                if matches!(p.child.try_wait(), Ok(Some(_))) {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            // SAFETY: as above.
-            unsafe { libc::kill(-pgid, libc::SIGKILL) };
-            let _ = p.child.wait();
+            stop_proc(p, Duration::from_secs(5));
         }
     }
 }

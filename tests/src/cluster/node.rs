@@ -25,9 +25,8 @@
 //! down (containers, CNI, mounts), then stops the kubelet, containerd and kube-proxy (with
 //! `kube-proxy --cleanup`), and removes what is left: mounts, the bridge, the pod cgroups.
 
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -91,17 +90,12 @@ fn which(tool: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-struct Proc {
-    name: &'static str,
-    child: Child,
-}
-
 /// A running node. See the module documentation for what dropping it does.
 pub struct Node {
     client: Client,
     admin_kubeconfig: PathBuf,
     bin: PathBuf,
-    procs: Vec<Proc>,
+    procs: Vec<super::Proc>,
     /// containerd's gRPC socket.
     socket: PathBuf,
     /// Short-path directory in /run (sockets, containerd state).
@@ -246,25 +240,8 @@ impl Node {
 
     fn spawn(&mut self, name: &'static str, program: &Path, args: &[String]) -> anyhow::Result<()> {
         let log = self.dir.join(format!("{name}.log"));
-        let out = std::fs::File::create(&log)?;
-        let err = out.try_clone()?;
-        let mut cmd = Command::new(program);
-        cmd.args(args)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .process_group(0);
-        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("starting {}", program.display()))?;
-        self.procs.push(Proc { name, child });
+        self.procs
+            .push(super::spawn_program(name, program, args, &log)?);
         Ok(())
     }
 
@@ -282,22 +259,12 @@ impl Node {
 
     /// Fails when containerd, the kubelet or kube-proxy has exited, with the end of its log.
     pub fn check_alive(&self) -> anyhow::Result<()> {
-        for p in &self.procs {
-            let pid = p.child.id() as i32;
-            // SAFETY: signal 0 only checks that the process exists.
-            if unsafe { libc::kill(pid, 0) } != 0 || super::is_zombie(pid) {
-                bail!("{} exited\n{}", p.name, self.log_tail(p.name, 30));
-            }
-        }
-        Ok(())
+        super::check_procs(&self.procs)
     }
 
     /// The last `n` lines of a node component's log (`containerd`, `kubelet`, `kube-proxy`).
     pub fn log_tail(&self, name: &str, n: usize) -> String {
-        let text =
-            std::fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(n)..].join("\n")
+        super::tail_of(&self.dir.join(format!("{name}.log")), n)
     }
 
     /// Runs `ctr` against this node's containerd in the CRI's `k8s.io` namespace.
@@ -436,19 +403,7 @@ impl Node {
 
     fn stop(&mut self, name: &str) {
         if let Some(p) = self.procs.iter_mut().find(|p| p.name == name) {
-            let pgid = p.child.id() as i32;
-            // SAFETY: signalling our own child's process group.
-            unsafe { libc::kill(-pgid, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if matches!(p.child.try_wait(), Ok(Some(_))) {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            // SAFETY: as above.
-            unsafe { libc::kill(-pgid, libc::SIGKILL) };
-            let _ = p.child.wait();
+            super::stop_proc(p, Duration::from_secs(10));
         }
     }
 }

@@ -524,6 +524,29 @@ fn remove_chains() {
         "-j",
         "CNI-FORWARD",
     ]);
+    // The bridge plugin's masquerade rules of any sandbox not torn down by a CNI DEL (their
+    // comment names the network `codex-e2e`), and the per-sandbox chains they jump to.
+    let rules = Command::new("iptables")
+        .args(["-w", "5", "-t", "nat", "-S", "POSTROUTING"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    for rule in rules.lines().filter(|l| l.contains("codex-e2e")) {
+        let Some(spec) = rule.strip_prefix("-A ") else {
+            continue;
+        };
+        // `iptables -S` prints a rule in shell syntax (the comment is quoted).
+        let _ = Command::new("sh")
+            .arg("-c")
+            .arg(format!("iptables -w 5 -t nat -D {spec}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        if let Some(chain) = spec.split_whitespace().skip_while(|w| *w != "-j").nth(1) {
+            ipt(&["-t", "nat", "-F", chain]);
+            ipt(&["-t", "nat", "-X", chain]);
+        }
+    }
     for (table, chain) in [
         ("filter", "KUBE-FIREWALL"),
         ("filter", "CNI-FORWARD"),

@@ -20,8 +20,7 @@ pub const DEFAULT_COMPACT_AT_TOKENS: u64 = 40_000;
 pub const DEFAULT_MAX_LIVE_SESSIONS: u32 = 8;
 /// Default `--idle-timeout` in seconds.
 pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 600;
-/// Default `--turn-timeout` in seconds.
-pub const DEFAULT_TURN_TIMEOUT_SECS: u64 = 600;
+pub use crate::settings::DEFAULT_TURN_TIMEOUT_SECS;
 /// Default `--jwt-key-reload-interval` in seconds.
 pub const DEFAULT_JWT_KEY_RELOAD_INTERVAL_SECS: u64 = 5;
 /// Largest `--jwt-key-reload-interval` in seconds (one day).

@@ -169,6 +169,12 @@ pub struct FakeProbe {
     pub sandbox: Mutex<Option<crate::probe::SandboxReport>>,
     /// Targets asked for.
     pub calls: Mutex<Vec<ProbeTarget>>,
+    /// Turns the fake sidecar has running (what a drain answers).
+    pub running: Mutex<u64>,
+    /// Whether the fake sidecar drains (set by `drain`, reported by `status`).
+    pub draining: Mutex<bool>,
+    /// Each `drain` call's `on`.
+    pub drains: Mutex<Vec<bool>>,
 }
 
 impl SidecarProbe for FakeProbe {
@@ -183,6 +189,8 @@ impl SidecarProbe for FakeProbe {
                 Some(gpu) => Ok(SidecarReport {
                     gpu,
                     sandbox_check: self.sandbox.lock().expect("lock").clone(),
+                    draining: *self.draining.lock().expect("lock"),
+                    counts: Default::default(),
                 }),
                 None => {
                     // Produce a real reqwest error: connection refused on a closed port.
@@ -194,6 +202,22 @@ impl SidecarProbe for FakeProbe {
                     Err(ProbeError::Http(err))
                 }
             }
+        })
+    }
+
+    fn drain<'a>(
+        &'a self,
+        _target: &'a ProbeTarget,
+        on: bool,
+    ) -> BoxFuture<'a, Result<crate::probe::DrainReport, ProbeError>> {
+        Box::pin(async move {
+            self.drains.lock().expect("lock").push(on);
+            *self.draining.lock().expect("lock") = on;
+            Ok(crate::probe::DrainReport {
+                draining: on,
+                running: *self.running.lock().expect("lock"),
+                queued: 0,
+            })
         })
     }
 }
@@ -208,6 +232,7 @@ pub fn testing() -> (Arc<Context>, ApiServerVerifier, Arc<FakeProbe>) {
         OperatorConfig {
             sidecar_image: "registry.test/codex-sidecar:1".into(),
             fs_group: Some(crate::resources::SIDECAR_UID),
+            ..Default::default()
         },
         probe.clone(),
         Arc::new(Metrics::default()),

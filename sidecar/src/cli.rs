@@ -181,14 +181,13 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
         auth = if insecure { "none (--insecure-no-auth)" } else { "jwt" },
         "codex-sidecar serving on http://{listen}"
     );
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            // End long-polls and event streams so the connections drain.
-            let _ = shutdown_tx.send(true);
-        })
-        .await
-        .map_err(|e| format!("server error: {e}"))?;
+    let limits = cfg.server;
+    crate::http::server::serve(listener, router(state), limits, async move {
+        shutdown_signal().await;
+        // End long-polls and event streams so the connections drain.
+        let _ = shutdown_tx.send(true);
+    })
+    .await;
     if let Some(w) = key_watcher {
         w.abort();
     }

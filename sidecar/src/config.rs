@@ -125,6 +125,9 @@ pub struct Config {
     pub jwt_key_reload_interval: Option<Duration>,
     /// How long a replaced JWT key stays valid (`--jwt-key-overlap`).
     pub jwt_key_overlap: Duration,
+    /// The HTTP server's limits (`--http-header-read-timeout`, `--http-max-connections`,
+    /// `--shutdown-drain`).
+    pub server: crate::http::server::ServerLimits,
 }
 
 /// A setting that cannot be used; the message names it.
@@ -144,6 +147,43 @@ fn bad(setting: impl Into<String>, message: impl Into<String>) -> ConfigError {
     }
 }
 
+/// The HTTP server's limits from the settings, each checked against its range.
+fn server_limits(
+    p: &crate::settings::PathSettings,
+) -> Result<crate::http::server::ServerLimits, ConfigError> {
+    use crate::http::server::{self, ServerLimits};
+    let header = p
+        .http_header_read_timeout
+        .unwrap_or(server::DEFAULT_HEADER_READ_TIMEOUT.as_secs());
+    if !(1..=3600).contains(&header) {
+        return Err(bad(
+            format!("--http-header-read-timeout {header}"),
+            "between 1 and 3600 seconds",
+        ));
+    }
+    let conns = p
+        .http_max_connections
+        .map_or(server::DEFAULT_MAX_CONNECTIONS, |n| n as usize);
+    if !(1..=65536).contains(&conns) {
+        return Err(bad(
+            format!("--http-max-connections {conns}"),
+            "between 1 and 65536",
+        ));
+    }
+    let drain = p.shutdown_drain.unwrap_or(server::DEFAULT_DRAIN.as_secs());
+    if drain > 300 {
+        return Err(bad(
+            format!("--shutdown-drain {drain}"),
+            "at most 300 seconds",
+        ));
+    }
+    Ok(ServerLimits {
+        header_read_timeout: Duration::from_secs(header),
+        max_connections: conns,
+        drain: Duration::from_secs(drain),
+    })
+}
+
 impl Config {
     /// Applies defaults, reads key files and checks every setting; runs `codex --version`.
     /// Returns the config and the API verifier (its key reloadable from its file).
@@ -153,6 +193,7 @@ impl Config {
     pub async fn resolve(s: ServeSettings) -> Result<(Config, KeyRing), ConfigError> {
         let p = s.paths;
         let a = s.agent;
+        let server = server_limits(&p)?;
         let listen_text = p.listen.unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
         let listen: SocketAddr = listen_text.parse().map_err(|e| {
             bad(
@@ -314,6 +355,7 @@ impl Config {
             insecure_no_auth: p.insecure_no_auth,
             jwt_key_reload_interval: (reload_secs > 0).then(|| Duration::from_secs(reload_secs)),
             jwt_key_overlap,
+            server,
         };
         Ok((config, authenticator))
     }

@@ -343,7 +343,28 @@ pub struct PathSettings {
     )]
     pub jwt_key_overlap: Option<u64>,
 
+    /// Seconds a connection has to send a complete request head (also the longest idle time of a
+    /// keep-alive connection between requests). Default 10; 1..=3600.
+    #[arg(long, value_name = "SECS")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_header_read_timeout: Option<u64>,
+
+    /// Connections served at once; beyond it new ones wait in the listen backlog. Default 512;
+    /// 1..=65536 (keep it under the open-files limit, which codex children share).
+    #[arg(long, value_name = "N")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_max_connections: Option<u32>,
+
+    /// Seconds open connections get to finish after SIGTERM before the sidecar stops its codex
+    /// children anyway. Default 5; at most 300 (keep the total under the pod's grace period).
+    #[arg(long, value_name = "SECS")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shutdown_drain: Option<u64>,
+
     /// Serve `/v1/*` without authentication. Refused unless `--listen` is a loopback address.
+    /// Only requests whose `Host` is loopback (`localhost`, `127.0.0.1`, `[::1]`) and that carry
+    /// no `Origin` of another site are served then, so a web page cannot reach the sidecar
+    /// through DNS rebinding.
     #[arg(long)]
     #[serde(
         default,
@@ -402,6 +423,11 @@ impl ServeSettings {
                 jwt_public_key_file: fp.jwt_public_key_file.or(f.jwt_public_key_file),
                 jwt_key_reload_interval: fp.jwt_key_reload_interval.or(f.jwt_key_reload_interval),
                 jwt_key_overlap: fp.jwt_key_overlap.or(f.jwt_key_overlap),
+                http_header_read_timeout: fp
+                    .http_header_read_timeout
+                    .or(f.http_header_read_timeout),
+                http_max_connections: fp.http_max_connections.or(f.http_max_connections),
+                shutdown_drain: fp.shutdown_drain.or(f.shutdown_drain),
                 insecure_no_auth: fp.insecure_no_auth || f.insecure_no_auth,
             },
             agent: AgentSettings {

@@ -1986,10 +1986,95 @@ async fn restricted(w: &World) {
     w.k(&["delete", "namespace", "locked", "--wait=false"]);
 }
 
+/// What [`watch_rollout`] saw.
+struct RolloutSeen {
+    /// An agent showed `UpToDate=False/Draining`.
+    draining: bool,
+    /// An agent showed `UpToDate=False/RolloutWaiting`.
+    waiting: bool,
+}
+
+/// Watches `agents` until every one runs a new pod that is Ready and `UpToDate`, asserting that
+/// never two of them are being replaced at once. With `send_to`, the first time that agent
+/// drains a message is sent to it (and must be accepted).
+async fn watch_rollout(
+    w: &World,
+    ns: &str,
+    agents: &[&str],
+    send_to: Option<(&str, &Api)>,
+) -> RolloutSeen {
+    let uid = |a: &str| {
+        w.pod(ns, a)
+            .map(|p| p["metadata"]["uid"].as_str().unwrap_or_default().to_owned())
+    };
+    let before: Vec<Option<String>> = agents.iter().map(|a| uid(a)).collect();
+    let mut seen = RolloutSeen {
+        draining: false,
+        waiting: false,
+    };
+    let mut sent = false;
+    let t0 = Instant::now();
+    loop {
+        assert!(
+            t0.elapsed() < Duration::from_secs(300),
+            "the rollout did not finish"
+        );
+        let (mut replacing, mut done) = (0, 0);
+        for (i, a) in agents.iter().enumerate() {
+            let up = w.condition(ns, a, "UpToDate");
+            let ready = w.condition(ns, a, "Ready").is_some_and(|c| c.0 == "True");
+            let current = uid(a);
+            match up.as_ref().map(|c| c.1.as_str()) {
+                Some("Draining") => {
+                    seen.draining = true;
+                    if let Some((target, api)) = send_to
+                        && target == *a
+                        && !sent
+                    {
+                        // Accepted while draining, answered by the next pod.
+                        let (code, body) = api.send("long", "sent while draining").await;
+                        assert_eq!(code, 202, "{body}");
+                        sent = true;
+                    }
+                }
+                Some("RolloutWaiting") => seen.waiting = true,
+                _ => {}
+            }
+            if current != before[i] && !ready {
+                replacing += 1;
+            }
+            if current.is_some()
+                && current != before[i]
+                && ready
+                && up.is_some_and(|c| c.0 == "True")
+            {
+                done += 1;
+            }
+        }
+        assert!(replacing <= 1, "two agents were being replaced at once");
+        if done == agents.len() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    eprintln!(
+        "cluster: rollout of {} agents took {:.1}s (draining seen: {}, waiting seen: {})",
+        agents.len(),
+        t0.elapsed().as_secs_f64(),
+        seen.draining,
+        seen.waiting
+    );
+    if send_to.is_some() {
+        assert!(sent, "a message was sent while draining");
+    }
+    seen
+}
+
 /// `helm upgrade` changing the default sidecar image (the same image under another name, so the
-/// node has it) with `--max-concurrent-rollouts 1`: the agents are replaced one at a time, the
-/// one running a turn only after the turn ended (`Draining`), and a message sent while it drains
-/// is answered by the new pod. Then an agent's NetworkPolicy is created and removed.
+/// node has it) with `agents.maxConcurrentRollouts=1`: the agents are replaced one at a time.
+/// Then both agents' specs change while one runs a turn: that one is replaced only after its
+/// turn ended (`Draining`), and a message sent while it drains is answered by the new pod. Then
+/// an agent's NetworkPolicy is created and removed.
 async fn rollout_and_network_policy(w: &World) {
     let ns = "rollout";
     w.namespace(ns, &[]);
@@ -2003,13 +2088,55 @@ async fn rollout_and_network_policy(w: &World) {
         w.wait_condition(ns, a, "UpToDate", "True", Duration::from_secs(30))
             .await;
     }
-    let uid = |a: &str| {
-        w.pod(ns, a)
-            .map(|p| p["metadata"]["uid"].as_str().unwrap_or_default().to_owned())
-    };
-    let before: Vec<String> = agents.iter().map(|a| uid(a).expect("pod")).collect();
 
-    // A turn of about 60 s on r1 (15 words, 4 s before each).
+    // 1. A new default image: the same image under another name, so every agent's pod changes.
+    let (repo_name, tag) = w
+        .image
+        .split_once(':')
+        .unwrap_or((w.image.as_str(), "latest"));
+    if repo_name.contains('/') {
+        println!(
+            "NOTICE: skipping the image part of the rollout: image {} has a registry path, no second name for it",
+            w.image
+        );
+    } else {
+        let renamed = format!("sidecar.image.repository=docker.io/library/{repo_name}");
+        let tag_arg = format!("sidecar.image.tag={tag}");
+        let out = w.cp.helm(&[
+            "upgrade",
+            RELEASE,
+            &repo().join("charts/codex-operator").to_string_lossy(),
+            "-n",
+            OPERATOR_NS,
+            "--reuse-values",
+            "--set",
+            &renamed,
+            "--set",
+            &tag_arg,
+            "--set",
+            "agents.maxConcurrentRollouts=1",
+            "--wait",
+            "--timeout",
+            "3m",
+        ]);
+        out.unwrap_or_else(|e| panic!("helm upgrade to a new sidecar image: {e}"));
+        let seen = watch_rollout(w, ns, &agents, None).await;
+        assert!(
+            seen.waiting,
+            "one agent waited for the rollout slot while the other was replaced"
+        );
+        for a in agents {
+            let pod = w.pod(ns, a).expect("pod");
+            assert!(
+                pod["spec"]["containers"]
+                    .to_string()
+                    .contains("docker.io/library/"),
+                "{a} runs the new default image"
+            );
+        }
+    }
+
+    // 2. A turn of about 60 s on r1 (15 words, 4 s before each), then both specs change.
     let api = w.sidecar(ns, "r1", "alice").await;
     assert_eq!(api.create(json!({"id": "long"})).await.0, 201);
     let (code, body) = api
@@ -2024,102 +2151,18 @@ async fn rollout_and_network_policy(w: &World) {
     })
     .await
     .expect("the turn starts");
-
-    // The same image under another name: every agent's desired pod changes.
-    let (repo_name, tag) = w
-        .image
-        .split_once(':')
-        .unwrap_or((w.image.as_str(), "latest"));
-    if repo_name.contains('/') {
-        println!(
-            "NOTICE: skipping the rollout part: image {} has a registry path, no second name for it",
-            w.image
-        );
-        return;
-    }
-    let renamed = format!("sidecar.image.repository=docker.io/library/{repo_name}");
-    let tag_arg = format!("sidecar.image.tag={tag}");
-    let out = w.cp.helm(&[
-        "upgrade",
-        RELEASE,
-        &repo().join("charts/codex-operator").to_string_lossy(),
-        "-n",
-        OPERATOR_NS,
-        "--reuse-values",
-        "--set",
-        &renamed,
-        "--set",
-        &tag_arg,
-        "--set",
-        "agents.maxConcurrentRollouts=1",
-        "--wait",
-        "--timeout",
-        "3m",
-    ]);
-    out.unwrap_or_else(|e| panic!("helm upgrade to a new sidecar image: {e}"));
-
-    // Watch both agents until both run the new image: never two replaced at once.
-    let t0 = Instant::now();
-    let mut seen_draining = false;
-    let mut seen_waiting = false;
-    let mut sent_while_draining = false;
-    loop {
-        assert!(
-            t0.elapsed() < Duration::from_secs(300),
-            "the rollout did not finish"
-        );
-        let mut replacing = 0;
-        let mut done = 0;
-        for (i, a) in agents.iter().enumerate() {
-            let up = w.condition(ns, a, "UpToDate");
-            let ready = w.condition(ns, a, "Ready").is_some_and(|c| c.0 == "True");
-            let current = uid(a);
-            match up.as_ref().map(|c| c.1.as_str()) {
-                Some("Draining") => {
-                    seen_draining = true;
-                    if *a == "r1" && !sent_while_draining {
-                        // Accepted while draining, answered by the next pod.
-                        let (code, body) = api.send("long", "sent while draining").await;
-                        assert_eq!(code, 202, "{body}");
-                        sent_while_draining = true;
-                    }
-                }
-                Some("RolloutWaiting") => seen_waiting = true,
-                _ => {}
-            }
-            if current.as_deref() != Some(before[i].as_str()) && !ready {
-                replacing += 1;
-            }
-            if current.is_some_and(|u| u != before[i]) && ready && up.is_some_and(|c| c.0 == "True")
-            {
-                done += 1;
-            }
-        }
-        assert!(replacing <= 1, "two agents were being replaced at once");
-        if done == agents.len() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-    eprintln!(
-        "cluster: rollout of 2 agents took {:.1}s (draining seen: {seen_draining}, waiting seen: {seen_waiting})",
-        t0.elapsed().as_secs_f64()
-    );
-    assert!(
-        seen_draining && seen_waiting,
-        "one agent drained while the other waited for the rollout slot"
-    );
     for a in agents {
-        let pod = w.pod(ns, a).expect("pod");
-        assert!(
-            pod["spec"]["containers"]
-                .to_string()
-                .contains("docker.io/library/"),
-            "{a} runs the new default image"
-        );
+        let mut spec = w.custom_spec();
+        spec["sidecar"]["idleTimeout"] = json!(1234);
+        w.apply_agent(ns, a, spec);
     }
-    // The turn that ran during the upgrade ended normally, and what was sent while the
-    // sidecar drained was answered by the new pod.
+    let seen = watch_rollout(w, ns, &agents, Some(("r1", &api))).await;
+    assert!(
+        seen.draining,
+        "the agent running a turn drained before its pod went"
+    );
+    // The turn that ran during the change ended normally, and what was sent while the sidecar
+    // drained was answered by the new pod.
     let api = w.sidecar(ns, "r1", "alice").await;
     let events = api
         .until_results("long", 0, 2, Duration::from_secs(90))
@@ -2128,7 +2171,6 @@ async fn rollout_and_network_policy(w: &World) {
     let results: Vec<&Value> = events.iter().filter(|e| e["type"] == "result").collect();
     assert_eq!(results[0]["status"], "completed", "not cut: {events:?}");
     assert_eq!(results[0]["text"], "a b c d e f g h i j k l m n o");
-    assert!(sent_while_draining, "a message was sent while draining");
     assert_eq!(results[1]["status"], "completed", "{events:?}");
     assert!(
         results[1]["text"]

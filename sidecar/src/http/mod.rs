@@ -3,6 +3,8 @@
 //! (health, readiness, metrics, status).
 
 pub mod ops;
+pub mod origin;
+pub mod server;
 pub mod sessions;
 
 use std::sync::Arc;
@@ -126,5 +128,9 @@ pub fn router(state: AppState) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            origin::guard,
+        ))
         .with_state(state)
 }

@@ -1,0 +1,198 @@
+//! What an unauthenticated client can do to the server: half-sent requests and idle sockets are
+//! closed by the header read timeout, connections beyond the cap wait instead of exhausting file
+//! descriptors, SIGTERM stops within the drain whatever connections are open, and with
+//! `--insecure-no-auth` only loopback `Host`s and same-origin browsers are served.
+
+use std::time::{Duration, Instant};
+
+use codex_e2e::harness::{Api, Sidecar, codex_bin, free_port, sidecar_bin};
+use codex_e2e::model::ScriptedModel;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn addr(sc: &Sidecar) -> String {
+    sc.base.trim_start_matches("http://").to_owned()
+}
+
+/// Reads until the peer closes the connection (or `limit` passes); returns how long it took.
+async fn closed_within(stream: &mut TcpStream, limit: Duration) -> Option<Duration> {
+    let t0 = Instant::now();
+    let mut buf = [0u8; 1024];
+    loop {
+        match tokio::time::timeout(limit.saturating_sub(t0.elapsed()), stream.read(&mut buf)).await
+        {
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(t0.elapsed()),
+            // A 408 before closing is fine too: keep reading until EOF.
+            Ok(Ok(_)) => {}
+            Err(_) => return None,
+        }
+    }
+}
+
+#[tokio::test]
+async fn half_sent_requests_and_idle_sockets_are_closed_by_the_header_timeout() -> anyhow::Result<()>
+{
+    let model = ScriptedModel::start().await?;
+    let sc = Sidecar::start(&model.base_url(), &["--http-header-read-timeout", "2"]).await?;
+    let mut half = TcpStream::connect(addr(&sc)).await?;
+    half.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n")
+        .await?;
+    let mut idle = TcpStream::connect(addr(&sc)).await?;
+    let took = closed_within(&mut half, Duration::from_secs(8)).await;
+    assert!(
+        took.is_some_and(|t| t >= Duration::from_millis(1500)),
+        "a half-sent request is closed after the timeout, not before: {took:?}"
+    );
+    let took = closed_within(&mut idle, Duration::from_secs(8)).await;
+    assert!(took.is_some(), "an idle socket is closed too");
+    // Requests sent in time are served as before.
+    let (code, _) = Api::new(&sc.base, None).call("GET", "/healthz", None).await;
+    assert_eq!(code, 200);
+    Ok(())
+}
+
+#[tokio::test]
+async fn connections_beyond_the_cap_wait_until_one_closes() -> anyhow::Result<()> {
+    let model = ScriptedModel::start().await?;
+    let sc = Sidecar::start(
+        &model.base_url(),
+        &[
+            "--http-max-connections",
+            "4",
+            "--http-header-read-timeout",
+            "3",
+        ],
+    )
+    .await?;
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(TcpStream::connect(addr(&sc)).await?);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_millis(800))
+        .build()?;
+    let url = format!("{}/healthz", sc.base);
+    assert!(
+        client.get(&url).send().await.is_err(),
+        "a fifth connection is not served while four are open"
+    );
+    // The held sockets send nothing: the header timeout closes them, and the next one is served.
+    let patient = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()?;
+    let r = patient.get(&url).send().await?;
+    assert_eq!(r.status(), 200);
+    drop(held);
+    Ok(())
+}
+
+#[tokio::test]
+async fn sigterm_with_a_stalled_client_stops_within_the_drain() -> anyhow::Result<()> {
+    let model = ScriptedModel::start().await?;
+    let mut sc = Sidecar::start(
+        &model.base_url(),
+        &["--http-header-read-timeout", "120", "--shutdown-drain", "2"],
+    )
+    .await?;
+    let mut half = TcpStream::connect(addr(&sc)).await?;
+    half.write_all(
+        b"POST /v1/sessions HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n{",
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let took = sc.terminate(Duration::from_secs(30)).await?;
+    assert!(
+        took < Duration::from_secs(10),
+        "stopped within the drain, not held open by the client: {took:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn without_auth_only_loopback_hosts_and_same_origin_requests_are_served() -> anyhow::Result<()>
+{
+    let model = ScriptedModel::start().await?;
+    let dir = tempfile::tempdir()?;
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let _child = tokio::process::Command::new(sidecar_bin())
+        .args(["serve", "--insecure-no-auth", "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .arg("--codex-bin")
+        .arg(codex_bin())
+        .args(["--provider", "custom", "--model", "scripted"])
+        .arg("--provider-base-url")
+        .arg(model.base_url())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let client = reqwest::Client::new();
+    let mut up = false;
+    for _ in 0..200 {
+        if client.get(format!("{base}/healthz")).send().await.is_ok() {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(up, "the sidecar answers");
+    let get = |host: String, origin: Option<String>| {
+        let mut r = client
+            .get(format!("{base}/v1/sessions"))
+            .header("host", host);
+        if let Some(o) = origin {
+            r = r.header("origin", o);
+        }
+        r.send()
+    };
+    for host in [
+        format!("localhost:{port}"),
+        format!("127.0.0.1:{port}"),
+        format!("[::1]:{port}"),
+        "localhost".to_owned(),
+    ] {
+        let r = get(host.clone(), None).await?;
+        assert_eq!(r.status(), 200, "Host {host}");
+    }
+    // DNS rebinding: a page on evil.example resolves its name to 127.0.0.1.
+    let r = get(format!("evil.example:{port}"), None).await?;
+    assert_eq!(r.status(), 403);
+    let body: serde_json::Value = r.json().await?;
+    assert_eq!(body["error"]["code"], "forbidden_host", "{body}");
+    // A browser page from another origin, even with a loopback Host.
+    let r = get(
+        format!("localhost:{port}"),
+        Some("https://evil.example".into()),
+    )
+    .await?;
+    assert_eq!(r.status(), 403);
+    let body: serde_json::Value = r.json().await?;
+    assert_eq!(body["error"]["code"], "cross_origin", "{body}");
+    // The same origin is fine.
+    let r = get(
+        format!("localhost:{port}"),
+        Some(format!("http://localhost:{port}")),
+    )
+    .await?;
+    assert_eq!(r.status(), 200);
+    Ok(())
+}
+
+#[tokio::test]
+async fn with_auth_any_host_is_served() -> anyhow::Result<()> {
+    // Behind a Service or an ingress the Host is the cluster name: only no-auth mode checks it.
+    let model = ScriptedModel::start().await?;
+    let sc = Sidecar::start(&model.base_url(), &[]).await?;
+    let r = reqwest::Client::new()
+        .get(format!("{}/v1/sessions", sc.base))
+        .header("host", "agent.agents.svc:8080")
+        .bearer_auth(codex_e2e::harness::mint("alice", None, 60))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 200);
+    Ok(())
+}

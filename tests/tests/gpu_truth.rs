@@ -1,0 +1,237 @@
+//! "Is it really on the GPU?": what the sidecar's `/v1/status` `model_server` says for each state
+//! of a local model server, read from the engine's own API (the scripted model answers as Ollama,
+//! LM Studio and vLLM would), `/readyz` failing while the model is not served, and no silent
+//! fallback: the generated config.toml names one provider only, and a turn with the model
+//! server down or the model missing fails by its deadline with an error that names the cause.
+//!
+//! No GPU is needed: NVML's absence is reported in `gpu` (`available: false`, the reason in
+//! `error`), and the model's place (GPU or CPU) comes from the model server, as `ollama ps`
+//! reads it.
+
+use std::time::{Duration, Instant};
+
+use codex_e2e::harness::{Api, Sidecar, files_named, of_type};
+use codex_e2e::model::{CatalogModel, ScriptedModel};
+use serde_json::{Value, json};
+
+const T: Duration = Duration::from_secs(90);
+const GIB: u64 = 1 << 30;
+const MODEL: &str = "gpt-oss:20b";
+
+async fn model_server(api: &Api) -> Value {
+    let (status, body) = api.call("GET", "/v1/status", None).await;
+    assert_eq!(status, 200, "{body}");
+    body["model_server"].clone()
+}
+
+async fn readyz(sc: &Sidecar) -> (u16, Value) {
+    Api::new(&sc.base, None).call("GET", "/readyz", None).await
+}
+
+#[tokio::test]
+async fn ollama_says_whether_the_model_is_served_and_how_much_of_it_is_on_the_gpu()
+-> anyhow::Result<()> {
+    let model = ScriptedModel::start().await?;
+    // A typo in the model name: the server has gpt-oss:20b, the agent asks for gpt-os:20b.
+    model.set_catalog(vec![CatalogModel::on_gpu(MODEL, 13 * GIB)]);
+    let typo = Sidecar::start_provider("ollama", &model.base_url(), "gpt-os:20b", &[], &[]).await?;
+    let ms = model_server(&typo.api("alice")).await;
+    assert_eq!(ms["engine"], "ollama");
+    assert_eq!(ms["reachable"], true);
+    assert_eq!(ms["served"], false, "{ms}");
+    assert_eq!(ms["models"], json!([MODEL]));
+    let (status, ready) = readyz(&typo).await;
+    assert_eq!(
+        status, 503,
+        "not ready while the model is not served: {ready}"
+    );
+    assert_eq!(ready["checks"]["model"]["ok"], false);
+    assert!(
+        ready["checks"]["model"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("gpt-os:20b") && e.contains(MODEL)),
+        "{ready}"
+    );
+    drop(typo);
+
+    let sc = Sidecar::start_provider(
+        "ollama",
+        &model.base_url(),
+        MODEL,
+        &["--turn-timeout", "8"],
+        &[],
+    )
+    .await?;
+    let api = sc.api("alice");
+    let (status, st) = api.call("GET", "/v1/status", None).await;
+    assert_eq!(status, 200);
+    // No GPU here: NVML's absence is a fact in the report, not an error of the sidecar.
+    if st["gpu"]["available"] == false {
+        assert!(st["gpu"]["error"].as_str().is_some(), "{}", st["gpu"]);
+    }
+    let ms = &st["model_server"];
+    assert_eq!(ms["base_url"], model.base_url().as_str());
+    assert_eq!(ms["model"], MODEL);
+    assert_eq!(
+        (&ms["served"], &ms["loaded"], &ms["gpu_fraction"]),
+        (&json!(true), &json!(true), &json!(1.0)),
+        "{ms}"
+    );
+    assert_eq!(ms["processor"], "100% GPU");
+    assert_eq!(ms["size_vram_bytes"], 13 * GIB);
+    assert_eq!(ms["version"], "0.12.0-scripted");
+    assert!(ms["checked_at"].as_str().is_some_and(|t| t.ends_with('Z')));
+    assert_eq!(readyz(&sc).await.0, 200);
+
+    // Partly on the GPU, all on the CPU, not loaded (Ollama unloads idle models).
+    model.set_catalog(vec![CatalogModel::split(MODEL, 100 * GIB, 52 * GIB)]);
+    let ms = model_server(&api).await;
+    assert_eq!(ms["gpu_fraction"], 0.52);
+    assert_eq!(ms["processor"], "48%/52% CPU/GPU");
+    model.set_catalog(vec![CatalogModel::on_cpu(MODEL, 13 * GIB)]);
+    let ms = model_server(&api).await;
+    assert_eq!(
+        (&ms["loaded"], &ms["gpu_fraction"], &ms["processor"]),
+        (&json!(true), &json!(0.0), &json!("100% CPU"))
+    );
+    model.set_catalog(vec![CatalogModel::not_loaded(MODEL, 13 * GIB)]);
+    let ms = model_server(&api).await;
+    assert_eq!(
+        (&ms["served"], &ms["loaded"], &ms["gpu_fraction"]),
+        (&json!(true), &json!(false), &Value::Null),
+        "unknown stays null: {ms}"
+    );
+
+    // A turn goes to the model server, through the one provider the config names; the request
+    // loads the model.
+    assert_eq!(api.create(json!({"id": "s"})).await.0, 201);
+    assert_eq!(api.send("s", "hello local").await.0, 202);
+    let events = api.until_results("s", 0, 1, T).await?;
+    let result = events.last().expect("result");
+    assert_eq!(result["status"], "completed", "{events:?}");
+    assert_eq!(result["text"], "echo: hello local");
+    assert_eq!(
+        model.requests().last().map(|r| r.body["model"].clone()),
+        Some(json!(MODEL))
+    );
+    assert_eq!(model_server(&api).await["gpu_fraction"], 1.0);
+    let configs = files_named(&sc.state_dir, "config.toml");
+    assert!(!configs.is_empty(), "a CODEX_HOME config.toml");
+    for path in configs {
+        let text = std::fs::read_to_string(&path)?;
+        let t: toml::Table = text.parse()?;
+        assert_eq!(
+            t["model_provider"].as_str(),
+            Some("sidecar-ollama"),
+            "{text}"
+        );
+        let providers = t["model_providers"].as_table().expect("providers");
+        assert_eq!(providers.len(), 1, "one provider only: {text}");
+        let p = &providers["sidecar-ollama"];
+        assert_eq!(p["base_url"].as_str(), Some(model.base_url().as_str()));
+        assert_eq!(p["stream_idle_timeout_ms"].as_integer(), Some(600_000));
+        assert!(
+            !t.contains_key("profile") && !t.contains_key("oss_provider"),
+            "{text}"
+        );
+    }
+
+    // The model goes missing (deleted on the server): the turn fails, naming the cause.
+    model.set_catalog(vec![CatalogModel::on_gpu("qwen3:8b", 5 * GIB)]);
+    let after = events.last().and_then(|e| e["seq"].as_u64()).unwrap_or(0);
+    let t0 = Instant::now();
+    assert_eq!(api.send("s", "still there?").await.0, 202);
+    let events = api.until_results("s", after, 1, T).await?;
+    assert!(t0.elapsed() < Duration::from_secs(30), "{:?}", t0.elapsed());
+    let errors = of_type(&events, "error");
+    assert_eq!(errors.len(), 1, "{events:?}");
+    assert_eq!(errors[0]["code"], "model_not_served", "{events:?}");
+    assert!(
+        errors[0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(MODEL) && m.contains("qwen3:8b")),
+        "{events:?}"
+    );
+    assert_eq!(events.last().expect("result")["status"], "failed");
+
+    // The server goes away: reported unreachable, and a turn fails by its deadline, with no
+    // request to anywhere else.
+    model.set_catalog(vec![CatalogModel::on_gpu(MODEL, 13 * GIB)]);
+    let after = events.last().and_then(|e| e["seq"].as_u64()).unwrap_or(0);
+    model.shutdown().await;
+    let ms = model_server(&api).await;
+    assert_eq!(ms["reachable"], false, "{ms}");
+    assert_eq!((&ms["served"], &ms["loaded"]), (&Value::Null, &Value::Null));
+    let t0 = Instant::now();
+    assert_eq!(api.send("s", "anyone?").await.0, 202);
+    let events = api.until_results("s", after, 1, T).await?;
+    let elapsed = t0.elapsed();
+    assert!(
+        elapsed >= Duration::from_secs(7) && elapsed < Duration::from_secs(40),
+        "fails by its deadline: {elapsed:?}"
+    );
+    let errors = of_type(&events, "error");
+    assert_eq!(errors.len(), 1, "{events:?}");
+    assert_eq!(errors[0]["code"], "model_server_unreachable", "{events:?}");
+    assert_eq!(errors[0]["retryable"], true);
+    assert!(
+        errors[0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("--turn-timeout") && m.contains("ollama")),
+        "{events:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn lm_studio_and_vllm_say_what_they_know_and_nothing_more() -> anyhow::Result<()> {
+    let model = ScriptedModel::start().await?;
+    model.set_catalog(vec![
+        CatalogModel::not_loaded("qwen3-8b", 5 * GIB),
+        CatalogModel::on_gpu("gpt-oss-20b", 13 * GIB),
+    ]);
+    let sc = Sidecar::start_provider("lmstudio", &model.base_url(), "qwen3-8b", &[], &[]).await?;
+    let api = sc.api("alice");
+    let ms = model_server(&api).await;
+    assert_eq!(ms["engine"], "lmstudio");
+    assert_eq!(
+        (&ms["served"], &ms["loaded"], &ms["gpu_fraction"]),
+        (&json!(true), &json!(false), &Value::Null),
+        "LM Studio does not say where a model runs: {ms}"
+    );
+    model.set_catalog(vec![CatalogModel::on_gpu("qwen3-8b", 5 * GIB)]);
+    let ms = model_server(&api).await;
+    assert_eq!(
+        (&ms["loaded"], &ms["gpu_fraction"]),
+        (&json!(true), &Value::Null)
+    );
+    let config = files_named(&sc.state_dir, "config.toml");
+    assert!(
+        config.is_empty(),
+        "no session yet, no CODEX_HOME: {config:?}"
+    );
+    drop(sc);
+
+    // vLLM (a custom provider whose /v1/models says owned_by "vllm") serves from the GPU.
+    model.set_owned_by("vllm");
+    let sc = Sidecar::start_provider("custom", &model.base_url(), "qwen3-8b", &[], &[]).await?;
+    let ms = model_server(&sc.api("alice")).await;
+    assert_eq!(ms["engine"], "vllm");
+    assert_eq!(
+        (&ms["served"], &ms["loaded"], &ms["gpu_fraction"]),
+        (&json!(true), &json!(true), &json!(1.0))
+    );
+    drop(sc);
+
+    // A custom server that is not vLLM: served is known, the rest is not.
+    model.set_owned_by("gateway");
+    let sc = Sidecar::start_provider("custom", &model.base_url(), "nope", &[], &[]).await?;
+    let ms = model_server(&sc.api("alice")).await;
+    assert_eq!(ms["engine"], "custom");
+    assert_eq!(
+        (&ms["served"], &ms["loaded"], &ms["gpu_fraction"]),
+        (&json!(false), &Value::Null, &Value::Null)
+    );
+    assert_eq!(readyz(&sc).await.0, 503);
+    Ok(())
+}

@@ -167,6 +167,8 @@ pub struct FakeProbe {
     pub report: Mutex<Option<GpuReport>>,
     /// The sandbox part of what `status` returns.
     pub sandbox: Mutex<Option<crate::probe::SandboxReport>>,
+    /// The model server part of what `status` returns.
+    pub model_server: Mutex<Option<crate::probe::ModelServerReport>>,
     /// Targets asked for.
     pub calls: Mutex<Vec<ProbeTarget>>,
 }
@@ -183,6 +185,7 @@ impl SidecarProbe for FakeProbe {
                 Some(gpu) => Ok(SidecarReport {
                     gpu,
                     sandbox_check: self.sandbox.lock().expect("lock").clone(),
+                    model_server: self.model_server.lock().expect("lock").clone(),
                 }),
                 None => {
                     // Produce a real reqwest error: connection refused on a closed port.

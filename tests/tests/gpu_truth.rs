@@ -10,8 +10,10 @@
 
 use std::time::{Duration, Instant};
 
-use codex_e2e::harness::{Api, Sidecar, files_named, of_type};
+use codex_e2e::harness::{Api, Sidecar, TEST_SECRET, files_named, of_type};
 use codex_e2e::model::{CatalogModel, ScriptedModel};
+use codex_operator::probe::{HttpProbe, ProbeTarget, SidecarProbe};
+use codex_operator::status::{self, Observed};
 use serde_json::{Value, json};
 
 const T: Duration = Duration::from_secs(90);
@@ -22,6 +24,65 @@ async fn model_server(api: &Api) -> Value {
     let (status, body) = api.call("GET", "/v1/status", None).await;
     assert_eq!(status, 200, "{body}");
     body["model_server"].clone()
+}
+
+/// What the operator makes of this sidecar for a `local` agent with `engine` and one GPU: it
+/// probes `/v1/status` as it does in a cluster (its own JWT, its own HTTP client) and maps the
+/// report with `status::compute`, the pod's containers running and ready. Returns
+/// `type -> (status, reason, message)` for ModelReady, GPUVerified and Ready.
+async fn operator_sees(
+    sc: &Sidecar,
+    engine: &str,
+    model: &str,
+) -> Vec<(String, String, String, String)> {
+    let probe = HttpProbe::new().expect("client");
+    let report = probe
+        .status(&ProbeTarget {
+            base_url: sc.base.clone(),
+            key: TEST_SECRET.as_bytes().to_vec(),
+            audience: None,
+        })
+        .await
+        .expect("the operator's probe reads /v1/status");
+    let agent: codex_operator::CodexAgent = serde_json::from_value(json!({
+        "apiVersion": "agents.codex-operator.dev/v1alpha1", "kind": "CodexAgent",
+        "metadata": {"name": "a1", "namespace": "ns", "uid": "u", "generation": 1},
+        "spec": {"model": model, "provider": {"type": "local", "local": {"engine": engine, "image": "img"}},
+                 "gpu": {"count": 1}}}))
+    .expect("agent");
+    let running = json!({"running": {}});
+    let pod = serde_json::from_value(json!({"metadata": {"name": "a1"}, "spec": {"containers": []},
+        "status": {"phase": "Running", "conditions": [{"type": "PodScheduled", "status": "True"}],
+        "containerStatuses": [
+            {"name": "sidecar", "ready": true, "restartCount": 0, "image": "", "imageID": "", "state": running},
+            {"name": "model-server", "ready": true, "restartCount": 0, "image": "", "imageID": "", "state": running}]}}))
+    .expect("pod");
+    let obs = Observed {
+        pod: Some(pod),
+        gpu: Some(Ok(report.gpu.clone())),
+        model_server: report.model_server.clone(),
+        ..Observed::default()
+    };
+    let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        "2026-01-01T00:00:00Z".parse().expect("time"),
+    );
+    status::compute(&agent, &obs, None, &now)
+        .conditions
+        .into_iter()
+        .filter(|c| ["ModelReady", "GPUVerified", "Ready"].contains(&c.type_.as_str()))
+        .map(|c| (c.type_, c.status, c.reason, c.message))
+        .collect()
+}
+
+fn cond<'a>(
+    conds: &'a [(String, String, String, String)],
+    type_: &str,
+) -> (&'a str, &'a str, &'a str) {
+    conds
+        .iter()
+        .find(|c| c.0 == type_)
+        .map(|c| (c.1.as_str(), c.2.as_str(), c.3.as_str()))
+        .unwrap_or_else(|| panic!("no {type_} in {conds:?}"))
 }
 
 async fn readyz(sc: &Sidecar) -> (u16, Value) {
@@ -82,24 +143,50 @@ async fn ollama_says_whether_the_model_is_served_and_how_much_of_it_is_on_the_gp
     assert_eq!(ms["version"], "0.12.0-scripted");
     assert!(ms["checked_at"].as_str().is_some_and(|t| t.ends_with('Z')));
     assert_eq!(readyz(&sc).await.0, 200);
+    let seen = operator_sees(&sc, "ollama", MODEL).await;
+    assert_eq!(cond(&seen, "ModelReady").0, "True", "{seen:?}");
+    let gpu = cond(&seen, "GPUVerified");
+    assert_eq!((gpu.0, gpu.1), ("True", "ModelOnGPU"), "{seen:?}");
+    // "on the GPU" here (no NVML); "on GPU 0 <name>" where the sidecar's NVML sees one.
+    assert!(
+        gpu.2.starts_with("gpt-oss:20b loaded, 100% on ")
+            && gpu.2.contains(", 13.0 GiB (ollama at "),
+        "{gpu:?}"
+    );
+    assert_eq!(cond(&seen, "Ready").0, "True", "{seen:?}");
 
     // Partly on the GPU, all on the CPU, not loaded (Ollama unloads idle models).
     model.set_catalog(vec![CatalogModel::split(MODEL, 100 * GIB, 52 * GIB)]);
     let ms = model_server(&api).await;
     assert_eq!(ms["gpu_fraction"], 0.52);
     assert_eq!(ms["processor"], "48%/52% CPU/GPU");
+    let seen = operator_sees(&sc, "ollama", MODEL).await;
+    let gpu = cond(&seen, "GPUVerified");
+    assert_eq!((gpu.0, gpu.1), ("False", "ModelNotOnGPU"), "{seen:?}");
+    assert!(gpu.2.contains("48%/52% CPU/GPU"), "{gpu:?}");
+    assert_eq!(cond(&seen, "Ready").1, "ModelNotOnGPU", "{seen:?}");
     model.set_catalog(vec![CatalogModel::on_cpu(MODEL, 13 * GIB)]);
     let ms = model_server(&api).await;
     assert_eq!(
         (&ms["loaded"], &ms["gpu_fraction"], &ms["processor"]),
         (&json!(true), &json!(0.0), &json!("100% CPU"))
     );
+    let seen = operator_sees(&sc, "ollama", MODEL).await;
+    assert_eq!(cond(&seen, "GPUVerified").1, "ModelNotOnGPU", "{seen:?}");
     model.set_catalog(vec![CatalogModel::not_loaded(MODEL, 13 * GIB)]);
     let ms = model_server(&api).await;
     assert_eq!(
         (&ms["served"], &ms["loaded"], &ms["gpu_fraction"]),
         (&json!(true), &json!(false), &Value::Null),
         "unknown stays null: {ms}"
+    );
+    let seen = operator_sees(&sc, "ollama", MODEL).await;
+    assert_eq!(cond(&seen, "GPUVerified").0, "Unknown", "{seen:?}");
+    assert_eq!(cond(&seen, "GPUVerified").1, "ModelNotLoaded", "{seen:?}");
+    assert_eq!(
+        cond(&seen, "Ready").0,
+        "True",
+        "an idle model is no failure: {seen:?}"
     );
 
     // A turn goes to the model server, through the one provider the config names; the request
@@ -162,6 +249,12 @@ async fn ollama_says_whether_the_model_is_served_and_how_much_of_it_is_on_the_gp
     let ms = model_server(&api).await;
     assert_eq!(ms["reachable"], false, "{ms}");
     assert_eq!((&ms["served"], &ms["loaded"]), (&Value::Null, &Value::Null));
+    let seen = operator_sees(&sc, "ollama", MODEL).await;
+    assert_eq!(
+        cond(&seen, "ModelReady").1,
+        "ModelServerUnreachable",
+        "{seen:?}"
+    );
     let t0 = Instant::now();
     assert_eq!(api.send("s", "anyone?").await.0, 202);
     let events = api.until_results("s", after, 1, T).await?;
@@ -221,6 +314,8 @@ async fn lm_studio_and_vllm_say_what_they_know_and_nothing_more() -> anyhow::Res
         (&ms["served"], &ms["loaded"], &ms["gpu_fraction"]),
         (&json!(true), &json!(true), &json!(1.0))
     );
+    let seen = operator_sees(&sc, "vllm", "qwen3-8b").await;
+    assert_eq!(cond(&seen, "GPUVerified").1, "ModelOnGPU", "{seen:?}");
     drop(sc);
 
     // A custom server that is not vLLM: served is known, the rest is not.

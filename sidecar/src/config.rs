@@ -233,6 +233,13 @@ impl Config {
             (None, ProviderKind::Ollama | ProviderKind::Lmstudio) => {
                 Some(DEFAULT_LOCAL_STREAM_IDLE_TIMEOUT_MS)
             }
+            // A custom provider on a loopback address is a model server in the same pod (the
+            // operator's vLLM and `other` engines) or on the same host: a local model too.
+            (None, ProviderKind::Custom)
+                if a.provider_base_url.as_deref().is_some_and(is_loopback_url) =>
+            {
+                Some(DEFAULT_LOCAL_STREAM_IDLE_TIMEOUT_MS)
+            }
             (None, _) => None,
         };
         let authenticator = KeyRing::from_files(
@@ -444,6 +451,20 @@ fn resolve_codex_auth(
     }
 }
 
+/// Whether `url`'s host is a loopback address (`localhost`, `127.0.0.0/8`, `[::1]`).
+pub fn is_loopback_url(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 fn default_state_dir() -> Option<PathBuf> {
     std::env::var_os("XDG_STATE_HOME")
         .map(PathBuf::from)
@@ -482,6 +503,15 @@ mod tests {
         s.paths.jwt_key_overlap = Some(MAX_JWT_KEY_OVERLAP_SECS + 1);
         let err = Config::resolve(s).await.expect_err("too long");
         assert_eq!(err.setting, "--jwt-key-overlap 604801");
+    }
+
+    #[test]
+    fn loopback_urls() {
+        assert!(is_loopback_url("http://127.0.0.1:8000/v1"));
+        assert!(is_loopback_url("http://localhost:1234/v1"));
+        assert!(is_loopback_url("http://[::1]:8000/v1"));
+        assert!(!is_loopback_url("https://gw.example/v1"));
+        assert!(!is_loopback_url("http://10.0.0.7:8000/v1"));
     }
 
     #[tokio::test]

@@ -265,8 +265,10 @@ impl Http<'_> {
     }
 }
 
+/// Records a failed request: the first request decides `reachable` (a server that answered
+/// once and is slow on a later request is still reachable); the error is kept.
 fn note(st: &mut ModelServerStatus, e: &CheckError) {
-    if st.reachable.is_none() || !e.answered() {
+    if st.reachable.is_none() {
         st.reachable = Some(e.answered());
     }
     let text = e.to_string();

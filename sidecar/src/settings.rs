@@ -171,8 +171,9 @@ pub struct AgentSettings {
     /// Milliseconds codex waits for the next event of a streamed answer before it gives the
     /// request up (codex's provider setting `stream_idle_timeout_ms`). Local models can be slow
     /// to start answering (a model being loaded, a long prompt being read on a small GPU).
-    /// Default 600000 (10 minutes) for `ollama` and `lmstudio`; codex's own (300000) for
-    /// `custom`; not accepted for `openai`.
+    /// Default 600000 (10 minutes) for `ollama`, `lmstudio` and a `custom` provider on a
+    /// loopback address (a model server in the same pod or host); codex's own (300000) for other
+    /// `custom` providers; not accepted for `openai`.
     #[arg(long, value_name = "MS")]
     #[serde(
         default,

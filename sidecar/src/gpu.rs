@@ -455,6 +455,22 @@ mod tests {
             assert!(device.uuid.starts_with("GPU-") || device.uuid.starts_with("MIG-"));
             assert!(device.memory_total_bytes > 0);
             assert!(device.memory_used_bytes <= device.memory_total_bytes);
+            if device.mig_mode != Some(true) {
+                assert!(device.mig_devices.is_empty(), "{device:?}");
+            }
+            for mig in &device.mig_devices {
+                assert!(mig.uuid.starts_with("MIG-"), "{mig:?}");
+                assert!(
+                    mig.profile.is_some(),
+                    "a MIG device names its profile: {mig:?}"
+                );
+                assert!(mig.memory_total_bytes <= device.memory_total_bytes);
+            }
+            for p in device.processes.iter().flatten() {
+                if let Some(used) = p.used_memory_bytes {
+                    assert!(used <= device.memory_total_bytes, "{p:?}");
+                }
+            }
         }
     }
 }

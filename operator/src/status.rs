@@ -514,7 +514,20 @@ fn gpu_verified(g: &GpuSpec, on_sidecar: bool, obs: &Observed) -> Option<(Cond, 
     }
     // The GPUs are the model server container's: its engine's report, and NVML where the
     // sidecar sees the GPUs too.
-    let m = obs.model_server.as_ref()?;
+    let Some(m) = obs.model_server.as_ref() else {
+        // Nothing to say before the sidecar has answered once; a failed probe is said.
+        return match &obs.gpu {
+            Some(Err(e)) => Some((
+                c(
+                    None,
+                    reasons::GPU_PROBE_FAILED,
+                    format!("GET /v1/status failed: {e}"),
+                ),
+                GpuGate::Pass,
+            )),
+            _ => None,
+        };
+    };
     let nvml_seen = match &nvml {
         Some(Ok(Ok(facts))) => Some(facts.clone()),
         Some(Ok(Err(why)))
@@ -1366,6 +1379,19 @@ mod tests {
             ("True", reasons::GPUS_VISIBLE)
         );
         assert!(gpu.message.contains("NVIDIA H200"), "{}", gpu.message);
+        // The probe failed: said, not guessed.
+        let obs = Observed {
+            gpu: Some(Err("connection refused".into())),
+            model_server: None,
+            ..obs
+        };
+        let s = compute(&a, &obs, None, &t("2026-01-01T00:00:00Z"));
+        let gpu = get(&s, types::GPU_VERIFIED);
+        assert_eq!(
+            (gpu.status.as_str(), gpu.reason.as_str()),
+            ("Unknown", reasons::GPU_PROBE_FAILED)
+        );
+        assert_eq!(get(&s, types::MODEL_READY).status, "False");
     }
 
     #[test]

@@ -11,6 +11,8 @@ use nvml_wrapper::Nvml;
 use nvml_wrapper::enum_wrappers::device::TemperatureSensor;
 use nvml_wrapper::enums::device::UsedGpuMemory;
 use nvml_wrapper::error::NvmlError;
+use nvml_wrapper::struct_wrappers::device::{MemoryInfo, ProcessInfo};
+use nvml_wrapper::structs::device::MigMode;
 use serde::Serialize;
 
 /// The GPU snapshot served in `/v1/status` as `"gpu"` (snake_case JSON; absent values are
@@ -213,24 +215,17 @@ fn read_device(nvml: &Nvml, index: u32) -> Result<GpuDevice, String> {
     let name = device.name().map_err(|e| what("name", e))?;
     let uuid = device.uuid().map_err(|e| what("uuid", e))?;
     let memory = device.memory_info().map_err(|e| what("memory", e))?;
-    // NVML_DEVICE_MIG_ENABLE is 1; NotSupported (no MIG on this GPU) reads as unknown.
-    let mig_mode = device.mig_mode().ok().map(|m| m.current == 1);
+    // NotSupported (no MIG on this GPU) reads as unknown.
+    let mig_mode = device.mig_mode().ok().map(|m| mig_enabled(&m));
     let mut mig_devices = Vec::new();
     let mut processes: Option<Vec<GpuProcess>> = None;
     let mut add_processes = |dev: &nvml_wrapper::Device<'_>, mig_uuid: Option<&str>| {
         if let Ok(list) = dev.running_compute_processes() {
-            let procs = processes.get_or_insert_with(Vec::new);
-            for p in list {
-                procs.push(GpuProcess {
-                    pid: p.pid,
-                    name: nvml.sys_process_name(p.pid, 256).ok(),
-                    used_memory_bytes: match p.used_gpu_memory {
-                        UsedGpuMemory::Used(bytes) => Some(bytes),
-                        UsedGpuMemory::Unavailable => None,
-                    },
-                    mig_device_uuid: mig_uuid.map(str::to_owned),
-                });
-            }
+            processes
+                .get_or_insert_with(Vec::new)
+                .extend(gpu_processes(&list, mig_uuid, |pid| {
+                    nvml.sys_process_name(pid, 256).ok()
+                }));
         }
     };
     if mig_mode == Some(true) {
@@ -243,16 +238,13 @@ fn read_device(nvml: &Nvml, index: u32) -> Result<GpuDevice, String> {
             let (Ok(mig_name), Ok(mig_uuid)) = (mig.name(), mig.uuid()) else {
                 continue;
             };
-            let mem = mig.memory_info().ok();
             add_processes(&mig, Some(&mig_uuid));
-            mig_devices.push(MigDevice {
-                index: mig_index,
-                profile: mig_profile(&mig_name),
-                uuid: mig_uuid,
-                name: mig_name,
-                memory_total_bytes: mem.as_ref().map_or(0, |m| m.total),
-                memory_used_bytes: mem.as_ref().map_or(0, |m| m.used),
-            });
+            mig_devices.push(mig_device(
+                mig_index,
+                mig_name,
+                mig_uuid,
+                mig.memory_info().ok().as_ref(),
+            ));
         }
     } else {
         add_processes(&device, None);
@@ -269,6 +261,49 @@ fn read_device(nvml: &Nvml, index: u32) -> Result<GpuDevice, String> {
         mig_devices,
         processes,
     })
+}
+
+/// Whether NVML's MIG mode reads "enabled" now (`current == NVML_DEVICE_MIG_ENABLE`, 1).
+pub fn mig_enabled(mode: &MigMode) -> bool {
+    mode.current == 1
+}
+
+/// A MIG device from what NVML gives for it: its index, name, UUID and memory (absent: 0).
+pub fn mig_device(
+    index: u32,
+    name: String,
+    uuid: String,
+    memory: Option<&MemoryInfo>,
+) -> MigDevice {
+    MigDevice {
+        index,
+        profile: mig_profile(&name),
+        uuid,
+        name,
+        memory_total_bytes: memory.map_or(0, |m| m.total),
+        memory_used_bytes: memory.map_or(0, |m| m.used),
+    }
+}
+
+/// The processes NVML lists (`nvmlDeviceGetComputeRunningProcesses`) as reported: GPU memory
+/// `None` where NVML says `NVML_VALUE_NOT_AVAILABLE`, the name from `name_of` (NVML's
+/// `nvmlSystemGetProcessName`, `None` where it cannot read it), and the MIG device it runs on.
+pub fn gpu_processes(
+    list: &[ProcessInfo],
+    mig_uuid: Option<&str>,
+    name_of: impl Fn(u32) -> Option<String>,
+) -> Vec<GpuProcess> {
+    list.iter()
+        .map(|p| GpuProcess {
+            pid: p.pid,
+            name: name_of(p.pid),
+            used_memory_bytes: match p.used_gpu_memory {
+                UsedGpuMemory::Used(bytes) => Some(bytes),
+                UsedGpuMemory::Unavailable => None,
+            },
+            mig_device_uuid: mig_uuid.map(str::to_owned),
+        })
+        .collect()
 }
 
 /// NVML encodes the CUDA version as `1000 * major + 10 * minor` (e.g. 12040 = 12.4).
@@ -425,6 +460,67 @@ mod tests {
         );
         assert_eq!(mig_profile("NVIDIA H100 80GB HBM3"), None);
         assert_eq!(mig_profile("MIG"), None);
+    }
+
+    #[test]
+    fn nvml_data_becomes_mig_devices_and_processes() {
+        assert!(mig_enabled(&MigMode {
+            current: 1,
+            pending: 1
+        }));
+        assert!(!mig_enabled(&MigMode {
+            current: 0,
+            pending: 1
+        }));
+        let mem = MemoryInfo {
+            free: 9,
+            reserved: 1,
+            total: 20,
+            used: 11,
+            version: 0,
+        };
+        let mig = mig_device(
+            2,
+            "NVIDIA H200 MIG 1g.18gb".into(),
+            "MIG-2".into(),
+            Some(&mem),
+        );
+        assert_eq!(mig.profile.as_deref(), Some("1g.18gb"));
+        assert_eq!((mig.memory_total_bytes, mig.memory_used_bytes), (20, 11));
+        let list = [
+            ProcessInfo {
+                pid: 7,
+                used_gpu_memory: UsedGpuMemory::Used(18_467_340_288),
+                gpu_instance_id: Some(1),
+                compute_instance_id: Some(0),
+            },
+            ProcessInfo {
+                pid: 8,
+                used_gpu_memory: UsedGpuMemory::Unavailable,
+                gpu_instance_id: None,
+                compute_instance_id: None,
+            },
+        ];
+        let procs = gpu_processes(&list, Some("MIG-2"), |pid| {
+            (pid == 7).then(|| "ollama".to_owned())
+        });
+        assert_eq!(
+            procs,
+            vec![
+                GpuProcess {
+                    pid: 7,
+                    name: Some("ollama".into()),
+                    used_memory_bytes: Some(18_467_340_288),
+                    mig_device_uuid: Some("MIG-2".into()),
+                },
+                GpuProcess {
+                    pid: 8,
+                    name: None,
+                    used_memory_bytes: None,
+                    mig_device_uuid: Some("MIG-2".into()),
+                },
+            ]
+        );
     }
 
     #[test]

@@ -298,11 +298,32 @@ async fn lm_studio_and_vllm_say_what_they_know_and_nothing_more() -> anyhow::Res
         (&ms["loaded"], &ms["gpu_fraction"]),
         (&json!(true), &Value::Null)
     );
-    let config = files_named(&sc.state_dir, "config.toml");
-    assert!(
-        config.is_empty(),
-        "no session yet, no CODEX_HOME: {config:?}"
+    // A turn through LM Studio's provider, the only one its config.toml names.
+    assert_eq!(api.create(json!({"id": "l"})).await.0, 201);
+    assert_eq!(api.send("l", "hi studio").await.0, 202);
+    let events = api.until_results("l", 0, 1, T).await?;
+    assert_eq!(
+        events.last().expect("result")["text"],
+        "echo: hi studio",
+        "{events:?}"
     );
+    let configs = files_named(&sc.state_dir, "config.toml");
+    assert!(!configs.is_empty(), "a CODEX_HOME config.toml");
+    for path in configs {
+        let text = std::fs::read_to_string(&path)?;
+        let t: toml::Table = text.parse()?;
+        assert_eq!(
+            t["model_provider"].as_str(),
+            Some("sidecar-lmstudio"),
+            "{text}"
+        );
+        let providers = t["model_providers"].as_table().expect("providers");
+        assert_eq!(providers.len(), 1, "one provider only: {text}");
+        assert_eq!(
+            providers["sidecar-lmstudio"]["base_url"].as_str(),
+            Some(model.base_url().as_str())
+        );
+    }
     drop(sc);
 
     // vLLM (a custom provider whose /v1/models says owned_by "vllm") serves from the GPU.

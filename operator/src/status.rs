@@ -99,7 +99,8 @@ pub mod reasons {
     pub const GPUS_VISIBLE: &str = "GPUsVisible";
     /// `/v1/status` could not be fetched.
     pub const GPU_PROBE_FAILED: &str = "GPUProbeFailed";
-    /// The container is ready.
+    /// The container is ready. No longer written: `ModelReady=True` is [`MODEL_SERVED`] (the
+    /// model server lists the model), which needs its container ready too.
     pub const CONTAINER_READY: &str = "ContainerReady";
     /// The model server lists the requested model.
     pub const MODEL_SERVED: &str = "ModelServed";

@@ -117,6 +117,19 @@ impl SidecarProbe for NoProbe {
     ) -> BoxFuture<'a, Result<SidecarReport, ProbeError>> {
         Box::pin(async { Ok(SidecarReport::default()) })
     }
+
+    fn drain<'a>(
+        &'a self,
+        _: &'a ProbeTarget,
+        on: bool,
+    ) -> BoxFuture<'a, Result<codex_operator::probe::DrainReport, ProbeError>> {
+        Box::pin(async move {
+            Ok(codex_operator::probe::DrainReport {
+                draining: on,
+                ..Default::default()
+            })
+        })
+    }
 }
 
 fn agent(i: usize) -> CodexAgent {
@@ -234,6 +247,7 @@ async fn main() {
         OperatorConfig {
             sidecar_image: "registry.test/codex-sidecar:1".into(),
             fs_group: Some(codex_operator::resources::SIDECAR_UID),
+            ..Default::default()
         },
         Arc::new(NoProbe),
         Arc::new(Metrics::default()),

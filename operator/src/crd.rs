@@ -156,6 +156,31 @@ pub struct CodexAgentSpec {
     /// back to false starts a new pod on the same volume.
     #[serde(default)]
     pub suspend: bool,
+
+    /// A NetworkPolicy `<agent>` for the pod: ingress only to the sidecar's port 8080, only from
+    /// pods in the namespaces named here and in the operator's (its probes). Absent: none (and
+    /// one the operator made before is deleted). It takes effect where the cluster's network
+    /// plugin enforces NetworkPolicies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_policy: Option<NetworkPolicySpec>,
+}
+
+/// `spec.networkPolicy`.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NetworkPolicySpec {
+    /// Namespaces (by name, the `kubernetes.io/metadata.name` label) whose pods may call the
+    /// sidecar, e.g. the agent's own namespace. The operator's namespace is always added. Empty:
+    /// only the operator reaches the pod.
+    #[serde(default)]
+    #[schemars(
+        length(max = 64),
+        inner(
+            length(min = 1, max = 63),
+            regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+        )
+    )]
+    pub from_namespaces: Vec<String>,
 }
 
 /// Which model provider the agent uses.

@@ -171,6 +171,12 @@ pub struct FakeProbe {
     pub model_server: Mutex<Option<crate::probe::ModelServerReport>>,
     /// Targets asked for.
     pub calls: Mutex<Vec<ProbeTarget>>,
+    /// Turns the fake sidecar has running (what a drain answers).
+    pub running: Mutex<u64>,
+    /// Whether the fake sidecar drains (set by `drain`, reported by `status`).
+    pub draining: Mutex<bool>,
+    /// Each `drain` call's `on`.
+    pub drains: Mutex<Vec<bool>>,
 }
 
 impl SidecarProbe for FakeProbe {
@@ -186,6 +192,8 @@ impl SidecarProbe for FakeProbe {
                     gpu,
                     sandbox_check: self.sandbox.lock().expect("lock").clone(),
                     model_server: self.model_server.lock().expect("lock").clone(),
+                    draining: *self.draining.lock().expect("lock"),
+                    counts: Default::default(),
                 }),
                 None => {
                     // Produce a real reqwest error: connection refused on a closed port.
@@ -197,6 +205,22 @@ impl SidecarProbe for FakeProbe {
                     Err(ProbeError::Http(err))
                 }
             }
+        })
+    }
+
+    fn drain<'a>(
+        &'a self,
+        _target: &'a ProbeTarget,
+        on: bool,
+    ) -> BoxFuture<'a, Result<crate::probe::DrainReport, ProbeError>> {
+        Box::pin(async move {
+            self.drains.lock().expect("lock").push(on);
+            *self.draining.lock().expect("lock") = on;
+            Ok(crate::probe::DrainReport {
+                draining: on,
+                running: *self.running.lock().expect("lock"),
+                queued: 0,
+            })
         })
     }
 }
@@ -211,6 +235,7 @@ pub fn testing() -> (Arc<Context>, ApiServerVerifier, Arc<FakeProbe>) {
         OperatorConfig {
             sidecar_image: "registry.test/codex-sidecar:1".into(),
             fs_group: Some(crate::resources::SIDECAR_UID),
+            ..Default::default()
         },
         probe.clone(),
         Arc::new(Metrics::default()),

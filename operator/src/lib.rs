@@ -24,6 +24,7 @@ pub mod pod_events;
 pub mod probe;
 pub mod reconcile;
 pub mod resources;
+pub mod rollout;
 pub mod status;
 
 #[cfg(test)]

@@ -49,6 +49,19 @@ struct RunArgs {
     /// its security.openshift.io API group), `none` (the platform assigns one) or a group ID.
     #[arg(long, value_name = "auto|none|GID", default_value_t = FsGroupSetting::Auto)]
     fs_group: FsGroupSetting,
+    /// Agents whose serving pod may be replaced at once, across the cluster, when their spec or
+    /// the default sidecar image changes; each is drained first (no running turn is cut).
+    #[arg(long, default_value_t = codex_operator::rollout::DEFAULT_MAX_CONCURRENT_ROLLOUTS, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    max_concurrent_rollouts: u16,
+    /// The namespace the operator runs in (an agent's NetworkPolicy admits the operator's probes
+    /// from it).
+    #[arg(
+        long,
+        env = "POD_NAMESPACE",
+        value_name = "NS",
+        default_value = "default"
+    )]
+    operator_namespace: String,
     /// Namespace of the leader-election Lease (default: the operator's own, from POD_NAMESPACE).
     #[arg(
         long,
@@ -156,6 +169,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         resources::OperatorConfig {
             sidecar_image: args.sidecar_image,
             fs_group,
+            max_concurrent_rollouts: usize::from(args.max_concurrent_rollouts),
+            namespace: args.operator_namespace,
         },
         Arc::new(probe::HttpProbe::new()?),
         metrics.clone(),

@@ -1,6 +1,7 @@
 //! Asking a running sidecar what it sees (`GET /v1/status`, docs/sidecar-contract.md): its GPUs
 //! (with MIG slices and compute processes), what the model server serves (and where it holds
-//! the model), and whether codex's command sandbox works in its container.
+//! the model), and whether codex's command sandbox works in its container; and draining it
+//! before its pod is replaced (`POST`/`DELETE /v1/drain`, see [`crate::rollout`]).
 //!
 //! The request carries a short-lived HS256 JWT minted from the agent's own key (claims `sub`,
 //! `iat`, `exp` 60 s ahead, and `aud` when the agent sets `jwtAudience`). The fetch is behind the
@@ -21,8 +22,8 @@ use serde::{Deserialize, Serialize};
 
 /// Lifetime of a probe token.
 pub const TOKEN_TTL: Duration = Duration::from_secs(60);
-/// `sub` claim of probe tokens.
-pub const TOKEN_SUBJECT: &str = "codex-operator";
+/// `sub` claim of probe tokens: the subject the sidecar lets drain it.
+pub const TOKEN_SUBJECT: &str = codex_sidecar::settings::OPERATOR_SUBJECT;
 
 /// One GPU as the sidecar reports it (`/v1/status` `gpu.devices[]`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -169,6 +170,35 @@ pub struct SidecarReport {
     /// The `model_server` section (absent from sidecars older than this operator).
     #[serde(default)]
     pub model_server: Option<ModelServerReport>,
+    /// The sidecar drains (`POST /v1/drain`): it starts no turn until `DELETE /v1/drain`.
+    #[serde(default)]
+    pub draining: bool,
+    /// The `counts` section.
+    #[serde(default)]
+    pub counts: SidecarCounts,
+}
+
+/// The `counts` section of `/v1/status` (the parts the operator reads).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct SidecarCounts {
+    /// Sessions running a turn or compaction.
+    #[serde(default)]
+    pub running: u64,
+    /// Messages waiting, all sessions.
+    #[serde(default)]
+    pub queued: u64,
+}
+
+/// The answer of `POST`/`DELETE /v1/drain`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct DrainReport {
+    /// Whether the sidecar now drains.
+    pub draining: bool,
+    /// Turns and compactions still under way (0: the pod can go without cutting one).
+    pub running: u64,
+    /// Messages waiting; they are kept in the pod's volume and run in the next pod.
+    #[serde(default)]
+    pub queued: u64,
 }
 
 /// Where and how to reach one sidecar.
@@ -267,6 +297,14 @@ impl AcceptedKeys {
         }
     }
 
+    /// The key pod `pod_uid` of `agent` (`namespace/name`) accepted last, if known.
+    pub fn last_accepted(&self, agent: &str, pod_uid: &str) -> Option<Vec<u8>> {
+        let m = self.keys.lock().ok()?;
+        m.get(agent)
+            .filter(|(uid, _)| uid == pod_uid)
+            .map(|(_, key)| key.clone())
+    }
+
     /// Forgets an agent (deleted).
     pub fn forget(&self, agent: &str) {
         if let Ok(mut m) = self.keys.lock() {
@@ -282,6 +320,13 @@ pub trait SidecarProbe: Send + Sync {
         &'a self,
         target: &'a ProbeTarget,
     ) -> BoxFuture<'a, Result<SidecarReport, ProbeError>>;
+
+    /// `POST {base_url}/v1/drain` (`on`) or `DELETE` (`!on`) with a fresh JWT.
+    fn drain<'a>(
+        &'a self,
+        target: &'a ProbeTarget,
+        on: bool,
+    ) -> BoxFuture<'a, Result<DrainReport, ProbeError>>;
 }
 
 #[derive(Serialize)]
@@ -360,6 +405,30 @@ impl SidecarProbe for HttpProbe {
             Ok(body)
         })
     }
+
+    fn drain<'a>(
+        &'a self,
+        target: &'a ProbeTarget,
+        on: bool,
+    ) -> BoxFuture<'a, Result<DrainReport, ProbeError>> {
+        Box::pin(async move {
+            let token = mint_token(&target.key, target.audience.as_deref())?;
+            let url = format!("{}/v1/drain", target.base_url.trim_end_matches('/'));
+            let req = if on {
+                self.client.post(url)
+            } else {
+                self.client.delete(url)
+            };
+            let body: DrainReport = req
+                .bearer_auth(token)
+                .send()
+                .await?
+                .error_for_status()?
+                .json()
+                .await?;
+            Ok(body)
+        })
+    }
 }
 
 #[cfg(test)]
@@ -382,6 +451,14 @@ mod tests {
                     Err(ProbeError::Unauthorized)
                 }
             })
+        }
+
+        fn drain<'a>(
+            &'a self,
+            _target: &'a ProbeTarget,
+            _on: bool,
+        ) -> BoxFuture<'a, Result<DrainReport, ProbeError>> {
+            Box::pin(async { Err(ProbeError::Unauthorized) })
         }
     }
 

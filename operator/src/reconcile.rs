@@ -7,11 +7,14 @@
 //!    `imagePullSecrets` entry. A Secret the spec names (every one but the generated JWT Secret)
 //!    is used only when it carries [`ALLOW_USE_LABEL`]` = "true"`; otherwise its data is not read
 //!    and the agent reports `SecretNotAllowed`.
-//! 2. ConfigMap, PVC, Service: `GET`, then server-side apply (field manager
+//! 2. ConfigMap, PVC, Service, NetworkPolicy (when `spec.networkPolicy` is set; otherwise
+//!    one this agent made is deleted): `GET`, then server-side apply (field manager
 //!    [`FIELD_MANAGER`], forced) only when the observed child's [`HASH_ANNOTATION`] differs from
 //!    the desired one. The PVC is only ever created: a bound claim's spec is immutable.
 //! 3. Pod: `GET`; suspended: `DELETE` it; otherwise create it when absent, or `DELETE` it when its
-//!    hash is stale (pod specs are immutable; the next reconcile creates the new one). No pod is
+//!    hash is stale (pod specs are immutable; the next reconcile creates the new one): at once
+//!    when it serves nothing, through [`crate::rollout`] (a cluster-wide slot, then a drain of
+//!    its sidecar) when it serves. No pod is
 //!    created while a Secret is missing, invalid or not allowed; a pod that uses a Secret no
 //!    longer allowed (its label removed) is deleted.
 //! 4. GPU probe (`/v1/status`) when GPUs sit on the sidecar and the sidecar is ready.
@@ -26,6 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
@@ -40,6 +44,7 @@ use crate::crd::{ALLOW_USE_LABEL, CodexAgent};
 use crate::metrics::Metrics;
 use crate::probe::{ProbeTarget, SidecarProbe};
 use crate::resources::{self, BuildError, HASH_ANNOTATION, OperatorConfig, SIDECAR_CONTAINER};
+use crate::rollout::Step;
 use crate::status::{self, Observed, reasons, types};
 
 /// The one field manager of every server-side apply.
@@ -103,6 +108,8 @@ pub struct Context {
     pub replacements: Mutex<HashMap<ObjectRef<CodexAgent>, Replacement>>,
     /// The JWT key each agent's pod last accepted (key rotation, see [`crate::probe`]).
     pub accepted_keys: crate::probe::AcceptedKeys,
+    /// Cluster-wide rollout slots ([`crate::rollout`]).
+    pub rollouts: crate::rollout::Rollouts,
 }
 
 impl Context {
@@ -123,6 +130,7 @@ impl Context {
         );
         Self {
             client,
+            rollouts: crate::rollout::Rollouts::new(config.max_concurrent_rollouts),
             config,
             probe,
             recorder,
@@ -534,6 +542,7 @@ async fn reconcile_inner(agent: &CodexAgent, ctx: &Context) -> Result<Action, Er
         // recreating them now would fight it.
         ctx.accepted_keys
             .forget(&format!("{ns}/{}", agent.name_any()));
+        ctx.rollouts.release(&ObjectRef::from_obj(agent));
         return Ok(Action::await_change());
     }
     let name = agent.name_any();
@@ -722,6 +731,28 @@ async fn reconcile_inner(agent: &CodexAgent, ctx: &Context) -> Result<Action, Er
             obs.name_conflict.get_or_insert(c);
         }
 
+        // NetworkPolicy: applied when the spec asks for one; one this agent made earlier is
+        // deleted when it no longer does.
+        let policies: Api<NetworkPolicy> = Api::namespaced(client.clone(), &ns);
+        match &children.network_policy {
+            Some(np) => {
+                let applied = apply_if_changed(&policies, np, agent, "NetworkPolicy").await;
+                if let Some(Some(c)) = note_rejection(&mut obs, applied, "NetworkPolicy", &name)? {
+                    obs.name_conflict.get_or_insert(c);
+                }
+            }
+            // Only looked for after a spec change (one without networkPolicy may have removed
+            // it), so an agent that never asked for one costs no request.
+            None if spec_changed(agent) => {
+                if let Some(old) = policies.get_opt(&name).await?
+                    && foreign(agent, "NetworkPolicy", &old.metadata).is_none()
+                {
+                    policies.delete(&name, &DeleteParams::default()).await?;
+                }
+            }
+            None => {}
+        }
+
         // 3. Pod (never one this agent does not control: it is reported, not deleted).
         let observed = pods.get_opt(&name).await?;
         if let Some(c) = observed
@@ -795,19 +826,53 @@ async fn reconcile_inner(agent: &CodexAgent, ctx: &Context) -> Result<Action, Er
                 }
             }
             Some(pod) if hash_of(&pod) != hash_of(&children.pod) => {
-                pods.delete(&name, &DeleteParams::default()).await?;
-                publish(
-                    ctx,
-                    agent,
-                    EventType::Normal,
-                    "SpecChanged",
-                    "DeletePod",
-                    format!("deleted pod {name} to apply the changed spec"),
-                )
-                .await;
-                requeue_soon = true;
+                // A serving pod goes only through the rollout (a slot, then a drain); one that
+                // serves nothing is replaced at once.
+                let step = match (&jwt_key, serving_url(&pod)) {
+                    (Some(key), Some(base_url)) => {
+                        let target = ProbeTarget {
+                            base_url,
+                            key: key.clone(),
+                            audience: agent.spec.sidecar.jwt_audience.clone(),
+                        };
+                        let uid = pod.metadata.uid.as_deref().unwrap_or_default();
+                        let fallback = ctx
+                            .accepted_keys
+                            .last_accepted(&format!("{ns}/{name}"), uid);
+                        let timeout = crate::rollout::turn_timeout(agent);
+                        ctx.rollouts
+                            .step(agent, &pod, &*ctx.probe, &target, fallback, timeout)
+                            .await
+                    }
+                    _ => Step::Replace("it serves no turn".to_owned()),
+                };
+                match step {
+                    Step::Replace(why) => {
+                        pods.delete(&name, &DeleteParams::default()).await?;
+                        publish(
+                            ctx,
+                            agent,
+                            EventType::Normal,
+                            "SpecChanged",
+                            "DeletePod",
+                            format!("deleted pod {name} to apply the changed spec: {why}"),
+                        )
+                        .await;
+                        requeue_soon = true;
+                    }
+                    Step::Wait { reason, message } => {
+                        obs.rollout = Some((reason, message));
+                        obs.pod = Some(pod);
+                        requeue_after = Some(crate::rollout::RECHECK);
+                    }
+                }
             }
-            Some(pod) => obs.pod = Some(pod),
+            Some(pod) => {
+                if status::container_ready(&pod, SIDECAR_CONTAINER) {
+                    ctx.rollouts.release(&ObjectRef::from_obj(agent));
+                }
+                obs.pod = Some(pod);
+            }
             None if agent.spec.suspend => {}
             None if obs.missing_secret.is_some()
                 || obs.name_conflict.is_some()
@@ -866,6 +931,18 @@ async fn reconcile_inner(agent: &CodexAgent, ctx: &Context) -> Result<Action, Er
             // The pod has not loaded the Secret's new key yet; look again soon.
             requeue_after =
                 Some(requeue_after.map_or(KEY_ROTATION_RECHECK, |w| w.min(KEY_ROTATION_RECHECK)));
+        }
+        if sidecar_ready
+            && obs.rollout.is_none()
+            && probed.report.as_ref().is_ok_and(|r| r.draining)
+        {
+            // The spec changed back while this pod drained (or a leader that drained it
+            // is gone): let it run turns again.
+            match ctx.probe.drain(&target, false).await {
+                Ok(_) => tracing::info!(agent = %name, "ended the sidecar's drain: its pod stays"),
+                Err(e) => warn!(agent = %name, error = %e, "ending the sidecar's drain"),
+            }
+            ctx.rollouts.release(&ObjectRef::from_obj(agent));
         }
         let report = probed.report.map_err(|e| e.to_string());
         obs.model_server = report.as_ref().ok().and_then(|r| r.model_server.clone());
@@ -947,6 +1024,25 @@ async fn finish(
     } else {
         Action::requeue(REQUEUE_NOT_READY)
     })
+}
+
+/// The spec changed since the last status write (`status.observedGeneration` behind
+/// `metadata.generation`).
+fn spec_changed(agent: &CodexAgent) -> bool {
+    agent
+        .status
+        .as_ref()
+        .and_then(|s| s.observed_generation)
+        .is_some_and(|g| Some(g) != agent.metadata.generation)
+}
+
+/// The sidecar's URL when `pod` serves (its sidecar container is ready and it has an IP).
+fn serving_url(pod: &Pod) -> Option<String> {
+    if !status::container_ready(pod, SIDECAR_CONTAINER) {
+        return None;
+    }
+    let ip = pod.status.as_ref()?.pod_ip.as_deref()?;
+    Some(sidecar_url(ip, crate::crd::SIDECAR_PORT))
 }
 
 /// When to look again at a pod that is being deleted: 2 s at first (a pod normally goes within

@@ -53,6 +53,7 @@ fn world(a: &CodexAgent) -> (Value, Value, Value, Value) {
         &OperatorConfig {
             sidecar_image: "registry.test/codex-sidecar:1".into(),
             fs_group: Some(crate::resources::SIDECAR_UID),
+            ..Default::default()
         },
     )
     .expect("build");
@@ -1092,4 +1093,183 @@ async fn a_misspelt_model_is_named_before_the_first_turn() {
         1,
         "probed while not ready"
     );
+}
+
+/// One reconcile of `a` whose pod (stale spec, sidecar ready) is `pod`, through `ctx`: the
+/// status written and whether the pod was deleted.
+async fn reconcile_stale_serving(
+    a: CodexAgent,
+    pod: Value,
+    ctx: Arc<Context>,
+    verifier: ApiServerVerifier,
+    expect_delete: bool,
+) -> (Value, ApiServerVerifier) {
+    let (cm, pvc, svc, _) = world(&a);
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let server = tokio::spawn(async move {
+        let mut s = verifier;
+        s.found(JWT, secret("jwt.key")).await;
+        s.found(&format!("{SECRETS}/openai"), user_secret("api-key"))
+            .await;
+        s.found(CM, cm).await;
+        s.found(PVC, pvc).await;
+        s.found(SVC, svc).await;
+        s.found(POD, pod.clone()).await;
+        if expect_delete {
+            s.expect(Method::DELETE, POD, StatusCode::OK, pod).await;
+            let event = s.echo(Method::POST, EVENTS).await;
+            assert_eq!(event.body["reason"], "SpecChanged");
+            let _ = tx.send(event.body["note"].clone());
+            s.echo(Method::PATCH, STATUS).await;
+        } else {
+            let status = s.echo(Method::PATCH, STATUS).await.body["status"].clone();
+            let _ = tx.send(status);
+        }
+        // A first status may publish its Ready transition.
+        let _ = tokio::time::timeout(std::time::Duration::from_millis(300), async {
+            s.echo(Method::POST, EVENTS).await
+        })
+        .await;
+        s
+    });
+    run(a, ctx).await;
+    let verifier = timeout(server).await.expect("scenario passed");
+    (rx.await.expect("result"), verifier)
+}
+
+fn stale_serving_pod(a: &CodexAgent) -> Value {
+    let mut pod = with_pod_status(world(a).3, ("True", "", ""), &[("sidecar", true, None)]);
+    pod["metadata"]["annotations"]["agents.codex-operator.dev/desired-hash"] = json!("stale");
+    pod["metadata"]["uid"] = json!("pod-uid-1");
+    pod
+}
+
+#[tokio::test]
+async fn a_serving_pod_with_a_stale_spec_is_drained_before_it_is_replaced() {
+    let (ctx, verifier, probe) = testing();
+    let a = gpu_agent();
+    *probe.report.lock().expect("lock") = Some(report(2));
+    // A turn runs: the sidecar is drained, the pod stays, the condition says why.
+    *probe.running.lock().expect("lock") = 1;
+    let (status, verifier) = reconcile_stale_serving(
+        a.clone(),
+        stale_serving_pod(&a),
+        ctx.clone(),
+        verifier,
+        false,
+    )
+    .await;
+    let up = condition(&status, "UpToDate");
+    assert_eq!(
+        (up["status"].as_str(), up["reason"].as_str()),
+        (Some("False"), Some("Draining"))
+    );
+    assert!(
+        up["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("1 running turns")),
+        "{up}"
+    );
+    assert_eq!(
+        condition(&status, "Ready")["status"],
+        "True",
+        "a draining pod still serves"
+    );
+    assert_eq!(*probe.drains.lock().expect("lock"), [true]);
+    // The turn ended: the pod goes, and the Event says it was drained.
+    *probe.running.lock().expect("lock") = 0;
+    let (note, verifier) = reconcile_stale_serving(
+        a.clone(),
+        stale_serving_pod(&a),
+        ctx.clone(),
+        verifier,
+        true,
+    )
+    .await;
+    assert!(
+        note.as_str()
+            .is_some_and(|n| n.contains("drained: no turn running")),
+        "{note}"
+    );
+    verifier.done().await;
+}
+
+#[tokio::test]
+async fn stale_serving_pods_are_replaced_at_most_n_agents_at_a_time() {
+    let (ctx, verifier, probe) = testing();
+    assert_eq!(
+        ctx.config.max_concurrent_rollouts, 4,
+        "the default limit applies"
+    );
+    // Four other agents, each draining a busy sidecar, hold every slot.
+    *probe.report.lock().expect("lock") = Some(report(2));
+    *probe.running.lock().expect("lock") = 1;
+    for n in ["b1", "b2", "b3", "b4"] {
+        let mut other = gpu_agent();
+        other.metadata.name = Some(n.into());
+        let pod = stale_serving_pod(&other);
+        let rollouts = &ctx.rollouts;
+        let target = crate::probe::ProbeTarget {
+            base_url: "http://10.0.0.8:8080".into(),
+            key: b"k".to_vec(),
+            audience: None,
+        };
+        let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(pod).expect("pod");
+        let step = rollouts
+            .step(
+                &other,
+                &pod,
+                &*probe,
+                &target,
+                None,
+                std::time::Duration::from_secs(60),
+            )
+            .await;
+        assert!(
+            matches!(
+                step,
+                crate::rollout::Step::Wait {
+                    reason: "Draining",
+                    ..
+                }
+            ),
+            "{step:?}"
+        );
+    }
+    assert_eq!(ctx.rollouts.in_progress(), 4);
+    let a = gpu_agent();
+    let drains_before = probe.drains.lock().expect("lock").len();
+    let (status, verifier) = reconcile_stale_serving(
+        a.clone(),
+        stale_serving_pod(&a),
+        ctx.clone(),
+        verifier,
+        false,
+    )
+    .await;
+    let up = condition(&status, "UpToDate");
+    assert_eq!(up["reason"], "RolloutWaiting", "{up}");
+    assert_eq!(
+        probe.drains.lock().expect("lock").len(),
+        drains_before,
+        "an agent waiting for a slot is not drained"
+    );
+    verifier.done().await;
+}
+
+#[tokio::test]
+async fn a_stale_pod_that_serves_nothing_is_replaced_at_once() {
+    // Not ready (e.g. crash-looping on a bad spec): nothing to drain, no slot taken.
+    let a = gpu_agent();
+    let mut pod = with_pod_status(world(&a).3, ("True", "", ""), &[("sidecar", false, None)]);
+    pod["metadata"]["annotations"]["agents.codex-operator.dev/desired-hash"] = json!("stale");
+    let (ctx, verifier, probe) = testing();
+    let (note, verifier) = reconcile_stale_serving(a, pod, ctx.clone(), verifier, true).await;
+    assert!(
+        note.as_str().is_some_and(|n| n.contains("serves no turn")),
+        "{note}"
+    );
+    assert!(probe.drains.lock().expect("lock").is_empty());
+    assert_eq!(ctx.rollouts.in_progress(), 0);
+    verifier.done().await;
 }

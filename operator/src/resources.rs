@@ -19,11 +19,17 @@ use k8s_openapi::api::core::v1::{
     ExecAction, HTTPGetAction, KeyToPath, PersistentVolumeClaim, PersistentVolumeClaimSpec,
     PersistentVolumeClaimVolumeSource, Pod, PodSecurityContext, PodSpec, Probe, SeccompProfile,
     SecretKeySelector, SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec,
-    TCPSocketAction, Toleration, Volume, VolumeMount, VolumeResourceRequirements,
+    Toleration, Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::api::core::v1::{ResourceRequirements, Secret};
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
+    NetworkPolicySpec,
+};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+    LabelSelector, LabelSelectorRequirement, ObjectMeta, OwnerReference,
+};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
@@ -69,6 +75,24 @@ pub struct OperatorConfig {
     /// The pods' `securityContext.fsGroup`: `--fs-group` resolved at start-up
     /// ([`crate::platform::resolve_fs_group`]); `None` sets none (OpenShift assigns one).
     pub fs_group: Option<i64>,
+    /// Agents whose serving pod may be replaced at once, cluster-wide
+    /// (`--max-concurrent-rollouts`, see [`crate::rollout`]).
+    pub max_concurrent_rollouts: usize,
+    /// The namespace the operator runs in (`POD_NAMESPACE`): an agent's NetworkPolicy admits
+    /// its probes.
+    pub namespace: String,
+}
+
+impl Default for OperatorConfig {
+    /// The defaults of `codex-operator run`.
+    fn default() -> Self {
+        Self {
+            sidecar_image: DEFAULT_SIDECAR_IMAGE.to_owned(),
+            fs_group: Some(crate::resources::SIDECAR_UID),
+            max_concurrent_rollouts: usize::from(crate::rollout::DEFAULT_MAX_CONCURRENT_ROLLOUTS),
+            namespace: "default".to_owned(),
+        }
+    }
 }
 
 /// Errors building the desired children.
@@ -108,6 +132,8 @@ pub struct Children {
     pub service: Service,
     /// The agent's pod.
     pub pod: Pod,
+    /// Its NetworkPolicy, when `spec.networkPolicy` is set.
+    pub network_policy: Option<NetworkPolicy>,
 }
 
 /// Labels on every child: the recommended `app.kubernetes.io/*` set plus [`AGENT_LABEL`].
@@ -259,12 +285,67 @@ pub fn build(agent: &CodexAgent, cfg: &OperatorConfig) -> Result<Children, Build
         spec: Some(pod_spec(agent, cfg)),
         ..Pod::default()
     });
+    let network_policy = match &agent.spec.network_policy {
+        Some(np) => Some(stamp(network_policy(
+            meta(agent, name.clone(), &oref)?,
+            &name,
+            np,
+            &cfg.namespace,
+        ))),
+        None => None,
+    };
     Ok(Children {
         config_map,
         pvc,
         service,
         pod,
+        network_policy,
     })
+}
+
+/// The NetworkPolicy of agent `name`: its pod (selected by [`AGENT_LABEL`]) admits TCP to the
+/// sidecar's port only, only from pods in `np.fromNamespaces` and `operator_ns` (matched by the
+/// `kubernetes.io/metadata.name` label the API server sets on every namespace). Egress is not
+/// restricted (the model provider, MCP servers).
+pub fn network_policy(
+    metadata: ObjectMeta,
+    name: &str,
+    np: &crate::crd::NetworkPolicySpec,
+    operator_ns: &str,
+) -> NetworkPolicy {
+    let mut namespaces: Vec<String> = np.from_namespaces.clone();
+    namespaces.push(operator_ns.to_owned());
+    namespaces.sort();
+    namespaces.dedup();
+    NetworkPolicy {
+        metadata,
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(BTreeMap::from([(AGENT_LABEL.to_string(), name.to_owned())])),
+                ..LabelSelector::default()
+            }),
+            policy_types: Some(vec!["Ingress".into()]),
+            ingress: Some(vec![NetworkPolicyIngressRule {
+                from: Some(vec![NetworkPolicyPeer {
+                    namespace_selector: Some(LabelSelector {
+                        match_expressions: Some(vec![LabelSelectorRequirement {
+                            key: "kubernetes.io/metadata.name".into(),
+                            operator: "In".into(),
+                            values: Some(namespaces),
+                        }]),
+                        ..LabelSelector::default()
+                    }),
+                    ..NetworkPolicyPeer::default()
+                }]),
+                ports: Some(vec![NetworkPolicyPort {
+                    port: Some(IntOrString::Int(SIDECAR_PORT)),
+                    protocol: Some("TCP".into()),
+                    ..NetworkPolicyPort::default()
+                }]),
+            }]),
+            ..NetworkPolicySpec::default()
+        }),
+    }
 }
 
 /// The generated JWT Secret `<agent>-jwt` holding `key` (created once, never updated).
@@ -587,7 +668,7 @@ fn model_container(
     let port = cmd.port;
     let readiness = match local.engine {
         // Ready once the model is pulled and loadable.
-        Engine::Ollama => Probe {
+        Engine::Ollama => Some(Probe {
             exec: Some(ExecAction {
                 command: Some(vec![
                     "/bin/sh".into(),
@@ -597,10 +678,10 @@ fn model_container(
             }),
             period_seconds: Some(10),
             ..Probe::default()
-        },
+        }),
         // The server listens on loopback, which the kubelet's HTTP probes cannot reach (they
         // connect to the pod IP): probe from inside the container (vLLM's image has Python).
-        Engine::Vllm => Probe {
+        Engine::Vllm => Some(Probe {
             exec: Some(ExecAction {
                 command: Some(vec![
                     "python3".into(),
@@ -614,15 +695,11 @@ fn model_container(
             timeout_seconds: Some(8),
             failure_threshold: Some(3),
             ..Probe::default()
-        },
-        Engine::Lmstudio | Engine::Other => Probe {
-            tcp_socket: Some(TCPSocketAction {
-                port: IntOrString::Int(port),
-                host: None,
-            }),
-            period_seconds: Some(10),
-            ..Probe::default()
-        },
+        }),
+        // Their images differ (no shell or HTTP client to count on), and a probe at the pod IP
+        // would force them to listen beyond loopback: the sidecar's readiness, which asks the
+        // model server over loopback, stands for theirs.
+        Engine::Lmstudio | Engine::Other => None,
     };
     let env: Vec<EnvVar> = cmd
         .env
@@ -648,7 +725,7 @@ fn model_container(
             protocol: Some("TCP".into()),
             ..ContainerPort::default()
         }]),
-        readiness_probe: Some(readiness),
+        readiness_probe: readiness,
         resources: gpu_limits(gpu, local.resources.as_ref()),
         security_context: Some(SecurityContext {
             run_as_user: local.run_as_user,
@@ -686,6 +763,7 @@ mod tests {
         OperatorConfig {
             sidecar_image: "ghcr.io/x/codex:1".into(),
             fs_group: Some(SIDECAR_UID),
+            ..Default::default()
         }
     }
 

@@ -36,6 +36,9 @@ pub mod types {
     /// Codex's command sandbox works in the sidecar's container (from `/v1/status`
     /// `sandbox_check`; absent until the sidecar has answered).
     pub const SANDBOX_READY: &str = "SandboxReady";
+    /// The pod runs the agent's current spec (False while a changed spec rolls out:
+    /// [`crate::rollout`]).
+    pub const UP_TO_DATE: &str = "UpToDate";
 }
 
 /// Stable `reason` values (CamelCase, as Kubernetes conventions require).
@@ -130,6 +133,12 @@ pub mod reasons {
     pub const STORAGE_CHANGE_NOT_APPLIED: &str = "StorageChangeNotApplied";
     /// Codex's sandbox runs commands in the sidecar's container.
     pub const SANDBOX_WORKS: &str = "SandboxWorks";
+    /// UpToDate: the pod runs the current spec.
+    pub const UP_TO_DATE: &str = "UpToDate";
+    /// UpToDate: the spec changed; every cluster-wide rollout slot is taken.
+    pub const ROLLOUT_WAITING: &str = "RolloutWaiting";
+    /// UpToDate: the spec changed; the sidecar drains before its pod is replaced.
+    pub const DRAINING: &str = "Draining";
     /// Codex's sandbox cannot run in the sidecar's container (usually: user namespaces are
     /// forbidden by the seccomp profile); commands the model runs will fail.
     pub const SANDBOX_UNAVAILABLE: &str = "SandboxUnavailable";
@@ -166,6 +175,8 @@ pub struct Observed {
     /// Why a scheduled pod's containers are not being created, from its Events:
     /// `(reason, kubelet's message)` ([`crate::pod_events`]).
     pub startup_failure: Option<(&'static str, String)>,
+    /// A rollout the pod waits for ([`crate::rollout::Step::Wait`]): reason and message.
+    pub rollout: Option<(&'static str, String)>,
 }
 
 /// True when GPUs are attached to the sidecar container (so `/v1/status` can verify them).
@@ -732,6 +743,23 @@ pub fn compute(
             Some(*reason != reasons::STORAGE_CHANGE_NOT_APPLIED),
             reason,
             message.clone(),
+        ));
+    }
+
+    // UpToDate, while a pod exists.
+    if let Some((reason, message)) = &obs.rollout {
+        conds.push(cond(
+            types::UP_TO_DATE,
+            Some(false),
+            reason,
+            message.clone(),
+        ));
+    } else if pod.is_some() {
+        conds.push(cond(
+            types::UP_TO_DATE,
+            Some(true),
+            reasons::UP_TO_DATE,
+            "the pod runs the agent's current spec",
         ));
     }
 

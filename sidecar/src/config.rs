@@ -20,8 +20,7 @@ pub const DEFAULT_COMPACT_AT_TOKENS: u64 = 40_000;
 pub const DEFAULT_MAX_LIVE_SESSIONS: u32 = 8;
 /// Default `--idle-timeout` in seconds.
 pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 600;
-/// Default `--turn-timeout` in seconds.
-pub const DEFAULT_TURN_TIMEOUT_SECS: u64 = 600;
+pub use crate::settings::DEFAULT_TURN_TIMEOUT_SECS;
 /// Default `--stream-idle-timeout-ms` for the local engines (`ollama`, `lmstudio`): 10 minutes.
 pub const DEFAULT_LOCAL_STREAM_IDLE_TIMEOUT_MS: u64 = 600_000;
 /// The first segment of `--codex-config` keys that would let codex choose another provider;

@@ -130,6 +130,15 @@ pub struct McpServer {
     pub env: BTreeMap<String, String>,
 }
 
+/// Default `--turn-timeout` in seconds (also how long the operator waits for a draining sidecar's
+/// turns to end before it replaces the pod anyway).
+pub const DEFAULT_TURN_TIMEOUT_SECS: u64 = 600;
+
+/// The JWT `sub` of the operator (`codex-operator`): the one caller allowed to drain the sidecar
+/// (`POST`/`DELETE /v1/drain`) before it replaces the pod. A platform that mints tokens for its
+/// tenants must never give a tenant this subject.
+pub const OPERATOR_SUBJECT: &str = "codex-operator";
+
 /// What the agent does: model, provider, codex policies and the session engine's limits.
 ///
 /// Shared verbatim by the sidecar (flags and `--config`), the operator's CRD (`spec.sidecar`) and the

@@ -48,6 +48,14 @@ impl SidecarProbe for NoProbe {
     ) -> BoxFuture<'a, Result<SidecarReport, ProbeError>> {
         Box::pin(async { Err(ProbeError::Unauthorized) })
     }
+
+    fn drain<'a>(
+        &'a self,
+        _target: &'a ProbeTarget,
+        _on: bool,
+    ) -> BoxFuture<'a, Result<codex_operator::probe::DrainReport, ProbeError>> {
+        Box::pin(async { Err(ProbeError::Unauthorized) })
+    }
 }
 
 fn rss_kib() -> u64 {
@@ -126,6 +134,7 @@ async fn main() -> anyhow::Result<()> {
         OperatorConfig {
             sidecar_image: "codex-operator:bench".into(),
             fs_group: Some(codex_operator::resources::SIDECAR_UID),
+            ..Default::default()
         },
         Arc::new(NoProbe),
         metrics.clone(),

@@ -614,6 +614,10 @@ async fn cluster_e2e() {
         restricted(&w)
     );
     scenario!(
+        "9. a new default image rolls out one agent at a time, cutting no turn; network policies",
+        rollout_and_network_policy(&w)
+    );
+    scenario!(
         "7. two operator replicas: one leader, handover on kill",
         two_replicas(&w)
     );
@@ -1980,6 +1984,199 @@ async fn restricted(w: &World) {
         w.table("locked")
     );
     w.k(&["delete", "namespace", "locked", "--wait=false"]);
+}
+
+/// `helm upgrade` changing the default sidecar image (the same image under another name, so the
+/// node has it) with `--max-concurrent-rollouts 1`: the agents are replaced one at a time, the
+/// one running a turn only after the turn ended (`Draining`), and a message sent while it drains
+/// is answered by the new pod. Then an agent's NetworkPolicy is created and removed.
+async fn rollout_and_network_policy(w: &World) {
+    let ns = "rollout";
+    w.namespace(ns, &[]);
+    let agents = ["r1", "r2"];
+    for a in agents {
+        w.apply_agent(ns, a, w.custom_spec());
+    }
+    for a in agents {
+        w.wait_condition(ns, a, "Ready", "True", Duration::from_secs(120))
+            .await;
+        w.wait_condition(ns, a, "UpToDate", "True", Duration::from_secs(30))
+            .await;
+    }
+    let uid = |a: &str| {
+        w.pod(ns, a)
+            .map(|p| p["metadata"]["uid"].as_str().unwrap_or_default().to_owned())
+    };
+    let before: Vec<String> = agents.iter().map(|a| uid(a).expect("pod")).collect();
+
+    // A turn of about 60 s on r1 (15 words, 4 s before each).
+    let api = w.sidecar(ns, "r1", "alice").await;
+    assert_eq!(api.create(json!({"id": "long"})).await.0, 201);
+    let (code, body) = api
+        .send(
+            "long",
+            "[[reply=a b c d e f g h i j k l m n o]] [[delay_ms=4000]]",
+        )
+        .await;
+    assert_eq!(code, 202, "{body}");
+    api.collect_until("long", 0, Duration::from_secs(60), |e| {
+        e["type"] == "turn_started"
+    })
+    .await
+    .expect("the turn starts");
+
+    // The same image under another name: every agent's desired pod changes.
+    let (repo_name, tag) = w
+        .image
+        .split_once(':')
+        .unwrap_or((w.image.as_str(), "latest"));
+    if repo_name.contains('/') {
+        println!(
+            "NOTICE: skipping the rollout part: image {} has a registry path, no second name for it",
+            w.image
+        );
+        return;
+    }
+    let renamed = format!("sidecar.image.repository=docker.io/library/{repo_name}");
+    let tag_arg = format!("sidecar.image.tag={tag}");
+    let out = w.cp.helm(&[
+        "upgrade",
+        RELEASE,
+        &repo().join("charts/codex-operator").to_string_lossy(),
+        "-n",
+        OPERATOR_NS,
+        "--reuse-values",
+        "--set",
+        &renamed,
+        "--set",
+        &tag_arg,
+        "--set",
+        "agents.maxConcurrentRollouts=1",
+        "--wait",
+        "--timeout",
+        "3m",
+    ]);
+    out.unwrap_or_else(|e| panic!("helm upgrade to a new sidecar image: {e}"));
+
+    // Watch both agents until both run the new image: never two replaced at once.
+    let t0 = Instant::now();
+    let mut seen_draining = false;
+    let mut seen_waiting = false;
+    let mut sent_while_draining = false;
+    loop {
+        assert!(
+            t0.elapsed() < Duration::from_secs(300),
+            "the rollout did not finish"
+        );
+        let mut replacing = 0;
+        let mut done = 0;
+        for (i, a) in agents.iter().enumerate() {
+            let up = w.condition(ns, a, "UpToDate");
+            let ready = w.condition(ns, a, "Ready").is_some_and(|c| c.0 == "True");
+            let current = uid(a);
+            match up.as_ref().map(|c| c.1.as_str()) {
+                Some("Draining") => {
+                    seen_draining = true;
+                    if *a == "r1" && !sent_while_draining {
+                        // Accepted while draining, answered by the next pod.
+                        let (code, body) = api.send("long", "sent while draining").await;
+                        assert_eq!(code, 202, "{body}");
+                        sent_while_draining = true;
+                    }
+                }
+                Some("RolloutWaiting") => seen_waiting = true,
+                _ => {}
+            }
+            if current.as_deref() != Some(before[i].as_str()) && !ready {
+                replacing += 1;
+            }
+            if current.is_some_and(|u| u != before[i]) && ready && up.is_some_and(|c| c.0 == "True")
+            {
+                done += 1;
+            }
+        }
+        assert!(replacing <= 1, "two agents were being replaced at once");
+        if done == agents.len() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    eprintln!(
+        "cluster: rollout of 2 agents took {:.1}s (draining seen: {seen_draining}, waiting seen: {seen_waiting})",
+        t0.elapsed().as_secs_f64()
+    );
+    assert!(
+        seen_draining && seen_waiting,
+        "one agent drained while the other waited for the rollout slot"
+    );
+    for a in agents {
+        let pod = w.pod(ns, a).expect("pod");
+        assert!(
+            pod["spec"]["containers"]
+                .to_string()
+                .contains("docker.io/library/"),
+            "{a} runs the new default image"
+        );
+    }
+    // The turn that ran during the upgrade ended normally, and what was sent while the
+    // sidecar drained was answered by the new pod.
+    let api = w.sidecar(ns, "r1", "alice").await;
+    let events = api
+        .until_results("long", 0, 2, Duration::from_secs(90))
+        .await
+        .expect("both turns");
+    let results: Vec<&Value> = events.iter().filter(|e| e["type"] == "result").collect();
+    assert_eq!(results[0]["status"], "completed", "not cut: {events:?}");
+    assert_eq!(results[0]["text"], "a b c d e f g h i j k l m n o");
+    assert!(sent_while_draining, "a message was sent while draining");
+    assert_eq!(results[1]["status"], "completed", "{events:?}");
+    assert!(
+        results[1]["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("sent while draining")),
+        "{events:?}"
+    );
+
+    // NetworkPolicy: made from spec.networkPolicy, the operator's namespace admitted; the agent
+    // stays reachable by the operator (Ready); removed with the field.
+    let mut spec = w.custom_spec();
+    spec["networkPolicy"] = json!({"fromNamespaces": [ns]});
+    w.apply_agent(ns, "r2", spec);
+    let np = eventually(
+        "the agent's NetworkPolicy",
+        Duration::from_secs(60),
+        async || w.json(&["-n", ns, "get", "networkpolicy", "r2"]),
+    )
+    .await;
+    assert_eq!(np["metadata"]["ownerReferences"][0]["kind"], "CodexAgent");
+    assert_eq!(np["spec"]["policyTypes"], json!(["Ingress"]));
+    let rule = &np["spec"]["ingress"][0];
+    assert_eq!(rule["ports"], json!([{"port": 8080, "protocol": "TCP"}]));
+    let allowed = &rule["from"][0]["namespaceSelector"]["matchExpressions"][0];
+    assert_eq!(allowed["key"], "kubernetes.io/metadata.name");
+    let values = allowed["values"].to_string();
+    assert!(
+        values.contains(ns) && values.contains(OPERATOR_NS),
+        "{values}"
+    );
+    assert_eq!(
+        np["spec"]["podSelector"]["matchLabels"]["agents.codex-operator.dev/agent"],
+        "r2"
+    );
+    w.wait_condition(ns, "r2", "Ready", "True", Duration::from_secs(120))
+        .await;
+    w.apply_agent(ns, "r2", w.custom_spec());
+    eventually(
+        "the NetworkPolicy to go",
+        Duration::from_secs(60),
+        async || {
+            w.json(&["-n", ns, "get", "networkpolicy", "r2"])
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await;
+    w.k(&["delete", "namespace", ns, "--wait=false"]);
 }
 
 async fn two_replicas(w: &World) {

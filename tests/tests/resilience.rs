@@ -396,3 +396,67 @@ where
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn a_drain_lets_the_running_turn_finish_and_holds_new_ones_without_losing_them()
+-> anyhow::Result<()> {
+    let model = ScriptedModel::start().await?;
+    let sc = Sidecar::start(&model.base_url(), &[]).await?;
+    let api = sc.api("alice");
+    let operator = sc.api("codex-operator");
+    api.create(json!({"id": "d"})).await;
+    api.send("d", "slow [[delay_ms=800]]").await;
+    api.collect_until("d", 0, T, |e| e["type"] == "turn_started")
+        .await?;
+
+    // Only the operator may drain (any tenant could otherwise stop everyone's turns).
+    let (status, body) = api.call("POST", "/v1/drain", None).await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"]["code"], "forbidden");
+
+    let (status, body) = operator.call("POST", "/v1/drain", None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["draining"], true);
+    assert_eq!(body["running"], 1, "the running turn is counted: {body}");
+    // A message sent while draining is accepted and waits.
+    assert_eq!(api.send("d", "second").await.0, 202);
+    // The running turn is not cut: it ends completed, and then nothing runs.
+    let events = api.until_results("d", 0, 1, T).await?;
+    assert_eq!(events.last().expect("result")["status"], "completed");
+    let idle = async {
+        loop {
+            let (_, b) = operator.call("POST", "/v1/drain", None).await;
+            if b["running"] == 0 {
+                return b;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let body = tokio::time::timeout(Duration::from_secs(10), idle).await?;
+    assert_eq!(body["queued"], 1, "the second message waits: {body}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (_, page) = api.events("d", 0, 0).await;
+    let all = page["events"].as_array().cloned().unwrap_or_default();
+    assert_eq!(
+        of_type(&all, "turn_started").len(),
+        1,
+        "no turn starts while draining: {all:?}"
+    );
+    let (_, st) = operator.call("GET", "/v1/status", None).await;
+    assert_eq!(st["draining"], true, "{st}");
+
+    // Ending the drain runs what waited.
+    let (status, body) = operator.call("DELETE", "/v1/drain", None).await;
+    assert_eq!((status, &body["draining"]), (200, &json!(false)), "{body}");
+    let events = api.until_results("d", 0, 2, T).await?;
+    let results = of_type(&events, "result");
+    assert_eq!(results.len(), 2, "{events:?}");
+    assert!(
+        results[1]["text"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("second"),
+        "{events:?}"
+    );
+    Ok(())
+}

@@ -47,6 +47,12 @@ pub struct EngineCtx {
     pub metrics: Arc<Metrics>,
     /// Secret scrubber for codex output.
     pub redactor: Arc<Redactor>,
+    /// Draining (`POST /v1/drain`): messages are still accepted and kept, but no session starts
+    /// a new turn or compaction; running ones finish. Off again with `DELETE /v1/drain`.
+    pub draining: std::sync::atomic::AtomicBool,
+    /// Sessions inside a turn or compaction, counted from before the drain check (see
+    /// [`Engine::busy`]).
+    pub busy: std::sync::atomic::AtomicUsize,
 }
 
 /// `POST /v1/sessions` body.
@@ -175,6 +181,8 @@ impl Engine {
             pool,
             metrics,
             redactor,
+            draining: Default::default(),
+            busy: Default::default(),
         });
         let engine = Arc::new(Engine {
             ctx,
@@ -557,6 +565,40 @@ impl Engine {
             }
         }
         c
+    }
+
+    /// Starts (`true`) or ends (`false`) draining: while draining, messages are accepted (202,
+    /// kept in the session's log as always) but no turn or compaction starts, so that the
+    /// sidecar becomes idle ([`Counts::running`] 0) and can be replaced without cutting a turn.
+    /// Ending it wakes every session with waiting work.
+    pub fn set_draining(&self, on: bool) {
+        let was = self
+            .ctx
+            .draining
+            .swap(on, std::sync::atomic::Ordering::SeqCst);
+        if was && !on {
+            let handles: Vec<_> = self
+                .sessions
+                .read()
+                .map(|s| s.values().cloned().collect())
+                .unwrap_or_default();
+            for h in handles {
+                h.send(Command::Wake);
+            }
+        }
+    }
+
+    /// Sessions in a turn or compaction, including one still starting its codex child for it.
+    /// A session counts itself before it checks [`EngineCtx::draining`] (both sequentially
+    /// consistent), so once [`Engine::set_draining`] has returned, a 0 here means no turn runs
+    /// and none can start.
+    pub fn busy(&self) -> usize {
+        self.ctx.busy.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Whether the sidecar drains (see [`Engine::set_draining`]).
+    pub fn draining(&self) -> bool {
+        self.ctx.draining.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Stops every child (graceful shutdown); sessions stay on disk.

@@ -34,6 +34,24 @@ const MAX_BATCH: usize = 32;
 const HEARTBEAT: Duration = Duration::from_secs(14);
 /// How long codex gets to end a turn after `turn/interrupt` before its child is killed.
 const INTERRUPT_GRACE: Duration = Duration::from_secs(10);
+/// Counts a session in [`EngineCtx::busy`] while it lives (a turn or compaction under way).
+struct Busy(Arc<EngineCtx>);
+
+impl Busy {
+    fn enter(ctx: &Arc<EngineCtx>) -> Busy {
+        ctx.busy.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Busy(ctx.clone())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0
+            .busy
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// How long a stopping child gets to exit after stdin closes.
 const STOP_GRACE: Duration = Duration::from_secs(3);
 
@@ -350,9 +368,19 @@ impl Actor {
     pub async fn run(mut self) {
         loop {
             let has_work = self.want_compact || self.h.queued() > 0;
-            let can_work = self.retry_at.is_none_or(|t| Instant::now() >= t);
+            // Draining: no new turn until it ends (which sends a Wake).
+            let draining = self.ctx.draining.load(std::sync::atomic::Ordering::SeqCst);
+            let can_work = self.retry_at.is_none_or(|t| Instant::now() >= t) && !draining;
             if has_work && can_work && !self.evict_requested {
-                if let Flow::Exit = self.work().await {
+                let busy = Busy::enter(&self.ctx);
+                if self.ctx.draining.load(std::sync::atomic::Ordering::SeqCst) {
+                    // A drain began between the check above and `enter`: it may already have
+                    // seen no busy session, so start nothing.
+                    continue;
+                }
+                let flow = self.work().await;
+                drop(busy);
+                if let Flow::Exit = flow {
                     return;
                 }
                 continue;
@@ -367,7 +395,11 @@ impl Actor {
                 .live
                 .as_ref()
                 .map(|_| self.idle_since + self.ctx.config.idle_timeout);
-            let retry_deadline = if has_work { self.retry_at } else { None };
+            let retry_deadline = if has_work && !draining {
+                self.retry_at
+            } else {
+                None
+            };
             tokio::select! {
                 cmd = self.rx.recv() => {
                     let Some(cmd) = cmd else {

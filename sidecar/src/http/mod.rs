@@ -113,6 +113,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/sessions/{id}/interrupt", post(sessions::interrupt))
         .route("/v1/sessions/{id}/compact", post(sessions::compact))
         .route("/v1/status", get(ops::status))
+        .route("/v1/drain", post(ops::drain).delete(ops::undrain))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))

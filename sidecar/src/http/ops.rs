@@ -12,6 +12,8 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::{AppState, Owner};
+use crate::error::ApiError;
+use crate::settings::OPERATOR_SUBJECT;
 
 /// How long a readiness result is reused.
 const READY_TTL: Duration = Duration::from_secs(5);
@@ -109,6 +111,48 @@ pub async fn metrics(State(st): State<AppState>) -> Response {
         .into_response()
 }
 
+/// `POST /v1/drain` (the operator's token only: `sub` [`OPERATOR_SUBJECT`]) -> 200
+/// `{"draining": true, "running": N, "queued": M}`: from now on no turn or compaction starts
+/// (messages are still accepted and kept); `running` is the number of turns and compactions
+/// still going. Idempotent: the operator calls it until `running` is 0, then replaces the pod.
+///
+/// # Errors
+/// 403 `forbidden` for any other subject.
+pub async fn drain(State(st): State<AppState>, owner: Owner) -> Result<Json<Value>, ApiError> {
+    set_draining(&st, &owner, true)
+}
+
+/// `DELETE /v1/drain` (the operator's token only) -> 200 `{"draining": false, ...}`: turns start
+/// again, beginning with the messages that waited.
+///
+/// # Errors
+/// 403 `forbidden` for any other subject.
+pub async fn undrain(State(st): State<AppState>, owner: Owner) -> Result<Json<Value>, ApiError> {
+    set_draining(&st, &owner, false)
+}
+
+fn set_draining(st: &AppState, owner: &Owner, on: bool) -> Result<Json<Value>, ApiError> {
+    if owner.0 != OPERATOR_SUBJECT {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("only the operator (sub `{OPERATOR_SUBJECT}`) may drain the sidecar"),
+        ));
+    }
+    if on != st.engine.draining() {
+        tracing::info!(
+            draining = on,
+            "drain {}",
+            if on { "started" } else { "ended" }
+        );
+    }
+    st.engine.set_draining(on);
+    let c = st.engine.counts();
+    Ok(Json(
+        json!({"draining": on, "running": st.engine.busy(), "queued": c.queued}),
+    ))
+}
+
 /// `GET /v1/status` (authenticated) -> versions, provider, model, sandbox (and whether it
 /// works here: `sandbox_check`), `auth` (the accepted `alg`, or `none`), `auth_key` (the key
 /// file, when its key was loaded, until when a replaced key is still accepted, the last reload
@@ -141,6 +185,7 @@ pub async fn status(State(st): State<AppState>, Owner(_owner): Owner) -> Json<Va
             "queued_messages": cfg.limits.queued_messages,
         },
         "counts": st.engine.counts(),
+        "draining": st.engine.draining(),
         "uptime_seconds": st.started.elapsed().as_secs(),
         "gpu": gpu_status,
         "model_server": model_server,

@@ -167,6 +167,8 @@ pub struct FakeProbe {
     pub report: Mutex<Option<GpuReport>>,
     /// The sandbox part of what `status` returns.
     pub sandbox: Mutex<Option<crate::probe::SandboxReport>>,
+    /// The model server part of what `status` returns.
+    pub model_server: Mutex<Option<crate::probe::ModelServerReport>>,
     /// Targets asked for.
     pub calls: Mutex<Vec<ProbeTarget>>,
     /// Turns the fake sidecar has running (what a drain answers).
@@ -189,6 +191,7 @@ impl SidecarProbe for FakeProbe {
                 Some(gpu) => Ok(SidecarReport {
                     gpu,
                     sandbox_check: self.sandbox.lock().expect("lock").clone(),
+                    model_server: self.model_server.lock().expect("lock").clone(),
                     draining: *self.draining.lock().expect("lock"),
                     counts: Default::default(),
                 }),

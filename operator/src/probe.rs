@@ -1,6 +1,7 @@
-//! Asking a running sidecar what it sees (`GET /v1/status`, docs/sidecar-contract.md): its GPUs,
-//! and whether codex's command sandbox works in its container; and draining it before its pod is
-//! replaced (`POST`/`DELETE /v1/drain`, see [`crate::rollout`]).
+//! Asking a running sidecar what it sees (`GET /v1/status`, docs/sidecar-contract.md): its GPUs
+//! (with MIG slices and compute processes), what the model server serves (and where it holds
+//! the model), and whether codex's command sandbox works in its container; and draining it
+//! before its pod is replaced (`POST`/`DELETE /v1/drain`, see [`crate::rollout`]).
 //!
 //! The request carries a short-lived HS256 JWT minted from the agent's own key (claims `sub`,
 //! `iat`, `exp` 60 s ahead, and `aud` when the agent sets `jwtAudience`). The fetch is behind the
@@ -40,6 +41,90 @@ pub struct GpuDevice {
     /// Used memory in bytes.
     #[serde(default)]
     pub memory_used_bytes: u64,
+    /// MIG mode is on (`null`: the GPU has no MIG, or a sidecar older than this operator).
+    #[serde(default)]
+    pub mig_mode: Option<bool>,
+    /// The MIG devices (slices) of this GPU the container sees.
+    #[serde(default)]
+    pub mig_devices: Vec<MigDevice>,
+    /// The compute processes NVML lists on it (`null`: not listed).
+    #[serde(default)]
+    pub processes: Option<Vec<GpuProcess>>,
+}
+
+/// One MIG device as the sidecar reports it (`gpu.devices[].mig_devices[]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigDevice {
+    /// MIG index on the parent GPU.
+    #[serde(default)]
+    pub index: u32,
+    /// `MIG-…` UUID.
+    #[serde(default)]
+    pub uuid: String,
+    /// NVML's name, e.g. `NVIDIA A100-SXM4-40GB MIG 1g.5gb`.
+    #[serde(default)]
+    pub name: String,
+    /// The profile, e.g. `1g.5gb` (as in the resource `nvidia.com/mig-1g.5gb`).
+    #[serde(default)]
+    pub profile: Option<String>,
+    /// The slice's memory, bytes.
+    #[serde(default)]
+    pub memory_total_bytes: u64,
+}
+
+/// One compute process on a GPU (`gpu.devices[].processes[]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GpuProcess {
+    /// Host PID.
+    pub pid: u32,
+    /// Its name, where NVML could read it.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// GPU memory it uses, bytes, where NVML says.
+    #[serde(default)]
+    pub used_memory_bytes: Option<u64>,
+}
+
+/// The `model_server` section of `/v1/status`: what the model server says about the model
+/// (the sidecar's `codex_sidecar::model_server::ModelServerStatus`; `null` = unknown).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct ModelServerReport {
+    /// `ollama`, `vllm`, `lmstudio`, `custom` or `openai`.
+    #[serde(default)]
+    pub engine: String,
+    /// The Responses-API base URL.
+    #[serde(default)]
+    pub base_url: String,
+    /// The server answered.
+    #[serde(default)]
+    pub reachable: Option<bool>,
+    /// The model asked for.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// The server lists the model.
+    #[serde(default)]
+    pub served: Option<bool>,
+    /// The model is loaded.
+    #[serde(default)]
+    pub loaded: Option<bool>,
+    /// Share of the loaded model in GPU memory, 0..1 (Ollama `size_vram / size`).
+    #[serde(default)]
+    pub gpu_fraction: Option<f64>,
+    /// The loaded model's GPU memory, bytes (Ollama `size_vram`).
+    #[serde(default)]
+    pub size_vram_bytes: Option<u64>,
+    /// As `ollama ps` prints it: `100% GPU`, `48%/52% CPU/GPU`, `100% CPU`.
+    #[serde(default)]
+    pub processor: Option<String>,
+    /// The models the server lists.
+    #[serde(default)]
+    pub models: Vec<String>,
+    /// What could not be learnt, and why.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// When the sidecar asked (RFC 3339).
+    #[serde(default)]
+    pub checked_at: Option<String>,
 }
 
 /// The `gpu` section of `/v1/status`.
@@ -75,13 +160,16 @@ pub struct SandboxReport {
 }
 
 /// What the operator reads from `/v1/status`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct SidecarReport {
     /// The `gpu` section.
     pub gpu: GpuReport,
     /// The `sandbox_check` section (absent from sidecars older than this operator).
     #[serde(default)]
     pub sandbox_check: Option<SandboxReport>,
+    /// The `model_server` section (absent from sidecars older than this operator).
+    #[serde(default)]
+    pub model_server: Option<ModelServerReport>,
     /// The sidecar drains (`POST /v1/drain`): it starts no turn until `DELETE /v1/drain`.
     #[serde(default)]
     pub draining: bool,
@@ -452,7 +540,11 @@ mod tests {
                 Ok(Json(serde_json::json!({"version": "0", "gpu": {"available": true, "driver_version": "570",
                     "devices": [{"index": 0, "name": "H100", "uuid": "GPU-1", "memory_total_bytes": 1, "memory_used_bytes": 0}],
                     "error": null},
-                    "sandbox_check": {"mode": "workspace-write", "ok": false, "error": "bwrap: No permissions", "hint": "use danger-full-access"}})))
+                    "sandbox_check": {"mode": "workspace-write", "ok": false, "error": "bwrap: No permissions", "hint": "use danger-full-access"},
+                    "model_server": {"engine": "ollama", "base_url": "http://127.0.0.1:11434/v1", "reachable": true,
+                        "model": "gpt-oss:20b", "served": true, "loaded": true, "gpu_fraction": 1.0,
+                        "size_bytes": 1, "size_vram_bytes": 1, "processor": "100% GPU", "version": "0.12.0",
+                        "models": ["gpt-oss:20b"], "error": null, "checked_at": "2026-01-01T00:00:00Z"}})))
             }),
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -471,6 +563,8 @@ mod tests {
             .expect("probe");
         assert!(report.gpu.available);
         assert_eq!(report.gpu.devices.len(), 1);
+        let ms = report.model_server.as_ref().expect("model_server");
+        assert_eq!((ms.served, ms.gpu_fraction), (Some(true), Some(1.0)));
         let sandbox = report.sandbox_check.expect("sandbox_check");
         assert!(!sandbox.ok);
         assert_eq!(sandbox.error.as_deref(), Some("bwrap: No permissions"));

@@ -902,9 +902,15 @@ async fn reconcile_inner(agent: &CodexAgent, ctx: &Context) -> Result<Action, Er
         }
     }
 
-    // 4. Sidecar probe (`/v1/status`: GPUs, sandbox) once the sidecar is ready.
+    // 4. Sidecar probe (`/v1/status`: GPUs, sandbox, model server) once the sidecar runs; its
+    // GPU and sandbox reports count once it is ready (its /readyz fails while the model is not
+    // served, which `model_server` then explains).
+    let sidecar_ready = obs
+        .pod
+        .as_ref()
+        .is_some_and(|p| status::container_ready(p, SIDECAR_CONTAINER));
     if let (Some(pod), Some(key)) = (&obs.pod, &jwt_key)
-        && status::container_ready(pod, SIDECAR_CONTAINER)
+        && status::container_running(pod, SIDECAR_CONTAINER)
         && let Some(ip) = pod.status.as_ref().and_then(|s| s.pod_ip.clone())
     {
         let target = ProbeTarget {
@@ -926,7 +932,10 @@ async fn reconcile_inner(agent: &CodexAgent, ctx: &Context) -> Result<Action, Er
             requeue_after =
                 Some(requeue_after.map_or(KEY_ROTATION_RECHECK, |w| w.min(KEY_ROTATION_RECHECK)));
         }
-        if obs.rollout.is_none() && probed.report.as_ref().is_ok_and(|r| r.draining) {
+        if sidecar_ready
+            && obs.rollout.is_none()
+            && probed.report.as_ref().is_ok_and(|r| r.draining)
+        {
             // The spec changed back while this pod drained (or a leader that drained it
             // is gone): let it run turns again.
             match ctx.probe.drain(&target, false).await {
@@ -936,10 +945,13 @@ async fn reconcile_inner(agent: &CodexAgent, ctx: &Context) -> Result<Action, Er
             ctx.rollouts.release(&ObjectRef::from_obj(agent));
         }
         let report = probed.report.map_err(|e| e.to_string());
-        if status::gpus_on_sidecar(agent) {
-            obs.gpu = Some(report.as_ref().map(|r| r.gpu.clone()).map_err(Clone::clone));
+        obs.model_server = report.as_ref().ok().and_then(|r| r.model_server.clone());
+        if sidecar_ready {
+            if agent.spec.gpu.is_some() {
+                obs.gpu = Some(report.as_ref().map(|r| r.gpu.clone()).map_err(Clone::clone));
+            }
+            obs.sandbox = report.ok().and_then(|r| r.sandbox_check);
         }
-        obs.sandbox = report.ok().and_then(|r| r.sandbox_check);
     }
 
     // 4b. A pod on a node whose containers are not being created: only its Events say why (a

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use crate::crd::{ALLOW_USE_LABEL, CodexAgent};
 use crate::fixtures::{self, ApiServerVerifier, agent, conflict_status, testing, timeout};
-use crate::probe::{GpuDevice, GpuReport};
+use crate::probe::{GpuDevice, GpuReport, MigDevice, ModelServerReport};
 use crate::reconcile::{self, Context};
 use crate::resources::{self, OperatorConfig};
 
@@ -354,18 +354,32 @@ async fn observe(
     (status, events, probe)
 }
 
+/// What NVML shows in a pod given `n` of gpu_agent's `nvidia.com/mig-1g.10gb` slices: their
+/// parent H100 in MIG mode, with the slices under it.
 fn report(n: usize) -> GpuReport {
     GpuReport {
         available: n > 0,
         driver_version: Some("570.86".into()),
-        devices: (0..n)
-            .map(|i| GpuDevice {
-                index: i as u32,
+        devices: (n > 0)
+            .then(|| GpuDevice {
+                index: 0,
                 name: "NVIDIA H100 80GB HBM3".into(),
-                uuid: format!("GPU-{i}"),
-                memory_total_bytes: 1,
+                uuid: "GPU-0".into(),
+                memory_total_bytes: 85_520_809_984,
                 memory_used_bytes: 0,
+                mig_mode: Some(true),
+                mig_devices: (0..n)
+                    .map(|i| MigDevice {
+                        index: i as u32,
+                        uuid: format!("MIG-{i}"),
+                        name: "NVIDIA H100 80GB HBM3 MIG 1g.10gb".into(),
+                        profile: Some("1g.10gb".into()),
+                        memory_total_bytes: 10 << 30,
+                    })
+                    .collect(),
+                processes: None,
             })
+            .into_iter()
             .collect(),
         error: (n == 0).then(|| "NVML: no CUDA-capable device is detected".into()),
     }
@@ -982,6 +996,103 @@ async fn another_agents_signing_key_is_not_used_without_the_label() {
     })
     .await;
     assert!(probe.calls.lock().expect("lock").is_empty());
+}
+
+#[tokio::test]
+async fn whole_gpus_are_not_the_mig_slices_asked_for() {
+    let a = gpu_agent();
+    let pod = with_pod_status(world(&a).3, ("True", "", ""), &[("sidecar", true, None)]);
+    // Two whole H100s (MIG off) where two 1g.10gb slices were asked for.
+    let mut whole = report(1);
+    whole.devices = (0..2)
+        .map(|i| GpuDevice {
+            index: i,
+            name: "NVIDIA H100 80GB HBM3".into(),
+            uuid: format!("GPU-{i}"),
+            memory_total_bytes: 85_520_809_984,
+            memory_used_bytes: 0,
+            mig_mode: Some(false),
+            mig_devices: Vec::new(),
+            processes: None,
+        })
+        .collect();
+    let (status, _, _) = observe(a, pod, Some(whole), true).await;
+    let status = status.expect("status");
+    let gpu = condition(&status, "GPUVerified");
+    assert_eq!(gpu["reason"], "NoGPU", "{gpu}");
+    assert!(
+        gpu["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("0 of 2 MIG 1g.10gb slice(s)")
+                && m.contains("GPU 1 NVIDIA H100 80GB HBM3 (MIG off)")),
+        "{gpu}"
+    );
+    assert_eq!(condition(&status, "Ready")["reason"], "NoGPU");
+}
+
+#[tokio::test]
+async fn a_misspelt_model_is_named_before_the_first_turn() {
+    let a = agent(json!({
+        "model": "gpt-os:20b",
+        "provider": {"type": "local", "local": {"engine": "ollama"}},
+        "gpu": {"count": 1},
+        "auth": {"jwtSecretRef": {"name": "mine", "key": "k"}},
+    }));
+    let (cm, pvc, svc, pod) = world(&a);
+    // The sidecar runs but is not ready: its /readyz fails because the model is not served.
+    let pod = with_pod_status(
+        pod,
+        ("True", "", ""),
+        &[("sidecar", false, None), ("model-server", true, None)],
+    );
+    let (ctx, verifier, probe) = testing();
+    *probe.report.lock().expect("lock") = Some(GpuReport {
+        error: Some("NVML not available: libnvidia-ml.so.1: cannot open shared object file".into()),
+        ..GpuReport::default()
+    });
+    *probe.model_server.lock().expect("lock") = Some(ModelServerReport {
+        engine: "ollama".into(),
+        base_url: "http://127.0.0.1:11434/v1".into(),
+        reachable: Some(true),
+        model: Some("gpt-os:20b".into()),
+        served: Some(false),
+        models: vec!["gpt-oss:20b".into()],
+        ..ModelServerReport::default()
+    });
+    let server = tokio::spawn(async move {
+        let mut s = verifier;
+        s.found(&format!("{SECRETS}/mine"), user_secret("k")).await;
+        s.found(CM, cm).await;
+        s.found(PVC, pvc).await;
+        s.found(SVC, svc).await;
+        s.found(POD, pod).await;
+        let st = s.echo(Method::PATCH, STATUS).await.body["status"].clone();
+        let model = condition(&st, "ModelReady");
+        assert_eq!(
+            (model["status"].as_str(), model["reason"].as_str()),
+            (Some("False"), Some("ModelNotServed")),
+            "{model}"
+        );
+        assert!(
+            model["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("gpt-os:20b") && m.contains("it lists: gpt-oss:20b")),
+            "{model}"
+        );
+        assert_eq!(condition(&st, "Ready")["reason"], "ModelNotServed");
+        assert_eq!(
+            s.echo(Method::POST, EVENTS).await.body["reason"],
+            "ModelNotServed"
+        );
+        s
+    });
+    run(a, ctx).await;
+    timeout(server).await.expect("scenario").done().await;
+    assert_eq!(
+        probe.calls.lock().expect("lock").len(),
+        1,
+        "probed while not ready"
+    );
 }
 
 /// One reconcile of `a` whose pod (stale spec, sidecar ready) is `pod`, through `ctx`: the

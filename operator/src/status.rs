@@ -8,8 +8,8 @@ use k8s_openapi::api::core::v1::{ContainerStatus, PersistentVolumeClaim, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt;
 
-use crate::crd::{CodexAgent, CodexAgentStatus, Phase, ProviderType, SIDECAR_PORT};
-use crate::probe::GpuReport;
+use crate::crd::{CodexAgent, CodexAgentStatus, GpuSpec, Phase, ProviderType, SIDECAR_PORT};
+use crate::probe::{GpuReport, ModelServerReport};
 use crate::resources::{MODEL_CONTAINER, SIDECAR_CONTAINER};
 
 /// Condition types written by the operator.
@@ -18,9 +18,15 @@ pub mod types {
     pub const READY: &str = "Ready";
     /// Mirrored from the pod's `PodScheduled` condition.
     pub const POD_SCHEDULED: &str = "PodScheduled";
-    /// The local model server container is ready (provider `local` only).
+    /// The requested model is served: the model server (its container ready, for `local`) lists
+    /// `spec.model`, as the sidecar's `/v1/status` `model_server` reports. For `custom`, present
+    /// once the sidecar has asked the server; absent for `openai` (not asked).
     pub const MODEL_READY: &str = "ModelReady";
-    /// The sidecar's `/v1/status` shows at least `gpu.count` GPUs (GPUs on the sidecar only).
+    /// NVML in the pod sees what `spec.gpu` asks for (count, product, MIG profile: a MIG slice
+    /// counts as one GPU of its profile) and, with a local engine that says where the model runs
+    /// (Ollama, vLLM), the model is loaded on the GPU, not the CPU. When the GPUs are the model
+    /// server container's, the check rests on the model server's own report (and on NVML where
+    /// the sidecar sees the GPUs too).
     pub const GPU_VERIFIED: &str = "GPUVerified";
     /// `spec.suspend` is true and no pod runs.
     pub const SUSPENDED: &str = "Suspended";
@@ -96,8 +102,29 @@ pub mod reasons {
     pub const GPUS_VISIBLE: &str = "GPUsVisible";
     /// `/v1/status` could not be fetched.
     pub const GPU_PROBE_FAILED: &str = "GPUProbeFailed";
-    /// The container is ready.
+    /// The container is ready. No longer written: `ModelReady=True` is [`MODEL_SERVED`] (the
+    /// model server lists the model), which needs its container ready too.
     pub const CONTAINER_READY: &str = "ContainerReady";
+    /// The model server lists the requested model.
+    pub const MODEL_SERVED: &str = "ModelServed";
+    /// The model server answers but does not list the requested model (a misspelt
+    /// `spec.model`, a model not pulled yet).
+    pub const MODEL_NOT_SERVED: &str = "ModelNotServed";
+    /// The model server does not answer.
+    pub const MODEL_SERVER_UNREACHABLE: &str = "ModelServerUnreachable";
+    /// The model server does not list its models, so whether it serves the model is unknown.
+    pub const MODEL_SERVED_UNKNOWN: &str = "ModelServedUnknown";
+    /// The model is loaded and all of it is in GPU memory (the model server says so).
+    pub const MODEL_ON_GPU: &str = "ModelOnGPU";
+    /// The model is loaded, but partly or wholly in CPU memory (Ollama `/api/ps`
+    /// `size_vram < size`): it runs slowly, or the model server sees no GPU.
+    pub const MODEL_NOT_ON_GPU: &str = "ModelNotOnGPU";
+    /// The model is served but not loaded (Ollama loads a model at its first request and
+    /// unloads it when idle); where it runs is checked once it is loaded.
+    pub const MODEL_NOT_LOADED: &str = "ModelNotLoaded";
+    /// The GPUs are the model server container's, and neither its engine nor NVML in the
+    /// sidecar says where the model runs.
+    pub const GPU_NOT_OBSERVABLE: &str = "GPUNotObservable";
     /// The claim has the requested size and class.
     pub const SYNCED: &str = "Synced";
     /// A larger `storage.size` was requested; the claim is being expanded.
@@ -143,6 +170,8 @@ pub struct Observed {
     pub gpu: Option<Result<GpuReport, String>>,
     /// The sidecar's sandbox check, when it answered `/v1/status`.
     pub sandbox: Option<crate::probe::SandboxReport>,
+    /// What the model server serves, when the sidecar answered `/v1/status`.
+    pub model_server: Option<ModelServerReport>,
     /// Why a scheduled pod's containers are not being created, from its Events:
     /// `(reason, kubelet's message)` ([`crate::pod_events`]).
     pub startup_failure: Option<(&'static str, String)>,
@@ -197,6 +226,11 @@ pub fn pod_failure(pod: &Pod) -> String {
             })
         })
         .unwrap_or_else(|| "no reason given".to_owned())
+}
+
+/// True when the named container is running (started, not necessarily ready).
+pub fn container_running(pod: &Pod, name: &str) -> bool {
+    container(pod, name).is_some_and(|c| c.state.as_ref().is_some_and(|s| s.running.is_some()))
 }
 
 /// True when the named container reports `ready`.
@@ -278,6 +312,332 @@ fn cond(
     }
 }
 
+/// What the GPU check means for `Ready`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum GpuGate {
+    /// Verified, or unknown for a reason that does not stop the agent (a model not loaded yet).
+    Pass,
+    /// NVML does not see what `spec.gpu` asks for.
+    NoGpu,
+    /// The model is loaded, not (all) on the GPU.
+    NotOnGpu,
+    /// The sidecar has not answered yet (GPUs on the sidecar).
+    Pending,
+}
+
+/// `ModelReady` from the sidecar's `model_server` report.
+fn model_served(m: &ModelServerReport, model: &str) -> Cond {
+    let model = m.model.as_deref().unwrap_or(model);
+    let server = format!("{} at {}", m.engine, m.base_url);
+    if m.reachable == Some(false) {
+        return cond(
+            types::MODEL_READY,
+            Some(false),
+            reasons::MODEL_SERVER_UNREACHABLE,
+            format!(
+                "the model server ({server}) does not answer: {}",
+                m.error.as_deref().unwrap_or("unreachable")
+            ),
+        );
+    }
+    match m.served {
+        Some(true) => cond(
+            types::MODEL_READY,
+            Some(true),
+            reasons::MODEL_SERVED,
+            format!("{model} is served by {server}"),
+        ),
+        Some(false) => cond(
+            types::MODEL_READY,
+            Some(false),
+            reasons::MODEL_NOT_SERVED,
+            format!(
+                "{server} does not serve {model} (check spec.model); it lists: {}",
+                if m.models.is_empty() {
+                    "nothing".to_owned()
+                } else {
+                    m.models.join(", ")
+                }
+            ),
+        ),
+        None => cond(
+            types::MODEL_READY,
+            None,
+            reasons::MODEL_SERVED_UNKNOWN,
+            format!(
+                "{server} does not list its models{}",
+                m.error
+                    .as_deref()
+                    .map(|e| format!(" ({e})"))
+                    .unwrap_or_default()
+            ),
+        ),
+    }
+}
+
+/// The MIG profile a resource name asks for: `nvidia.com/mig-1g.10gb` -> `1g.10gb`.
+pub fn mig_profile_of(resource_name: &str) -> Option<&str> {
+    resource_name
+        .rsplit('/')
+        .next()
+        .and_then(|r| r.strip_prefix("mig-"))
+}
+
+/// Whether an NVML product name (`NVIDIA H100 80GB HBM3`) is the GPU Feature Discovery
+/// product label `product` (`NVIDIA-H100-80GB-HBM3`; with GFD's single MIG strategy also
+/// `NVIDIA-A100-SXM4-40GB-MIG-1g.5gb`): spaces read as `-`, case ignored, a `-MIG-<profile>`
+/// suffix and a leading `NVIDIA-` optional.
+pub fn product_matches(nvml_name: &str, product: &str) -> bool {
+    let norm = |s: &str| {
+        s.split_whitespace()
+            .collect::<Vec<_>>()
+            .join("-")
+            .to_ascii_lowercase()
+    };
+    let name = norm(nvml_name);
+    let mut want = norm(product);
+    if let Some(i) = want.find("-mig-") {
+        want.truncate(i);
+    }
+    let bare = |s: &str| s.strip_prefix("nvidia-").unwrap_or(s).to_owned();
+    bare(&name) == bare(&want)
+}
+
+/// Bytes as GiB with one decimal (`17.2 GiB`).
+pub fn gib(bytes: u64) -> String {
+    format!("{:.1} GiB", bytes as f64 / f64::from(1u32 << 30))
+}
+
+/// What NVML in the sidecar sees of what `g` asks for: `Ok(facts)` when it sees at least
+/// `g.count` units (GPUs, or MIG slices: one per slice of the asked profile; with
+/// `nvidia.com/gpu`, a GPU in MIG mode counts its slices) of `g.product`; `Err(why not)`
+/// otherwise.
+pub fn nvml_check(r: &GpuReport, g: &GpuSpec) -> Result<String, String> {
+    let profile = mig_profile_of(&g.resource_name);
+    let wanted = g.count as usize;
+    let mut units: Vec<String> = Vec::new();
+    let mut other: Vec<String> = Vec::new();
+    for d in &r.devices {
+        if let Some(p) = &g.product
+            && !product_matches(&d.name, p)
+        {
+            other.push(format!("GPU {} {}", d.index, d.name));
+            continue;
+        }
+        let slices = d.mig_mode == Some(true) && !d.mig_devices.is_empty();
+        match profile {
+            Some(want) => {
+                for m in &d.mig_devices {
+                    if m.profile.as_deref() == Some(want) {
+                        units.push(format!("GPU {} {} MIG {want}", d.index, d.name));
+                    } else {
+                        other.push(format!(
+                            "GPU {} MIG {}",
+                            d.index,
+                            m.profile.as_deref().unwrap_or("unknown profile")
+                        ));
+                    }
+                }
+                if !slices {
+                    other.push(format!("GPU {} {} (MIG off)", d.index, d.name));
+                }
+            }
+            None if slices => {
+                for m in &d.mig_devices {
+                    units.push(format!(
+                        "GPU {} {} MIG {}",
+                        d.index,
+                        d.name,
+                        m.profile.as_deref().unwrap_or("?")
+                    ));
+                }
+            }
+            None => units.push(format!(
+                "GPU {} {}, {}",
+                d.index,
+                d.name,
+                gib(d.memory_total_bytes)
+            )),
+        }
+    }
+    let what = format!(
+        "{wanted} {}{}",
+        profile.map_or_else(|| "GPU(s)".to_owned(), |p| format!("MIG {p} slice(s)")),
+        g.product
+            .as_deref()
+            .map(|p| format!(" of {p}"))
+            .unwrap_or_default()
+    );
+    if r.available && units.len() >= wanted {
+        Ok(format!(
+            "NVML sees {} of {what}: {}; driver {}",
+            units.len(),
+            units.join("; "),
+            r.driver_version.as_deref().unwrap_or("unknown")
+        ))
+    } else {
+        let mut why = format!("NVML in the pod sees {} of {what}", units.len());
+        if !units.is_empty() {
+            why.push_str(&format!(" ({})", units.join("; ")));
+        }
+        if !other.is_empty() {
+            why.push_str(&format!("; it also sees {}", other.join(", ")));
+        }
+        if let Some(e) = &r.error {
+            why.push_str(&format!(" ({e})"));
+        }
+        why.push_str("; check gpu.runtimeClassName (e.g. nvidia), gpu.product, gpu.resourceName and the NVIDIA device plugin");
+        Err(why)
+    }
+}
+
+/// The `GPUVerified` condition and what it means for `Ready`; `None` when there is nothing to
+/// say yet (GPUs on the model server, no report from the sidecar).
+fn gpu_verified(g: &GpuSpec, on_sidecar: bool, obs: &Observed) -> Option<(Cond, GpuGate)> {
+    let c = |ok: Option<bool>, reason: &'static str, message: String| {
+        cond(types::GPU_VERIFIED, ok, reason, message)
+    };
+    let nvml = match &obs.gpu {
+        Some(Ok(r)) => Some(Ok(nvml_check(r, g))),
+        Some(Err(e)) => Some(Err(e.clone())),
+        None => None,
+    };
+    if on_sidecar {
+        return Some(match nvml {
+            Some(Ok(Ok(facts))) => (c(Some(true), reasons::GPUS_VISIBLE, facts), GpuGate::Pass),
+            Some(Ok(Err(why))) => (c(Some(false), reasons::NO_GPU, why), GpuGate::NoGpu),
+            Some(Err(e)) => (
+                c(
+                    None,
+                    reasons::GPU_PROBE_FAILED,
+                    format!("GET /v1/status failed: {e}"),
+                ),
+                GpuGate::Pending,
+            ),
+            None => (
+                c(
+                    None,
+                    reasons::SIDECAR_NOT_READY,
+                    "waiting for the sidecar to serve".to_owned(),
+                ),
+                GpuGate::Pending,
+            ),
+        });
+    }
+    // The GPUs are the model server container's: its engine's report, and NVML where the
+    // sidecar sees the GPUs too.
+    let Some(m) = obs.model_server.as_ref() else {
+        // Nothing to say before the sidecar has answered once; a failed probe is said.
+        return match &obs.gpu {
+            Some(Err(e)) => Some((
+                c(
+                    None,
+                    reasons::GPU_PROBE_FAILED,
+                    format!("GET /v1/status failed: {e}"),
+                ),
+                GpuGate::Pass,
+            )),
+            _ => None,
+        };
+    };
+    let nvml_seen = match &nvml {
+        Some(Ok(Ok(facts))) => Some(facts.clone()),
+        Some(Ok(Err(why)))
+            if obs
+                .gpu
+                .as_ref()
+                .is_some_and(|r| r.as_ref().is_ok_and(|r| r.available)) =>
+        {
+            return Some((c(Some(false), reasons::NO_GPU, why.clone()), GpuGate::NoGpu));
+        }
+        _ => None,
+    };
+    let model = m.model.as_deref().unwrap_or("the model");
+    let where_ = match (&obs.gpu, &nvml_seen) {
+        (Some(Ok(r)), Some(_)) if !r.devices.is_empty() => r
+            .devices
+            .iter()
+            .map(|d| format!("GPU {} {}", d.index, d.name))
+            .collect::<Vec<_>>()
+            .join(", "),
+        _ => "the GPU".to_owned(),
+    };
+    let source = format!("{} at {}", m.engine, m.base_url);
+    let with_nvml = |text: String| match &nvml_seen {
+        Some(f) => format!("{text}; {f}"),
+        None => text,
+    };
+    Some(match (m.served, m.loaded, m.gpu_fraction) {
+        (Some(true), Some(true), Some(f)) if f >= 0.999 => (
+            c(
+                Some(true),
+                reasons::MODEL_ON_GPU,
+                with_nvml(format!(
+                    "{model} loaded, 100% on {where_}{} ({source})",
+                    m.size_vram_bytes
+                        .map(|b| format!(", {}", gib(b)))
+                        .unwrap_or_default()
+                )),
+            ),
+            GpuGate::Pass,
+        ),
+        (Some(true), Some(true), Some(f)) => (
+            c(
+                Some(false),
+                reasons::MODEL_NOT_ON_GPU,
+                with_nvml(format!(
+                    "{model} loaded, {} ({:.0}% in GPU memory{}): the model does not fit in GPU memory, or the model server sees no GPU ({source})",
+                    m.processor.as_deref().unwrap_or("partly on the CPU"),
+                    f * 100.0,
+                    m.size_vram_bytes
+                        .map(|b| format!(", {}", gib(b)))
+                        .unwrap_or_default()
+                )),
+            ),
+            GpuGate::NotOnGpu,
+        ),
+        (Some(true), Some(false), _) => (
+            c(
+                None,
+                reasons::MODEL_NOT_LOADED,
+                with_nvml(format!(
+                    "{model} is served but not loaded ({source} loads it at its first request); where it runs is checked once it is loaded"
+                )),
+            ),
+            GpuGate::Pass,
+        ),
+        (Some(true), _, _) => match nvml_seen {
+            Some(facts) => (
+                c(
+                    Some(true),
+                    reasons::GPUS_VISIBLE,
+                    format!("{facts}; {} does not say where {model} runs", m.engine),
+                ),
+                GpuGate::Pass,
+            ),
+            None => (
+                c(
+                    None,
+                    reasons::GPU_NOT_OBSERVABLE,
+                    format!(
+                        "the GPUs are the model server container's, and {} does not say where {model} runs",
+                        m.engine
+                    ),
+                ),
+                GpuGate::Pass,
+            ),
+        },
+        _ => (
+            c(
+                None,
+                reasons::MODEL_NOT_SERVED,
+                format!("{model} is not served yet ({source}); see the ModelReady condition"),
+            ),
+            GpuGate::Pass,
+        ),
+    })
+}
+
 /// Computes the new status. `previous` supplies `lastTransitionTime`s; `now` stamps changes.
 pub fn compute(
     agent: &CodexAgent,
@@ -341,26 +701,40 @@ pub fn compute(
     });
     let sched_false = scheduled.filter(|c| c.status == "False");
 
-    // ModelReady (local model server only).
+    // ModelReady: the requested model is served.
     let local = spec.provider.type_ == ProviderType::Local;
-    let model_ready = pod.is_some_and(|p| container_ready(p, MODEL_CONTAINER));
-    if local {
-        conds.push(if model_ready {
-            cond(
-                types::MODEL_READY,
-                Some(true),
-                reasons::CONTAINER_READY,
-                "the model server container is ready",
-            )
-        } else {
-            cond(
-                types::MODEL_READY,
-                Some(false),
-                reasons::MODEL_NOT_READY,
-                "the model server container is not ready",
-            )
-        });
-    }
+    let ms = obs.model_server.as_ref();
+    let model_cond = if local {
+        Some(
+            if !pod.is_some_and(|p| container_ready(p, MODEL_CONTAINER)) {
+                cond(
+                    types::MODEL_READY,
+                    Some(false),
+                    reasons::MODEL_NOT_READY,
+                    "the model server container is not ready",
+                )
+            } else {
+                match ms {
+                    Some(m) => model_served(m, &spec.model),
+                    None => cond(
+                        types::MODEL_READY,
+                        Some(false),
+                        reasons::MODEL_NOT_READY,
+                        "the model server container is ready; waiting for the sidecar to say whether it serves the model",
+                    ),
+                }
+            },
+        )
+    } else {
+        ms.filter(|m| m.served.is_some() || m.reachable == Some(false))
+            .map(|m| model_served(m, &spec.model))
+    };
+    // Ready waits while the model is known not to be served.
+    let model_blocked = model_cond
+        .as_ref()
+        .filter(|c| c.status == "False")
+        .map(|c| (c.reason, c.message.clone()));
+    conds.extend(model_cond);
 
     // StorageSynced, once the claim exists.
     if let Some((reason, message)) = &obs.storage {
@@ -416,58 +790,17 @@ pub fn compute(
         });
     }
 
-    // GPUVerified (GPUs on the sidecar only).
-    let want_gpus = spec.gpu.as_ref().map(|g| g.count as usize).unwrap_or(0);
-    let mut gpu_state: Option<Option<bool>> = None;
-    if gpus_on_sidecar(agent) {
-        let c = match &obs.gpu {
-            Some(Ok(r)) if r.available && r.devices.len() >= want_gpus => {
-                let names: Vec<&str> = r.devices.iter().map(|d| d.name.as_str()).collect();
-                cond(
-                    types::GPU_VERIFIED,
-                    Some(true),
-                    reasons::GPUS_VISIBLE,
-                    format!(
-                        "{} GPU(s) visible: {}; driver {}",
-                        r.devices.len(),
-                        names.join(", "),
-                        r.driver_version.as_deref().unwrap_or("unknown")
-                    ),
-                )
-            }
-            Some(Ok(r)) => cond(
-                types::GPU_VERIFIED,
-                Some(false),
-                reasons::NO_GPU,
-                format!(
-                    "the sidecar sees {} of {want_gpus} GPU(s){}; check gpu.runtimeClassName (e.g. nvidia) and the NVIDIA device plugin",
-                    r.devices.len(),
-                    r.error
-                        .as_deref()
-                        .map(|e| format!(" ({e})"))
-                        .unwrap_or_default()
-                ),
-            ),
-            Some(Err(e)) => cond(
-                types::GPU_VERIFIED,
-                None,
-                reasons::GPU_PROBE_FAILED,
-                format!("GET /v1/status failed: {e}"),
-            ),
-            None => cond(
-                types::GPU_VERIFIED,
-                None,
-                reasons::SIDECAR_NOT_READY,
-                "waiting for the sidecar to serve",
-            ),
-        };
-        gpu_state = Some(match c.status {
-            "True" => Some(true),
-            "False" => Some(false),
-            _ => None,
-        });
-        conds.push(c);
-    }
+    // GPUVerified.
+    let gpu_check = spec
+        .gpu
+        .as_ref()
+        .and_then(|g| gpu_verified(g, gpus_on_sidecar(agent), obs));
+    let gpu_gate = gpu_check.as_ref().map(|(_, gate)| *gate);
+    let gpu_message = gpu_check
+        .as_ref()
+        .map(|(c, _)| c.message.clone())
+        .unwrap_or_default();
+    conds.extend(gpu_check.map(|(c, _)| c));
 
     // Ready: the first failing check wins.
     let gpu_resource = spec
@@ -620,14 +953,9 @@ pub fn compute(
             ),
             Phase::Pending,
         )
-    } else if local && !model_ready {
+    } else if let Some((reason, message)) = &model_blocked {
         (
-            cond(
-                types::READY,
-                Some(false),
-                reasons::MODEL_NOT_READY,
-                "the model server container is not ready",
-            ),
+            cond(types::READY, Some(false), reason, message.clone()),
             Phase::Starting,
         )
     } else if !pod.is_some_and(|p| container_ready(p, SIDECAR_CONTAINER)) {
@@ -640,19 +968,27 @@ pub fn compute(
             ),
             Phase::Starting,
         )
-    } else if gpu_state == Some(Some(false)) {
+    } else if gpu_gate == Some(GpuGate::NoGpu) {
         (
             cond(
                 types::READY,
                 Some(false),
                 reasons::NO_GPU,
-                format!(
-                    "the sidecar sees fewer than {want_gpus} GPU(s); see the GPUVerified condition"
-                ),
+                format!("the GPUs asked for are not there: {gpu_message}"),
             ),
             Phase::Failed,
         )
-    } else if gpu_state == Some(None) {
+    } else if gpu_gate == Some(GpuGate::NotOnGpu) {
+        (
+            cond(
+                types::READY,
+                Some(false),
+                reasons::MODEL_NOT_ON_GPU,
+                format!("the model is not on the GPU: {gpu_message}"),
+            ),
+            Phase::Failed,
+        )
+    } else if gpu_gate == Some(GpuGate::Pending) {
         (
             cond(
                 types::READY,
@@ -892,5 +1228,286 @@ mod tests {
             "Ready stayed False"
         );
         assert_eq!(get(&later, types::READY).observed_generation, Some(2));
+    }
+
+    fn ollama(served: bool, loaded: bool, size: u64, vram: u64) -> ModelServerReport {
+        ModelServerReport {
+            engine: "ollama".into(),
+            base_url: "http://127.0.0.1:11434/v1".into(),
+            reachable: Some(true),
+            model: Some("gpt-oss:20b".into()),
+            served: Some(served),
+            loaded: Some(loaded),
+            gpu_fraction: loaded.then(|| vram as f64 / size as f64),
+            size_vram_bytes: loaded.then_some(vram),
+            processor: loaded.then(|| {
+                if vram == size {
+                    "100% GPU".to_owned()
+                } else if vram == 0 {
+                    "100% CPU".to_owned()
+                } else {
+                    "48%/52% CPU/GPU".to_owned()
+                }
+            }),
+            models: vec!["gpt-oss:20b".into()],
+            ..ModelServerReport::default()
+        }
+    }
+
+    fn local_running(engine: &str) -> (CodexAgent, Pod) {
+        let a = agent(json!({"model": "gpt-oss:20b",
+            "provider": {"type": "local", "local": {"engine": engine, "image": "img"}}, "gpu": {"count": 1}}));
+        let p = pod(
+            json!({"phase": "Running", "conditions": [{"type": "PodScheduled", "status": "True"}],
+            "containerStatuses": [
+                {"name": "sidecar", "ready": true, "restartCount": 0, "image": "", "imageID": "", "state": {"running": {}}},
+                {"name": "model-server", "ready": true, "restartCount": 0, "image": "", "imageID": "", "state": {"running": {}}}]}),
+        );
+        (a, p)
+    }
+
+    fn h200() -> GpuReport {
+        GpuReport {
+            available: true,
+            driver_version: Some("570.86".into()),
+            devices: vec![crate::probe::GpuDevice {
+                index: 0,
+                name: "NVIDIA H200".into(),
+                uuid: "GPU-0".into(),
+                memory_total_bytes: 150_754_820_096,
+                memory_used_bytes: 0,
+                mig_mode: Some(false),
+                mig_devices: Vec::new(),
+                processes: None,
+            }],
+            error: None,
+        }
+    }
+
+    const GIB: u64 = 1 << 30;
+
+    #[test]
+    fn an_ollama_model_is_verified_on_the_gpu_only_when_all_of_it_is_there() {
+        let (a, p) = local_running("ollama");
+        let at = t("2026-01-01T00:00:00Z");
+        let with = |m: ModelServerReport, gpu: Option<GpuReport>| {
+            compute(
+                &a,
+                &Observed {
+                    pod: Some(p.clone()),
+                    model_server: Some(m),
+                    gpu: gpu.map(Ok),
+                    ..Observed::default()
+                },
+                None,
+                &at,
+            )
+        };
+        // 100% GPU, NVML in the sidecar sees no GPU (they are the model server's).
+        let size = 17 * GIB + GIB / 5;
+        let s = with(ollama(true, true, size, size), Some(GpuReport::default()));
+        assert_eq!(get(&s, types::MODEL_READY).reason, reasons::MODEL_SERVED);
+        let gpu = get(&s, types::GPU_VERIFIED);
+        assert_eq!(
+            (gpu.status.as_str(), gpu.reason.as_str()),
+            ("True", reasons::MODEL_ON_GPU)
+        );
+        assert!(
+            gpu.message
+                .starts_with("gpt-oss:20b loaded, 100% on the GPU, 17.2 GiB"),
+            "{}",
+            gpu.message
+        );
+        assert_eq!(get(&s, types::READY).status, "True");
+        // Where NVML sees the GPU too, the message names it.
+        let s = with(ollama(true, true, size, size), Some(h200()));
+        let gpu = get(&s, types::GPU_VERIFIED);
+        assert!(
+            gpu.message
+                .starts_with("gpt-oss:20b loaded, 100% on GPU 0 NVIDIA H200, 17.2 GiB"),
+            "{}",
+            gpu.message
+        );
+        // Partly and wholly on the CPU: not verified, and the agent is not Ready.
+        for vram in [size / 2, 0] {
+            let s = with(ollama(true, true, size, vram), None);
+            let gpu = get(&s, types::GPU_VERIFIED);
+            assert_eq!(
+                (gpu.status.as_str(), gpu.reason.as_str()),
+                ("False", reasons::MODEL_NOT_ON_GPU)
+            );
+            assert!(gpu.message.contains("CPU"), "{}", gpu.message);
+            assert_eq!(get(&s, types::READY).reason, reasons::MODEL_NOT_ON_GPU);
+            assert_eq!(s.phase, Some(Phase::Failed));
+        }
+        // Served, not loaded (idle): unknown, and no reason to stop the agent.
+        let s = with(ollama(true, false, size, 0), None);
+        let gpu = get(&s, types::GPU_VERIFIED);
+        assert_eq!(
+            (gpu.status.as_str(), gpu.reason.as_str()),
+            ("Unknown", reasons::MODEL_NOT_LOADED)
+        );
+        assert_eq!(get(&s, types::READY).status, "True");
+        // Not served: ModelReady says so and Ready waits for it.
+        let s = with(ollama(false, false, size, 0), None);
+        assert_eq!(
+            get(&s, types::MODEL_READY).reason,
+            reasons::MODEL_NOT_SERVED
+        );
+        assert_eq!(get(&s, types::READY).reason, reasons::MODEL_NOT_SERVED);
+        // Down.
+        let mut down = ollama(false, false, size, 0);
+        down.reachable = Some(false);
+        down.served = None;
+        down.error = Some("connection refused or unreachable".into());
+        let s = with(down, None);
+        let model = get(&s, types::MODEL_READY);
+        assert_eq!(
+            (model.status.as_str(), model.reason.as_str()),
+            ("False", reasons::MODEL_SERVER_UNREACHABLE)
+        );
+        assert!(
+            model.message.contains("connection refused"),
+            "{}",
+            model.message
+        );
+    }
+
+    #[test]
+    fn engines_that_do_not_say_where_the_model_runs_are_not_guessed() {
+        let (a, p) = local_running("lmstudio");
+        let m = ModelServerReport {
+            engine: "lmstudio".into(),
+            base_url: "http://127.0.0.1:1234/v1".into(),
+            reachable: Some(true),
+            model: Some("gpt-oss:20b".into()),
+            served: Some(true),
+            loaded: Some(true),
+            ..ModelServerReport::default()
+        };
+        let obs = Observed {
+            pod: Some(p),
+            model_server: Some(m),
+            ..Observed::default()
+        };
+        let s = compute(&a, &obs, None, &t("2026-01-01T00:00:00Z"));
+        let gpu = get(&s, types::GPU_VERIFIED);
+        assert_eq!(
+            (gpu.status.as_str(), gpu.reason.as_str()),
+            ("Unknown", reasons::GPU_NOT_OBSERVABLE)
+        );
+        // With NVML seeing the GPU in the pod, the GPU part is verified.
+        let obs = Observed {
+            gpu: Some(Ok(h200())),
+            ..obs
+        };
+        let s = compute(&a, &obs, None, &t("2026-01-01T00:00:00Z"));
+        let gpu = get(&s, types::GPU_VERIFIED);
+        assert_eq!(
+            (gpu.status.as_str(), gpu.reason.as_str()),
+            ("True", reasons::GPUS_VISIBLE)
+        );
+        assert!(gpu.message.contains("NVIDIA H200"), "{}", gpu.message);
+        // The probe failed: said, not guessed.
+        let obs = Observed {
+            gpu: Some(Err("connection refused".into())),
+            model_server: None,
+            ..obs
+        };
+        let s = compute(&a, &obs, None, &t("2026-01-01T00:00:00Z"));
+        let gpu = get(&s, types::GPU_VERIFIED);
+        assert_eq!(
+            (gpu.status.as_str(), gpu.reason.as_str()),
+            ("Unknown", reasons::GPU_PROBE_FAILED)
+        );
+        assert_eq!(get(&s, types::MODEL_READY).status, "False");
+    }
+
+    #[test]
+    fn nvml_counts_mig_slices_of_the_profile_and_checks_the_product() {
+        let mut g: GpuSpec = serde_json::from_value(
+            json!({"count": 2, "resourceName": "nvidia.com/mig-1g.18gb", "product": "NVIDIA-H200"}),
+        )
+        .expect("gpu spec");
+        let slice = |i: u32, profile: &str| crate::probe::MigDevice {
+            index: i,
+            uuid: format!("MIG-{i}"),
+            name: format!("NVIDIA H200 MIG {profile}"),
+            profile: Some(profile.into()),
+            memory_total_bytes: 18 * GIB,
+        };
+        let mut r = h200();
+        r.devices[0].mig_mode = Some(true);
+        r.devices[0].mig_devices = vec![
+            slice(0, "1g.18gb"),
+            slice(1, "1g.18gb"),
+            slice(2, "3g.71gb"),
+        ];
+        let ok = nvml_check(&r, &g).expect("two 1g.18gb slices");
+        assert!(
+            ok.starts_with("NVML sees 2 of 2 MIG 1g.18gb slice(s) of NVIDIA-H200"),
+            "{ok}"
+        );
+        g.count = 3;
+        let why = nvml_check(&r, &g).expect_err("only two");
+        assert!(
+            why.contains("sees 2 of 3") && why.contains("GPU 0 MIG 3g.71gb"),
+            "{why}"
+        );
+        // nvidia.com/gpu on a GPU in MIG mode: each slice is one GPU.
+        g.resource_name = "nvidia.com/gpu".into();
+        assert!(nvml_check(&r, &g).is_ok());
+        g.product = Some("NVIDIA-H100-80GB-HBM3".into());
+        let why = nvml_check(&r, &g).expect_err("wrong product");
+        assert!(why.contains("it also sees GPU 0 NVIDIA H200"), "{why}");
+        assert!(product_matches(
+            "NVIDIA H100 80GB HBM3",
+            "NVIDIA-H100-80GB-HBM3"
+        ));
+        assert!(product_matches(
+            "NVIDIA A100-SXM4-40GB",
+            "NVIDIA-A100-SXM4-40GB-MIG-1g.5gb"
+        ));
+        assert!(product_matches("Tesla T4", "NVIDIA-Tesla-T4"));
+        assert!(!product_matches("NVIDIA H100 80GB HBM3", "NVIDIA-H100-NVL"));
+        assert_eq!(mig_profile_of("nvidia.com/mig-1g.10gb"), Some("1g.10gb"));
+        assert_eq!(mig_profile_of("nvidia.com/gpu"), None);
+        assert_eq!(gib(18_467_340_288), "17.2 GiB");
+    }
+
+    #[test]
+    fn a_custom_provider_gets_model_ready_from_the_sidecar_and_openai_none() {
+        let a = agent(
+            json!({"model": "scripted", "provider": {"type": "custom", "baseUrl": "http://x/v1"}}),
+        );
+        let report = |served: Option<bool>| ModelServerReport {
+            engine: "custom".into(),
+            base_url: "http://x/v1".into(),
+            reachable: Some(true),
+            model: Some("scripted".into()),
+            served,
+            models: vec!["scripted".into()],
+            ..ModelServerReport::default()
+        };
+        let s = compute(
+            &a,
+            &Observed {
+                model_server: Some(report(Some(true))),
+                ..Observed::default()
+            },
+            None,
+            &t("2026-01-01T00:00:00Z"),
+        );
+        assert_eq!(get(&s, types::MODEL_READY).status, "True");
+        let s = compute(
+            &a,
+            &Observed {
+                model_server: Some(report(None)),
+                ..Observed::default()
+            },
+            None,
+            &t("2026-01-01T00:00:00Z"),
+        );
+        assert!(s.conditions.iter().all(|c| c.type_ != types::MODEL_READY));
     }
 }

@@ -21,6 +21,17 @@ pub const DEFAULT_MAX_LIVE_SESSIONS: u32 = 8;
 /// Default `--idle-timeout` in seconds.
 pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 600;
 pub use crate::settings::DEFAULT_TURN_TIMEOUT_SECS;
+/// Default `--stream-idle-timeout-ms` for the local engines (`ollama`, `lmstudio`): 10 minutes.
+pub const DEFAULT_LOCAL_STREAM_IDLE_TIMEOUT_MS: u64 = 600_000;
+/// The first segment of `--codex-config` keys that would let codex choose another provider;
+/// refused unless the provider is `openai`.
+pub const PROVIDER_CHOOSING_KEYS: &[&str] = &[
+    "model_provider",
+    "model_providers",
+    "oss_provider",
+    "profile",
+    "profiles",
+];
 /// Default `--jwt-key-reload-interval` in seconds.
 pub const DEFAULT_JWT_KEY_RELOAD_INTERVAL_SECS: u64 = 5;
 /// Largest `--jwt-key-reload-interval` in seconds (one day).
@@ -97,6 +108,8 @@ pub struct Config {
     pub provider_base_url: Option<String>,
     /// Env var holding the custom provider's bearer token.
     pub provider_env_key: Option<String>,
+    /// Codex's `stream_idle_timeout_ms` for the provider (`None`: codex's default).
+    pub stream_idle_timeout_ms: Option<u64>,
     /// Model name, when set.
     pub model: Option<String>,
     /// `-c` overrides passed to codex.
@@ -226,6 +239,49 @@ impl Config {
             ));
         }
         let jwt_key_overlap = Duration::from_secs(overlap_secs);
+        let provider = a.provider.unwrap_or(ProviderKind::Openai);
+        for kv in &a.codex_config {
+            if !kv.contains('=') || kv.starts_with('=') {
+                return Err(bad(format!("--codex-config {kv}"), "expected KEY=VALUE"));
+            }
+            let key = kv.split('=').next().unwrap_or_default().trim();
+            let first = key.split('.').next().unwrap_or_default().trim_matches('"');
+            if provider != ProviderKind::Openai && PROVIDER_CHOOSING_KEYS.contains(&first) {
+                return Err(bad(
+                    format!("--codex-config {key}"),
+                    format!(
+                        "refused with --provider {}: the sidecar alone chooses codex's model provider, so that no request can go to another one",
+                        provider.as_str()
+                    ),
+                ));
+            }
+        }
+        let stream_idle_timeout_ms = match (a.stream_idle_timeout_ms, provider) {
+            (Some(0), _) => {
+                return Err(bad(
+                    "--stream-idle-timeout-ms 0",
+                    "must be at least 1 millisecond",
+                ));
+            }
+            (Some(_), ProviderKind::Openai) => {
+                return Err(bad(
+                    "--stream-idle-timeout-ms",
+                    "not used with --provider openai",
+                ));
+            }
+            (Some(ms), _) => Some(ms),
+            (None, ProviderKind::Ollama | ProviderKind::Lmstudio) => {
+                Some(DEFAULT_LOCAL_STREAM_IDLE_TIMEOUT_MS)
+            }
+            // A custom provider on a loopback address is a model server in the same pod (the
+            // operator's vLLM and `other` engines) or on the same host: a local model too.
+            (None, ProviderKind::Custom)
+                if a.provider_base_url.as_deref().is_some_and(is_loopback_url) =>
+            {
+                Some(DEFAULT_LOCAL_STREAM_IDLE_TIMEOUT_MS)
+            }
+            (None, _) => None,
+        };
         let authenticator = KeyRing::from_files(
             p.jwt_secret_file.as_deref(),
             p.jwt_public_key_file.as_deref(),
@@ -268,7 +324,6 @@ impl Config {
             .await
             .map_err(|e| bad(format!("--codex-bin {}", codex_bin.display()), e))?;
 
-        let provider = a.provider.unwrap_or(ProviderKind::Openai);
         let provider_base_url = a
             .provider_base_url
             .map(|u| u.trim_end_matches('/').to_owned());
@@ -311,11 +366,6 @@ impl Config {
                 ));
             }
         }
-        for kv in &a.codex_config {
-            if !kv.contains('=') || kv.starts_with('=') {
-                return Err(bad(format!("--codex-config {kv}"), "expected KEY=VALUE"));
-            }
-        }
 
         let codex_auth = resolve_codex_auth(p.auth_json, p.openai_api_key_file, provider)?;
 
@@ -341,6 +391,7 @@ impl Config {
             provider,
             provider_base_url,
             provider_env_key: a.provider_env_key,
+            stream_idle_timeout_ms,
             model: a.model,
             codex_config: a.codex_config,
             approval_policy: a.approval_policy.unwrap_or(ApprovalPolicy::Never),
@@ -360,16 +411,22 @@ impl Config {
         Ok((config, authenticator))
     }
 
-    /// The URL `/readyz` probes to see that the model provider answers (`<base>/models`).
-    pub fn provider_probe_url(&self) -> String {
-        let base = match (&self.provider_base_url, self.provider) {
+    /// The Responses-API base URL codex talks to: `--provider-base-url`, else the provider's
+    /// own (`https://api.openai.com/v1`, Ollama `http://localhost:11434/v1`, LM Studio
+    /// `http://localhost:1234/v1`).
+    pub fn provider_base(&self) -> String {
+        match (&self.provider_base_url, self.provider) {
             (Some(u), _) => u.clone(),
             (None, ProviderKind::Openai) => "https://api.openai.com/v1".to_owned(),
             (None, ProviderKind::Ollama) => "http://localhost:11434/v1".to_owned(),
             (None, ProviderKind::Lmstudio) => "http://localhost:1234/v1".to_owned(),
             (None, ProviderKind::Custom) => String::new(),
-        };
-        format!("{base}/models")
+        }
+    }
+
+    /// The URL `/readyz` probes to see that the model provider answers (`<base>/models`).
+    pub fn provider_probe_url(&self) -> String {
+        format!("{}/models", self.provider_base())
     }
 }
 
@@ -435,6 +492,20 @@ fn resolve_codex_auth(
     }
 }
 
+/// Whether `url`'s host is a loopback address (`localhost`, `127.0.0.0/8`, `[::1]`).
+pub fn is_loopback_url(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 fn default_state_dir() -> Option<PathBuf> {
     std::env::var_os("XDG_STATE_HOME")
         .map(PathBuf::from)
@@ -473,5 +544,36 @@ mod tests {
         s.paths.jwt_key_overlap = Some(MAX_JWT_KEY_OVERLAP_SECS + 1);
         let err = Config::resolve(s).await.expect_err("too long");
         assert_eq!(err.setting, "--jwt-key-overlap 604801");
+    }
+
+    #[test]
+    fn loopback_urls() {
+        assert!(is_loopback_url("http://127.0.0.1:8000/v1"));
+        assert!(is_loopback_url("http://localhost:1234/v1"));
+        assert!(is_loopback_url("http://[::1]:8000/v1"));
+        assert!(!is_loopback_url("https://gw.example/v1"));
+        assert!(!is_loopback_url("http://10.0.0.7:8000/v1"));
+    }
+
+    #[tokio::test]
+    async fn a_local_provider_cannot_be_pointed_elsewhere_with_codex_config() {
+        for key in [
+            "model_provider=\"openai\"",
+            "model_providers.openai.base_url=\"https://x\"",
+            "oss_provider=\"ollama\"",
+            "profile=\"cloud\"",
+            "profiles.cloud.model_provider=\"openai\"",
+        ] {
+            let mut s = ServeSettings::default();
+            s.paths.insecure_no_auth = true;
+            s.agent.provider = Some(ProviderKind::Ollama);
+            s.agent.codex_config = vec![key.to_owned()];
+            let err = Config::resolve(s).await.expect_err("refused");
+            assert!(
+                err.setting.starts_with("--codex-config ")
+                    && err.message.contains("--provider ollama"),
+                "{key}: {err}"
+            );
+        }
     }
 }

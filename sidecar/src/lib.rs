@@ -5,7 +5,7 @@
 //! built; everything else is the sidecar process, behind the default `server` feature:
 //! [`config`] (validated settings), [`codex`] (the app-server child and its CODEX_HOME),
 //! [`store`] (event log, inbox, session record), [`engine`] (sessions, actors, child pool),
-//! [`http`] (the API), [`auth`] (JWT), [`gpu`] (NVML), [`metrics`], [`redact`], [`cli`].
+//! [`http`] (the API), [`auth`] (JWT), [`gpu`] (NVML), [`model_server`] (what the model server serves), [`metrics`], [`redact`], [`cli`].
 #![warn(missing_docs)]
 
 pub mod settings;
@@ -28,6 +28,8 @@ pub mod gpu;
 pub mod http;
 #[cfg(feature = "server")]
 pub mod metrics;
+#[cfg(feature = "server")]
+pub mod model_server;
 #[cfg(feature = "server")]
 pub mod redact;
 #[cfg(feature = "server")]

@@ -177,8 +177,26 @@ pub struct AgentSettings {
     )]
     pub provider_env_key: Option<String>,
 
+    /// Milliseconds codex waits for the next event of a streamed answer before it gives the
+    /// request up (codex's provider setting `stream_idle_timeout_ms`). Local models can be slow
+    /// to start answering (a model being loaded, a long prompt being read on a small GPU).
+    /// Default 600000 (10 minutes) for `ollama`, `lmstudio` and a `custom` provider on a
+    /// loopback address (a model server in the same pod or host); codex's own (300000) for other
+    /// `custom` providers; not accepted for `openai`.
+    #[arg(long, value_name = "MS")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        alias = "stream-idle-timeout-ms"
+    )]
+    #[schemars(range(min = 1))]
+    pub stream_idle_timeout_ms: Option<u64>,
+
     /// Extra codex settings as `KEY=VALUE` (a TOML value; dotted keys allowed), passed to every
-    /// `codex app-server` as `-c KEY=VALUE`. Repeatable.
+    /// `codex app-server` as `-c KEY=VALUE`. Repeatable. With a provider other than `openai`,
+    /// keys that choose codex's provider (`model_provider`, `model_providers.*`,
+    /// `oss_provider`, `profile`, `profiles.*`) are refused: the sidecar alone decides where
+    /// requests go.
     #[arg(short = 'c', long = "codex-config", value_name = "KEY=VALUE")]
     #[serde(default, skip_serializing_if = "Vec::is_empty", alias = "codex-config")]
     pub codex_config: Vec<String>,
@@ -435,6 +453,7 @@ impl ServeSettings {
                 provider: fa.provider.or(a.provider),
                 provider_base_url: fa.provider_base_url.or(a.provider_base_url),
                 provider_env_key: fa.provider_env_key.or(a.provider_env_key),
+                stream_idle_timeout_ms: fa.stream_idle_timeout_ms.or(a.stream_idle_timeout_ms),
                 codex_config,
                 approval_policy: fa.approval_policy.or(a.approval_policy),
                 approval_decision: fa.approval_decision.or(a.approval_decision),

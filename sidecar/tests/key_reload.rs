@@ -80,6 +80,7 @@ fn config(state_dir: &Path) -> Config {
         provider: ProviderKind::Custom,
         provider_base_url: Some("http://127.0.0.1:9/v1".into()),
         provider_env_key: None,
+        stream_idle_timeout_ms: None,
         model: None,
         codex_config: Vec::new(),
         approval_policy: ApprovalPolicy::Never,

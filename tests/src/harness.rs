@@ -85,6 +85,19 @@ impl Sidecar {
         extra: &[&str],
         envs: &[(&str, &str)],
     ) -> anyhow::Result<Sidecar> {
+        Self::start_provider("custom", model_base_url, "scripted", extra, envs).await
+    }
+
+    /// Starts a sidecar with `--provider provider --provider-base-url base_url --model model`
+    /// (e.g. `ollama` against the scripted model, which also answers as Ollama), extra flags and
+    /// environment variables, and waits for `/healthz`.
+    pub async fn start_provider(
+        provider: &str,
+        base_url: &str,
+        model: &str,
+        extra: &[&str],
+        envs: &[(&str, &str)],
+    ) -> anyhow::Result<Sidecar> {
         let tmp = tempfile::Builder::new()
             .prefix("codex-e2e-")
             .tempdir_in(tmp_root())?;
@@ -100,11 +113,11 @@ impl Sidecar {
             "--jwt-secret-file".into(),
             secret_file.display().to_string(),
             "--provider".into(),
-            "custom".into(),
+            provider.into(),
             "--provider-base-url".into(),
-            model_base_url.to_owned(),
+            base_url.to_owned(),
             "--model".into(),
-            "scripted".into(),
+            model.into(),
         ];
         args.extend(extra.iter().map(|s| (*s).to_owned()));
         let mut s = Sidecar {

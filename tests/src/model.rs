@@ -30,6 +30,19 @@
 //! `GET /v1/models` answers `{"object":"list","data":[{"id":"scripted","object":"model"}]}`
 //! (readiness probes). Any other route answers 404. A body that is not a JSON object answers 400.
 //!
+//! # The model server's own API (Ollama, LM Studio)
+//!
+//! The server also answers as Ollama and LM Studio do about their models, from a catalog the
+//! test scripts ([`ScriptedModel::set_catalog`], [`CatalogModel`]): Ollama's `GET /api/version`,
+//! `GET /api/tags` (the catalog), `POST /api/show` (200, or 404 for a model not in it) and
+//! `GET /api/ps` (the loaded models with `size` and `size_vram`), LM Studio's
+//! `GET /api/v0/models` (`state: "loaded"|"not-loaded"`), and `GET /v1/models` (the catalog;
+//! `owned_by` from [`ScriptedModel::set_owned_by`], e.g. `"vllm"`). The default catalog is one
+//! model, [`MODEL_ID`], loaded and all in GPU memory, and any model name is answered. Once a
+//! test sets a catalog, `POST /v1/responses` for a model not in it answers 404 as Ollama does
+//! (`model "x" not found, try pulling it first`), and a request for a model in it loads it
+//! (as Ollama and LM Studio load a model on its first request).
+//!
 //! The same server runs as a program, `scripted-model` (see `src/bin/scripted-model.rs`).
 
 use std::convert::Infallible;
@@ -71,6 +84,71 @@ pub const MODEL_ID: &str = "scripted";
 /// How many `response.output_text.delta` events a reply is split into (fewer when the reply
 /// has fewer characters; none for an empty reply).
 pub const DELTA_CHUNKS: usize = 4;
+
+/// The default catalog model's size, bytes (1 GiB).
+pub const DEFAULT_MODEL_SIZE: u64 = 1 << 30;
+
+/// One model of the scripted server's catalog: what Ollama's `/api/tags` and `/api/ps`, LM
+/// Studio's `/api/v0/models` and `/v1/models` say about it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CatalogModel {
+    /// Its name (Ollama `name`, LM Studio and OpenAI `id`).
+    pub name: String,
+    /// Loaded in memory (listed by `/api/ps`; LM Studio `state: "loaded"`).
+    pub loaded: bool,
+    /// Memory it takes when loaded, bytes (`/api/ps` `size`).
+    pub size: u64,
+    /// The part of it in GPU memory, bytes (`/api/ps` `size_vram`).
+    pub size_vram: u64,
+}
+
+impl CatalogModel {
+    /// Loaded, all of it in GPU memory ("100% GPU").
+    pub fn on_gpu(name: &str, size: u64) -> CatalogModel {
+        CatalogModel::split(name, size, size)
+    }
+
+    /// Loaded, none of it in GPU memory ("100% CPU").
+    pub fn on_cpu(name: &str, size: u64) -> CatalogModel {
+        CatalogModel::split(name, size, 0)
+    }
+
+    /// Loaded, `size_vram` of its `size` bytes in GPU memory.
+    pub fn split(name: &str, size: u64, size_vram: u64) -> CatalogModel {
+        CatalogModel {
+            name: name.to_owned(),
+            loaded: true,
+            size,
+            size_vram,
+        }
+    }
+
+    /// Listed (pulled, downloaded) but not loaded; a request for it loads it all in GPU memory.
+    pub fn not_loaded(name: &str, size: u64) -> CatalogModel {
+        CatalogModel {
+            loaded: false,
+            ..CatalogModel::on_gpu(name, size)
+        }
+    }
+}
+
+/// What the server says about its models.
+struct Catalog {
+    models: Vec<CatalogModel>,
+    /// A test set the catalog: unknown models get 404 from `/v1/responses`.
+    strict: bool,
+    owned_by: String,
+}
+
+impl Default for Catalog {
+    fn default() -> Self {
+        Catalog {
+            models: vec![CatalogModel::on_gpu(MODEL_ID, DEFAULT_MODEL_SIZE)],
+            strict: false,
+            owned_by: "scripted".to_owned(),
+        }
+    }
+}
 
 /// One `POST /v1/responses` request as the server received it.
 #[derive(Clone, Debug)]
@@ -302,6 +380,7 @@ struct Shared {
     count: watch::Sender<usize>,
     api_key: Option<String>,
     default_input_tokens: Mutex<Option<u64>>,
+    catalog: Mutex<Catalog>,
     next_id: AtomicU64,
     /// Becomes true on shutdown; open streams end when it does.
     shutdown: watch::Receiver<bool>,
@@ -311,6 +390,9 @@ impl Shared {
     fn requests(&self) -> MutexGuard<'_, Vec<RecordedRequest>> {
         // A poisoned lock only means a panic elsewhere; the data is still usable.
         self.requests.lock().unwrap_or_else(|e| e.into_inner())
+    }
+    fn catalog(&self) -> MutexGuard<'_, Catalog> {
+        self.catalog.lock().unwrap_or_else(|e| e.into_inner())
     }
     fn default_input_tokens(&self) -> Option<u64> {
         *self
@@ -378,6 +460,7 @@ impl ScriptedModel {
             count,
             api_key,
             default_input_tokens: Mutex::new(None),
+            catalog: Mutex::new(Catalog::default()),
             next_id: AtomicU64::new(1),
             shutdown: shutdown_rx.clone(),
         });
@@ -452,6 +535,25 @@ impl ScriptedModel {
             .unwrap_or_else(|e| e.into_inner()) = tokens;
     }
 
+    /// Replaces the catalog of models the server lists (Ollama `/api/tags`, `/api/ps`, LM Studio
+    /// `/api/v0/models`, `/v1/models`); from now on `/v1/responses` answers 404 for a model not
+    /// in it.
+    pub fn set_catalog(&self, models: Vec<CatalogModel>) {
+        let mut c = self.shared.catalog();
+        c.models = models;
+        c.strict = true;
+    }
+
+    /// The catalog as it is now (requests load the models they name).
+    pub fn catalog(&self) -> Vec<CatalogModel> {
+        self.shared.catalog().models.clone()
+    }
+
+    /// The `owned_by` of every model in `/v1/models` (default `"scripted"`; vLLM says `"vllm"`).
+    pub fn set_owned_by(&self, owner: &str) {
+        self.shared.catalog().owned_by = owner.to_owned();
+    }
+
     /// Waits until at least `n` requests have been recorded, or fails after `timeout`.
     /// Useful to know that a `[[hang]]` request has reached the server.
     pub async fn wait_for_requests(&self, n: usize, timeout: Duration) -> anyhow::Result<()> {
@@ -495,6 +597,11 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/responses", post(responses))
         .route("/v1/models", get(models))
         .route("/models", get(models))
+        .route("/api/version", get(ollama_version))
+        .route("/api/tags", get(ollama_tags))
+        .route("/api/show", post(ollama_show))
+        .route("/api/ps", get(ollama_ps))
+        .route("/api/v0/models", get(lmstudio_models))
         .fallback(not_found)
         // Codex resends the whole conversation; axum's default 2 MiB limit is too small for
         // long tool-heavy threads.
@@ -502,9 +609,88 @@ fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
-async fn models() -> Response {
-    axum::Json(json!({"object": "list", "data": [{"id": MODEL_ID, "object": "model"}]}))
+async fn models(State(shared): State<Arc<Shared>>) -> Response {
+    let c = shared.catalog();
+    let data: Vec<Value> = c
+        .models
+        .iter()
+        .map(|m| json!({"id": m.name, "object": "model", "created": 1_700_000_000, "owned_by": c.owned_by}))
+        .collect();
+    axum::Json(json!({"object": "list", "data": data})).into_response()
+}
+
+fn ollama_details() -> Value {
+    json!({"parent_model": "", "format": "gguf", "family": "scripted", "families": ["scripted"],
+           "parameter_size": "1B", "quantization_level": "Q4_K_M"})
+}
+
+async fn ollama_version() -> Response {
+    axum::Json(json!({"version": "0.12.0-scripted"})).into_response()
+}
+
+async fn ollama_tags(State(shared): State<Arc<Shared>>) -> Response {
+    let models: Vec<Value> = shared
+        .catalog()
+        .models
+        .iter()
+        .map(|m| {
+            json!({"name": m.name, "model": m.name, "modified_at": "2026-01-01T00:00:00Z",
+                   "size": m.size, "digest": "sha256:scripted", "details": ollama_details()})
+        })
+        .collect();
+    axum::Json(json!({"models": models})).into_response()
+}
+
+async fn ollama_show(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let name = body
+        .get("model")
+        .or_else(|| body.get("name"))
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let known = shared.catalog().models.iter().any(|m| m.name == name);
+    if known {
+        axum::Json(json!({"modelfile": "", "parameters": "", "template": "{{ .Prompt }}",
+            "details": ollama_details(), "model_info": {}, "capabilities": ["completion", "tools"]}))
         .into_response()
+    } else {
+        (
+            StatusCode::NOT_FOUND,
+            axum::Json(json!({"error": format!("model '{name}' not found")})),
+        )
+            .into_response()
+    }
+}
+
+async fn ollama_ps(State(shared): State<Arc<Shared>>) -> Response {
+    let models: Vec<Value> = shared
+        .catalog()
+        .models
+        .iter()
+        .filter(|m| m.loaded)
+        .map(|m| {
+            json!({"name": m.name, "model": m.name, "size": m.size, "size_vram": m.size_vram,
+                   "digest": "sha256:scripted", "details": ollama_details(),
+                   "expires_at": "2099-01-01T00:00:00Z", "context_length": 32768})
+        })
+        .collect();
+    axum::Json(json!({"models": models})).into_response()
+}
+
+async fn lmstudio_models(State(shared): State<Arc<Shared>>) -> Response {
+    let data: Vec<Value> = shared
+        .catalog()
+        .models
+        .iter()
+        .map(|m| {
+            json!({"id": m.name, "object": "model", "type": "llm", "publisher": "scripted",
+                   "arch": "scripted", "compatibility_type": "gguf", "quantization": "Q4_K_M",
+                   "state": if m.loaded { "loaded" } else { "not-loaded" },
+                   "max_context_length": 32768})
+        })
+        .collect();
+    axum::Json(json!({"object": "list", "data": data})).into_response()
 }
 
 async fn not_found(State(shared): State<Arc<Shared>>, method: Method, uri: Uri) -> Response {
@@ -559,6 +745,27 @@ async fn responses(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: 
         _ => Directives::default(),
     };
 
+    let requested = body
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let known_model = {
+        let mut c = shared.catalog();
+        let strict = c.strict;
+        match c.models.iter_mut().find(|m| m.name == requested) {
+            Some(m) => {
+                // A request loads the model, as Ollama and LM Studio do.
+                if !m.loaded {
+                    m.loaded = true;
+                    m.size_vram = m.size;
+                }
+                true
+            }
+            None => !strict,
+        }
+    };
+
     let authorized = match &shared.api_key {
         None => true,
         Some(key) => authorization.as_deref() == Some(format!("Bearer {key}").as_str()),
@@ -569,6 +776,8 @@ async fn responses(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: 
         .collect();
     let status = if !authorized {
         StatusCode::UNAUTHORIZED
+    } else if !known_model {
+        StatusCode::NOT_FOUND
     } else {
         directives
             .fail
@@ -590,6 +799,13 @@ async fn responses(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: 
     });
     if !authorized {
         return error_response(status, "invalid_api_key", "missing or wrong bearer key");
+    }
+    if !known_model {
+        return error_response(
+            status,
+            "not_found_error",
+            &format!("model \"{requested}\" not found, try pulling it first"),
+        );
     }
     if status != StatusCode::OK {
         return error_response(

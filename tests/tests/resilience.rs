@@ -36,7 +36,14 @@ async fn a_turn_with_the_model_server_down_times_out_with_a_clear_error() -> any
     );
     let errors = of_type(&events, "error");
     assert_eq!(errors.len(), 1, "{events:?}");
-    assert_eq!(errors[0]["code"], "turn_timeout");
+    // The deadline holds, and the error names the cause the model server check found.
+    assert_eq!(errors[0]["code"], "model_server_unreachable");
+    assert!(
+        errors[0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("--turn-timeout")),
+        "{events:?}"
+    );
     assert_eq!(errors[0]["retryable"], true);
     assert_eq!(events.last().expect("result")["status"], "failed");
     // readiness tells the truth about the provider

@@ -24,6 +24,47 @@ use crate::settings::ProviderKind;
 /// The provider id written to config.toml for `--provider custom` (ids `openai`, `ollama`,
 /// `lmstudio` are reserved by codex).
 pub const CUSTOM_PROVIDER_ID: &str = "sidecar";
+/// The provider id written to config.toml for `--provider ollama`.
+pub const OLLAMA_PROVIDER_ID: &str = "sidecar-ollama";
+/// The provider id written to config.toml for `--provider lmstudio`.
+pub const LMSTUDIO_PROVIDER_ID: &str = "sidecar-lmstudio";
+
+/// The one provider codex may use, as `(id, [model_providers.<id>] table)`; `None` for `openai`
+/// (codex's built-in provider).
+///
+/// Every other provider is written out in full rather than left to codex's built-in `ollama`
+/// and `lmstudio` entries, so that the generated config.toml alone says where requests go
+/// (`base_url`, Responses API) and can carry `stream_idle_timeout_ms`; `model_provider` names
+/// it, and no other provider, profile or OSS default appears, so codex has no path to any other
+/// (cloud) provider. Requests that fail are not retried elsewhere: codex never falls back.
+fn provider_table(
+    config: &Config,
+    redactor: &Arc<Redactor>,
+) -> Option<(&'static str, toml::Table)> {
+    let (id, name) = match config.provider {
+        ProviderKind::Openai => return None,
+        ProviderKind::Ollama => (OLLAMA_PROVIDER_ID, "Ollama (codex-sidecar)"),
+        ProviderKind::Lmstudio => (LMSTUDIO_PROVIDER_ID, "LM Studio (codex-sidecar)"),
+        ProviderKind::Custom => (CUSTOM_PROVIDER_ID, "codex-sidecar custom provider"),
+    };
+    let mut p = toml::Table::new();
+    p.insert("name".into(), name.into());
+    p.insert("base_url".into(), config.provider_base().into());
+    if let Some(key) = &config.provider_env_key {
+        p.insert("env_key".into(), key.clone().into());
+        if let Ok(v) = std::env::var(key) {
+            redactor.add(&v);
+        }
+    }
+    p.insert("wire_api".into(), "responses".into());
+    if let Some(ms) = config.stream_idle_timeout_ms {
+        p.insert(
+            "stream_idle_timeout_ms".into(),
+            toml::Value::Integer(i64::try_from(ms).unwrap_or(i64::MAX)),
+        );
+    }
+    Some((id, p))
+}
 
 /// Writes `bytes` to `path` atomically (temp file + rename) with mode 0600.
 ///
@@ -81,34 +122,12 @@ impl CodexSetup {
         if let Some(model) = &config.model {
             table.insert("model".into(), model.clone().into());
         }
-        let mut env = Vec::new();
-        match config.provider {
-            ProviderKind::Openai => {}
-            ProviderKind::Ollama | ProviderKind::Lmstudio => {
-                table.insert("model_provider".into(), config.provider.as_str().into());
-                if let Some(url) = &config.provider_base_url {
-                    env.push(("CODEX_OSS_BASE_URL".to_owned(), url.clone()));
-                }
-            }
-            ProviderKind::Custom => {
-                table.insert("model_provider".into(), CUSTOM_PROVIDER_ID.into());
-                let mut p = toml::Table::new();
-                p.insert("name".into(), "codex-sidecar custom provider".into());
-                p.insert(
-                    "base_url".into(),
-                    config.provider_base_url.clone().unwrap_or_default().into(),
-                );
-                if let Some(key) = &config.provider_env_key {
-                    p.insert("env_key".into(), key.clone().into());
-                    if let Ok(v) = std::env::var(key) {
-                        redactor.add(&v);
-                    }
-                }
-                p.insert("wire_api".into(), "responses".into());
-                let mut providers = toml::Table::new();
-                providers.insert(CUSTOM_PROVIDER_ID.into(), p.into());
-                table.insert("model_providers".into(), providers.into());
-            }
+        let env = Vec::new();
+        if let Some((id, provider)) = provider_table(config, redactor) {
+            table.insert("model_provider".into(), id.into());
+            let mut providers = toml::Table::new();
+            providers.insert(id.into(), provider.into());
+            table.insert("model_providers".into(), providers.into());
         }
         if !config.mcp_servers.is_empty() {
             let mut servers = toml::Table::new();

@@ -766,6 +766,11 @@ impl Actor {
         self.record.thread_persisted = true;
         self.save_record().await;
         self.ctx.setup.sync_auth_from(&self.h.codex_home());
+        if status == TurnStatus::Failed
+            && let Some(err) = out.error.take()
+        {
+            out.error = Some(self.name_model_server_cause(err).await);
+        }
         if let Some((code, message, retryable)) = out.error.take() {
             self.emit(EventKind::Error {
                 code,
@@ -878,6 +883,27 @@ impl Actor {
                 Flow::Exit
             }
             None => Flow::Continue,
+        }
+    }
+
+    /// A failed turn's error, or, when the model server is known to be the cause (down, or
+    /// without the model), that cause: `model_server_unreachable` / `model_not_served`
+    /// (retryable), the original message kept after it. Only for providers other than
+    /// `openai`, and not for errors the sidecar itself caused (shutdown, codex exiting).
+    async fn name_model_server_cause(&self, err: (String, String, bool)) -> (String, String, bool) {
+        let cfg = &self.ctx.config;
+        let own = matches!(
+            err.0.as_str(),
+            "sidecar_stopping" | "codex_exited" | "codex_unresponsive" | "codex_unavailable"
+        );
+        if own || cfg.provider == crate::settings::ProviderKind::Openai {
+            return err;
+        }
+        let checked =
+            tokio::time::timeout(Duration::from_secs(6), crate::model_server::check(cfg)).await;
+        match checked.ok().as_ref().and_then(|st| st.failure()) {
+            Some((code, cause)) => (code.to_owned(), format!("{cause} ({})", err.1), true),
+            None => err,
         }
     }
 

@@ -29,8 +29,10 @@ pub async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// `GET /readyz` -> 200 when `codex --version` runs and the provider's `/models` answers with any
-/// HTTP status below 500; 503 otherwise. Body: `{"ready", "checks":{"codex":{...},"provider":{...}}}`.
+/// `GET /readyz` -> 200 when `codex --version` runs, the provider's `/models` answers with any
+/// HTTP status below 500, and the model server does not say that it lacks the model
+/// ([`crate::model_server::ModelServerStatus::served`] is not `false`); 503 otherwise. Body:
+/// `{"ready", "checks":{"codex":{...},"provider":{...},"model":{"ok","model","served","error"?}}}`.
 pub async fn readyz(State(st): State<AppState>) -> Response {
     if let Ok(guard) = st.ready.last.lock()
         && let Some((at, ok, body)) = guard.as_ref()
@@ -42,7 +44,9 @@ pub async fn readyz(State(st): State<AppState>) -> Response {
     let codex = crate::codex::rpc::codex_version(&cfg.codex_bin).await;
     let url = cfg.provider_probe_url();
     let provider = probe(&url).await;
-    let ok = codex.is_ok() && provider.is_ok();
+    let server = crate::model_server::check(cfg).await;
+    let model_ok = server.served != Some(false);
+    let ok = codex.is_ok() && provider.is_ok() && model_ok;
     let body = json!({
         "ready": ok,
         "checks": {
@@ -53,6 +57,12 @@ pub async fn readyz(State(st): State<AppState>) -> Response {
             "provider": match &provider {
                 Ok(status) => json!({"ok": true, "url": url, "status": status}),
                 Err(e) => json!({"ok": false, "url": url, "error": e}),
+            },
+            "model": if model_ok {
+                json!({"ok": true, "model": server.model, "served": server.served})
+            } else {
+                json!({"ok": false, "model": server.model, "served": false,
+                       "error": server.failure().map(|f| f.1)})
             },
         }
     });
@@ -146,12 +156,14 @@ fn set_draining(st: &AppState, owner: &Owner, on: bool) -> Result<Json<Value>, A
 /// `GET /v1/status` (authenticated) -> versions, provider, model, sandbox (and whether it
 /// works here: `sandbox_check`), `auth` (the accepted `alg`, or `none`), `auth_key` (the key
 /// file, when its key was loaded, until when a replaced key is still accepted, the last reload
-/// error: [`crate::auth::reload::KeyStatus`]; `null` without authentication), limits, counts and
-/// GPU.
+/// error: [`crate::auth::reload::KeyStatus`]; `null` without authentication), limits, counts,
+/// GPU ([`crate::gpu::GpuStatus`]) and `model_server` (what the model server serves, asked now:
+/// [`crate::model_server::ModelServerStatus`]).
 pub async fn status(State(st): State<AppState>, Owner(_owner): Owner) -> Json<Value> {
     let cfg = &st.engine.ctx().config;
     let gpu = st.gpu.clone();
     let gpu_status = tokio::task::spawn_blocking(move || gpu.status()).await.ok();
+    let model_server = crate::model_server::check(cfg).await;
     Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
         "codex_version": cfg.codex_version,
@@ -176,5 +188,6 @@ pub async fn status(State(st): State<AppState>, Owner(_owner): Owner) -> Json<Va
         "draining": st.engine.draining(),
         "uptime_seconds": st.started.elapsed().as_secs(),
         "gpu": gpu_status,
+        "model_server": model_server,
     }))
 }

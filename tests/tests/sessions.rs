@@ -555,6 +555,22 @@ async fn patch_changes_instructions_model_and_effort_from_the_next_turn() -> any
         "the same thread went on: {events:?}"
     );
 
+    // a compaction puts the thread's original instructions back into its context: the next turn
+    // is given the session's again
+    assert_eq!(
+        api.call("POST", "/v1/sessions/p/compact", None).await.0,
+        202
+    );
+    api.collect_until("p", 0, T, |e| {
+        e["type"] == "compaction" && e["phase"] == "completed"
+    })
+    .await?;
+    let (_, before) = api.call("GET", "/v1/sessions/p", None).await;
+    api.send("p", "after the compaction").await;
+    api.until_results("p", before["next_seq"].as_u64().unwrap_or(1) - 1, 1, T)
+        .await?;
+    assert!(last_turn_request(&model).contains("New rule: sign with NANO."));
+
     // the settings survive a restart
     let mut sc = sc;
     sc.restart().await?;

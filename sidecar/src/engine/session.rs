@@ -387,6 +387,9 @@ struct Live {
     lease: Lease,
     /// The thread's cumulative usage last reported by this child (`tokenUsage.total`).
     total: TokenCounts,
+    /// Digest of the developer instructions this child was started with (`thread/start` or
+    /// `thread/resume`): what codex puts back into the thread's context when it compacts it.
+    instructions_digest: String,
 }
 
 /// What a driven turn produced.
@@ -660,6 +663,7 @@ impl Actor {
             server,
             lease,
             total: TokenCounts::default(),
+            instructions_digest: instructions_digest(self.h.settings().instructions.as_deref()),
         };
         let first_event = self.h.events.last_seq() == 0;
         let resumable = self
@@ -990,6 +994,11 @@ impl Actor {
         let mut out = self.drive(None, true).await;
         self.record.usage.add(&out.usage);
         if out.status == Some(TurnStatus::Completed) {
+            // The compacted context holds the instructions the child was started with, not the
+            // ones appended since: the next turn appends the session's again when they differ.
+            if let Some(live) = &self.live {
+                self.record.instructions_applied = Some(live.instructions_digest.clone());
+            }
             self.record.compactions += 1;
             self.record.turns_since_compaction = 0;
             self.record.context_tokens = out.compacted_estimate.unwrap_or(0);

@@ -238,6 +238,30 @@ suite('codex-sidecar provider against the real sidecar', () => {
   );
 
   test(
+    'a failed turn is thrown to the runner as an error, not as a stale session; the session goes on',
+    async () => {
+      const store = new Store();
+      const p = provider(sc, 'group-fail');
+      const r = new Runner({ provider: p, store, cwd: groupDir('fail') });
+      store.send('this one breaks [[fail=400]]');
+      await until(() => r.thrown.length === 1, 'the failed turn', 90_000);
+      expect(p.isSessionInvalid(r.thrown[0])).toBe(false);
+      expect((r.thrown[0] as Error).name).toBe('CodexSidecarError');
+      expect(store.outbound[0]).toStartWith('Error: codex-sidecar: the turn failed');
+      expect(r.seen.some((s) => s.event.type === 'error')).toBe(true);
+      expect(results(r).length).toBe(0);
+      const continuation = store.continuation;
+      expect(continuation).toBeDefined();
+      store.send('and this one works');
+      await until(() => store.outbound.some((t) => t.includes('and this one works')), 'the next reply');
+      expect(sessionOf(store.continuation)).toBe(sessionOf(continuation));
+      expect(store.outbound.filter((t) => t.includes('breaks')).length).toBe(0);
+      r.kill();
+    },
+    T,
+  );
+
+  test(
     'a runner restarted between a push and its reply still gets that reply, once',
     async () => {
       const store = new Store();

@@ -26,8 +26,9 @@
  * - Events are long-polled (`GET .../events?after=<cursor>&wait=25`); every sidecar event yields
  *   `activity` (nothing is yielded while the session is idle). A completed or interrupted turn
  *   yields one `result` with the turn's final text unchanged. A turn the sidecar lost
- *   (`turn_lost`, `sidecar_stopping`, `codex_exited`) is sent again, up to 3 times; any other
- *   failed turn of this query is thrown (the runner tells the user).
+ *   (`turn_lost`, `sidecar_stopping`, `codex_exited`) is sent again, up to 3 times, after the
+ *   messages pushed since; any other failed turn of this query is thrown (the runner tells the
+ *   user; the session and the continuation stay).
  * - `end()`: the query finishes once every pushed message has been accepted and its turn has a
  *   result. `abort()`: `POST .../interrupt`; the query finishes with that turn's result.
  * - Errors thrown from `events`: `CodexSidecarStaleSession` (the continuation names a session the

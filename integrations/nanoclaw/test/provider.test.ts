@@ -362,6 +362,7 @@ suite('codex-sidecar provider against the real sidecar', () => {
       const body = model.lastTurnBody();
       expect(body).toContain('Version two of the rules.');
       expect(body).toContain('"model":"scripted-next"');
+      expect(body).toContain('"effort":"high"');
       b.kill();
     },
     T,

@@ -238,6 +238,22 @@ suite('codex-sidecar provider against the real sidecar', () => {
   );
 
   test(
+    'a token the sidecar refuses is thrown as an error naming why, not as a stale session',
+    async () => {
+      const store = new Store();
+      const bad = host.provider.mintToken(Buffer.from('another-secret-0123456789abcdef-0123456789'), 'group-bad', 600);
+      const p = provider(sc, 'group-bad', { CODEX_SIDECAR_TOKEN: bad });
+      const r = new Runner({ provider: p, store, cwd: groupDir('bad') });
+      store.send('hello?');
+      await until(() => r.thrown.length === 1, 'the 401');
+      expect(p.isSessionInvalid(r.thrown[0])).toBe(false);
+      expect(store.outbound[0]).toContain('invalid_signature');
+      r.kill();
+    },
+    T,
+  );
+
+  test(
     'a failed turn is thrown to the runner as an error, not as a stale session; the session goes on',
     async () => {
       const store = new Store();

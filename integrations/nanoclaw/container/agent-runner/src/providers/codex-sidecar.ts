@@ -614,13 +614,21 @@ class SidecarQuery implements AgentQuery {
       }
       const a = await this.persist('POST', `/v1/sessions/${next.sessionId}/messages`, { text: next.text, idempotency_key: next.key }, REQUEST_TIMEOUT_MS, true);
       if (this.halted) return;
+      if (a.status === 401 || a.status === 403) {
+        // The token, not the message: keep it spooled for the next container (a new token).
+        const { code, message } = errorOf(a);
+        this.fail(new CodexSidecarError(`codex-sidecar refused the token: ${code ?? a.status}: ${message}`, code));
+        return;
+      }
       this.outbox.shift();
       this.spool.store(this.outbox);
       if (a.status >= 200 && a.status < 300) {
         const id = String(a.body?.message_id ?? '');
         if (next.sessionId === this.sessionId && id) {
           this.mine.set(id, { text: next.text, key: next.key, resends: next.resends });
-          if (!this.ended.has(id)) this.open.add(id);
+          // A duplicate (a spooled message an earlier container had sent) may have had its
+          // turn already: end() does not wait for it; its result is still delivered if it comes.
+          if (!this.ended.has(id) && a.body?.duplicate !== true) this.open.add(id);
         }
       } else {
         const { code, message } = errorOf(a);

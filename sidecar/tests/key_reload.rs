@@ -95,6 +95,7 @@ fn config(state_dir: &Path) -> Config {
         insecure_no_auth: false,
         jwt_key_reload_interval: Some(POLL),
         jwt_key_overlap: Duration::from_secs(300),
+        server: Default::default(),
     }
 }
 

@@ -36,6 +36,7 @@ fn config(provider: ProviderKind, base: Option<&str>, idle: Option<u64>) -> Conf
         insecure_no_auth: true,
         jwt_key_reload_interval: None,
         jwt_key_overlap: Duration::from_secs(300),
+        server: Default::default(),
     }
 }
 

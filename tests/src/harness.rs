@@ -359,6 +359,16 @@ impl Api {
         .await
     }
 
+    /// `POST /v1/sessions/{id}/messages` with an idempotency key.
+    pub async fn send_keyed(&self, id: &str, text: &str, key: &str) -> (u16, Value) {
+        self.call(
+            "POST",
+            &format!("/v1/sessions/{id}/messages"),
+            Some(json!({"text": text, "idempotency_key": key})),
+        )
+        .await
+    }
+
     /// `GET /v1/sessions/{id}/events?after=&wait=`.
     pub async fn events(&self, id: &str, after: u64, wait: u64) -> (u16, Value) {
         self.call(

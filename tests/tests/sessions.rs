@@ -1,6 +1,7 @@
 //! The session API against the real codex and the scripted model: a text turn, messages queued
 //! during a turn, interrupt, compaction at the threshold (once), thread resume by id, server-sent
-//! events, and bad input.
+//! events, settings changed after creation (`PATCH`), a delete ending waiting polls and streams,
+//! idempotent sends, and bad input.
 
 use std::time::Duration;
 
@@ -381,8 +382,23 @@ async fn bad_input_gets_a_stable_error_and_loses_nothing() -> anyhow::Result<()>
         )
         .await;
     assert_eq!((s, code(&b).as_str()), (413, "body_too_large"));
-    let (s, b) = api.call("PATCH", "/v1/sessions/ok", None).await;
+    let (s, b) = api.call("PUT", "/v1/sessions/ok", None).await;
     assert_eq!((s, code(&b).as_str()), (405, "method_not_allowed"));
+    let (s, b) = raw(
+        reqwest::Method::PATCH,
+        "/v1/sessions/ok",
+        r#"{"prompt":"x"}"#,
+    )
+    .await;
+    assert_eq!((s, code(&b).as_str()), (400, "invalid_request"));
+    let (s, b) = raw(reqwest::Method::PATCH, "/v1/sessions/ok", r#"{"model":7}"#).await;
+    assert_eq!((s, code(&b).as_str()), (400, "invalid_request"));
+    let (s, b) = api
+        .call("PATCH", "/v1/sessions/nope", Some(json!({"model": "m"})))
+        .await;
+    assert_eq!((s, code(&b).as_str()), (404, "session_not_found"));
+    let (s, b) = api.send_keyed("ok", "x", "not a key!").await;
+    assert_eq!((s, code(&b).as_str()), (400, "invalid_idempotency_key"));
     let (s, b) = api.call("GET", "/v2/nothing", None).await;
     assert_eq!((s, code(&b).as_str()), (404, "not_found"));
     let no_ct = http
@@ -469,5 +485,232 @@ async fn approval_requests_are_answered_with_the_configured_decision() -> anyhow
             "{decision}: the command ran only when accepted"
         );
     }
+    Ok(())
+}
+
+/// The body of the newest model request that is not a compaction, as text.
+fn last_turn_request(model: &ScriptedModel) -> String {
+    model
+        .requests()
+        .into_iter()
+        .rev()
+        .find(|r| !r.is_compaction)
+        .map(|r| r.body.to_string())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn patch_changes_instructions_model_and_effort_from_the_next_turn() -> anyhow::Result<()> {
+    let model = ScriptedModel::start().await?;
+    let sc = Sidecar::start(&model.base_url(), &[]).await?;
+    let api = sc.api("alice");
+    assert_eq!(
+        api.create(json!({"id": "p", "instructions": "Old rule: answer in English."}))
+            .await
+            .0,
+        201
+    );
+    api.send("p", "one").await;
+    api.until_results("p", 0, 1, T).await?;
+    assert!(last_turn_request(&model).contains("Old rule: answer in English."));
+
+    // a composed CLAUDE.md can pass 64 KiB: 300 KiB of instructions are accepted
+    let big = format!(
+        "New rule: sign with NANO. {}",
+        "context line\n".repeat(300 * 1024 / 13)
+    );
+    let (s, view) = api
+        .call(
+            "PATCH",
+            "/v1/sessions/p",
+            Some(json!({"instructions": big, "model": "scripted-2", "effort": "low"})),
+        )
+        .await;
+    assert_eq!(s, 200, "{view}");
+    assert_eq!(view["id"], "p");
+    let (_, before) = api.call("GET", "/v1/sessions/p", None).await;
+    api.send("p", "two").await;
+    let events = api
+        .until_results("p", before["next_seq"].as_u64().unwrap_or(1) - 1, 1, T)
+        .await?;
+    let result = events.last().expect("result");
+    assert_eq!(result["status"], "completed", "{events:?}");
+    assert_eq!(result["text"], "echo: two");
+    let body = last_turn_request(&model);
+    assert!(
+        body.contains("New rule: sign with NANO."),
+        "the new instructions reached the model"
+    );
+    assert!(
+        body.contains("\"model\":\"scripted-2\""),
+        "the new model is used"
+    );
+    assert!(
+        body.contains("\"effort\":\"low\""),
+        "the new effort is used"
+    );
+    assert_eq!(
+        of_type(&events, "init").len(),
+        0,
+        "the same thread went on: {events:?}"
+    );
+
+    // a compaction puts the thread's original instructions back into its context: the next turn
+    // is given the session's again
+    assert_eq!(
+        api.call("POST", "/v1/sessions/p/compact", None).await.0,
+        202
+    );
+    api.collect_until("p", 0, T, |e| {
+        e["type"] == "compaction" && e["phase"] == "completed"
+    })
+    .await?;
+    let (_, before) = api.call("GET", "/v1/sessions/p", None).await;
+    api.send("p", "after the compaction").await;
+    api.until_results("p", before["next_seq"].as_u64().unwrap_or(1) - 1, 1, T)
+        .await?;
+    assert!(last_turn_request(&model).contains("New rule: sign with NANO."));
+
+    // the settings survive a restart
+    let mut sc = sc;
+    sc.restart().await?;
+    let api = api.with_base(&sc.base);
+    let (_, before) = api.call("GET", "/v1/sessions/p", None).await;
+    api.send("p", "three").await;
+    api.until_results("p", before["next_seq"].as_u64().unwrap_or(1) - 1, 1, T)
+        .await?;
+    assert!(last_turn_request(&model).contains("New rule: sign with NANO."));
+
+    // over 512 KiB is refused; null clears a setting
+    let (s, b) = api
+        .call(
+            "PATCH",
+            "/v1/sessions/p",
+            Some(json!({"instructions": "x".repeat(512 * 1024 + 1)})),
+        )
+        .await;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (400, Some("field_too_long"))
+    );
+    let (s, _) = api
+        .call("PATCH", "/v1/sessions/p", Some(json!({"model": null})))
+        .await;
+    assert_eq!(s, 200);
+    let (_, before) = api.call("GET", "/v1/sessions/p", None).await;
+    api.send("p", "four").await;
+    api.until_results("p", before["next_seq"].as_u64().unwrap_or(1) - 1, 1, T)
+        .await?;
+    assert!(last_turn_request(&model).contains("\"model\":\"scripted\""));
+    Ok(())
+}
+
+#[tokio::test]
+async fn delete_ends_waiting_polls_and_streams_at_once() -> anyhow::Result<()> {
+    let model = ScriptedModel::start().await?;
+    let sc = Sidecar::start(&model.base_url(), &[]).await?;
+    let api = sc.api("alice");
+    assert_eq!(api.create(json!({"id": "d"})).await.0, 201);
+    let (_, view) = api.call("GET", "/v1/sessions/d", None).await;
+    let last = view["next_seq"].as_u64().unwrap_or(1) - 1;
+    let poller = api.clone();
+    let poll = tokio::spawn(async move {
+        let t0 = std::time::Instant::now();
+        let r = poller.events("d", last, 60).await;
+        (r, t0.elapsed())
+    });
+    let stream = reqwest::Client::new()
+        .get(format!(
+            "{}/v1/sessions/d/events/stream?after={last}",
+            sc.base
+        ))
+        .bearer_auth(codex_e2e::harness::mint("alice", None, 600))
+        .send()
+        .await?;
+    assert_eq!(stream.status().as_u16(), 200);
+    let streamed = tokio::spawn(async move { stream.text().await.unwrap_or_default() });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let t0 = std::time::Instant::now();
+    assert_eq!(api.call("DELETE", "/v1/sessions/d", None).await.0, 204);
+    let ((status, body), waited) = poll.await?;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["error"]["code"], "session_not_found");
+    assert!(
+        waited < Duration::from_secs(10),
+        "the long-poll ended with the delete, not after `wait`: {waited:?}"
+    );
+    let text = tokio::time::timeout(Duration::from_secs(10), streamed).await??;
+    assert!(
+        text.contains("event: error") && text.contains("session_not_found"),
+        "{text}"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(10));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_repeated_idempotency_key_is_not_run_twice() -> anyhow::Result<()> {
+    let model = ScriptedModel::start().await?;
+    let sc = Sidecar::start(&model.base_url(), &[]).await?;
+    let api = sc.api("alice");
+    assert_eq!(api.create(json!({"id": "i"})).await.0, 201);
+    let (s, first) = api.send_keyed("i", "only once", "nc:push-1").await;
+    assert_eq!(s, 202, "{first}");
+    let (s, again) = api.send_keyed("i", "only once", "nc:push-1").await;
+    assert_eq!(s, 200, "{again}");
+    assert_eq!(again["message_id"], first["message_id"]);
+    assert_eq!(again["duplicate"], true);
+    let (s, other) = api.send_keyed("i", "another", "nc:push-2").await;
+    assert_eq!(s, 202, "{other}");
+    let events = api.until_results("i", 0, 1, T).await?;
+    let texts: Vec<String> = model
+        .requests()
+        .iter()
+        .flat_map(|r| r.turn_user_texts.clone())
+        .collect();
+    assert_eq!(
+        texts.iter().filter(|t| t.as_str() == "only once").count(),
+        1,
+        "{texts:?} {events:?}"
+    );
+    // after a restart the key is still known
+    let mut sc = sc;
+    sc.restart().await?;
+    let api = api.with_base(&sc.base);
+    let (s, later) = api.send_keyed("i", "only once", "nc:push-1").await;
+    assert_eq!(
+        (s, later["duplicate"].as_bool()),
+        (200, Some(true)),
+        "{later}"
+    );
+    Ok(())
+}
+
+/// An interrupt that arrives before codex sent the turn's first model request is not lost: the
+/// sidecar repeats `turn/interrupt` until the turn ends.
+#[tokio::test]
+async fn an_interrupt_right_after_the_turn_started_still_interrupts_it() -> anyhow::Result<()> {
+    let model = ScriptedModel::start().await?;
+    let sc = Sidecar::start(&model.base_url(), &[]).await?;
+    let api = sc.api("alice");
+    assert_eq!(api.create(json!({"id": "e"})).await.0, 201);
+    assert_eq!(api.send("e", "slow [[delay_ms=3000]]").await.0, 202);
+    api.collect_until("e", 0, T, |e| e["type"] == "turn_started")
+        .await?;
+    let t0 = std::time::Instant::now();
+    assert_eq!(
+        api.call("POST", "/v1/sessions/e/interrupt", None).await.0,
+        202
+    );
+    let events = api
+        .until_results("e", 0, 1, Duration::from_secs(30))
+        .await?;
+    let result = events.last().expect("result");
+    assert_eq!(result["status"], "interrupted", "{events:?}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(8),
+        "ended by the interrupt, not by the model finishing: {:?}",
+        t0.elapsed()
+    );
     Ok(())
 }

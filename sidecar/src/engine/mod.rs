@@ -34,6 +34,57 @@ use session::{Actor, Command, SessionHandle, SessionKey, SessionState, StartErro
 /// How long session creation waits for codex to start the thread.
 const START_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// Longest `instructions`, in bytes (a NanoClaw group's composed CLAUDE.md can pass 64 KiB).
+pub const MAX_INSTRUCTIONS_BYTES: usize = 512 * 1024;
+/// Longest `model`, in bytes.
+pub const MAX_MODEL_BYTES: usize = 256;
+/// Longest `effort`, in bytes.
+pub const MAX_EFFORT_BYTES: usize = 64;
+/// Longest message `idempotency_key`, in bytes.
+pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 128;
+
+/// 400 `field_too_long` when one of the settings is longer than its limit.
+fn check_settings_lengths(
+    instructions: Option<&str>,
+    model: Option<&str>,
+    effort: Option<&str>,
+) -> Result<(), ApiError> {
+    for (field, value, max) in [
+        ("instructions", instructions, MAX_INSTRUCTIONS_BYTES),
+        ("model", model, MAX_MODEL_BYTES),
+        ("effort", effort, MAX_EFFORT_BYTES),
+    ] {
+        if value.is_some_and(|v| v.len() > max) {
+            return Err(ApiError::bad_request(
+                "field_too_long",
+                format!("`{field}` is longer than {max} bytes"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `PATCH /v1/sessions/{id}` body: each field present changes that setting from the next turn
+/// (`null` clears it); an absent field keeps it.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateSession {
+    /// Developer instructions (at most 512 KiB).
+    #[serde(default, deserialize_with = "present")]
+    pub instructions: Option<Option<String>>,
+    /// Model override (at most 256 bytes).
+    #[serde(default, deserialize_with = "present")]
+    pub model: Option<Option<String>>,
+    /// Reasoning effort (at most 64 bytes).
+    #[serde(default, deserialize_with = "present")]
+    pub effort: Option<Option<String>>,
+}
+
+/// A field that is present (`Some`), holding a value or `null`.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    <Option<String> as serde::Deserialize>::deserialize(d).map(Some)
+}
+
 /// What every actor shares.
 #[derive(Debug)]
 pub struct EngineCtx {
@@ -119,6 +170,14 @@ pub struct Engine {
 pub fn owner_key(owner: &str) -> String {
     let digest = Sha256::digest(owner.as_bytes());
     digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
+}
+
+/// Whether `key` is a valid message idempotency key: `[A-Za-z0-9._:-]{1,128}`.
+pub fn valid_idempotency_key(key: &str) -> bool {
+    (1..=MAX_IDEMPOTENCY_KEY_BYTES).contains(&key.len())
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':'))
 }
 
 /// Whether `id` is a valid session id: `[A-Za-z0-9._-]{1,128}`, and not `.` or `..`.
@@ -263,18 +322,11 @@ impl Engine {
             }
             None => uuid::Uuid::new_v4().to_string(),
         };
-        for (field, value, max) in [
-            ("instructions", &req.instructions, 64 * 1024),
-            ("model", &req.model, 256),
-            ("effort", &req.effort, 64),
-        ] {
-            if value.as_ref().is_some_and(|v| v.len() > max) {
-                return Err(ApiError::bad_request(
-                    "field_too_long",
-                    format!("`{field}` is longer than {max} bytes"),
-                ));
-            }
-        }
+        check_settings_lengths(
+            req.instructions.as_deref(),
+            req.model.as_deref(),
+            req.effort.as_deref(),
+        )?;
         let key = SessionKey {
             owner: owner.to_owned(),
             id: id.clone(),
@@ -333,6 +385,9 @@ impl Engine {
             instructions: req.instructions,
             model: req.model,
             effort: req.effort,
+            // A continued thread holds another session's instructions: this session's own are
+            // given to it before its first turn (thread/start records them for a new thread).
+            instructions_applied: rollout.as_ref().map(|_| "none".to_owned()),
             ..Default::default()
         };
         if let Some((src_home, rel)) = &rollout {
@@ -461,16 +516,49 @@ impl Engine {
         handles.iter().map(|h| self.view(h)).collect()
     }
 
-    /// Queues a message durably; returns `(message_id, queued)`.
+    /// Changes a session's instructions, model or effort from its next turn (a running turn keeps
+    /// the ones it started with); returns the session.
     ///
     /// # Errors
-    /// 404, 413 `text_too_large`, 429 `queue_full`, 500 when the inbox cannot be written.
+    /// 404, 400 `field_too_long`, 500 when session.json cannot be written.
+    pub async fn configure(
+        &self,
+        owner: &str,
+        id: &str,
+        req: UpdateSession,
+    ) -> Result<SessionView, ApiError> {
+        check_settings_lengths(
+            req.instructions.as_ref().and_then(Option::as_deref),
+            req.model.as_ref().and_then(Option::as_deref),
+            req.effort.as_ref().and_then(Option::as_deref),
+        )?;
+        let h = self.get(owner, id)?;
+        let patch = session::SettingsPatch {
+            instructions: req.instructions,
+            model: req.model,
+            effort: req.effort,
+        };
+        let h2 = h.clone();
+        tokio::task::spawn_blocking(move || h2.configure_blocking(patch))
+            .await
+            .map_err(|e| ApiError::internal(format!("settings task failed: {e}")))?
+            .map_err(|e| ApiError::internal(format!("cannot store the settings: {e}")))?;
+        Ok(self.view(&h))
+    }
+
+    /// Queues a message durably; returns `(message_id, queued, duplicate)`: `duplicate` when a
+    /// message with the same idempotency key was accepted before (nothing new is queued).
+    ///
+    /// # Errors
+    /// 404, 400 `empty_text` / `invalid_idempotency_key`, 413 `text_too_large`, 429 `queue_full`,
+    /// 500 when the inbox cannot be written.
     pub async fn send(
         &self,
         owner: &str,
         id: &str,
         text: String,
-    ) -> Result<(String, usize), ApiError> {
+        idempotency_key: Option<String>,
+    ) -> Result<(String, usize, bool), ApiError> {
         let limits = self.ctx.config.limits;
         if text.len() > limits.text_bytes {
             return Err(ApiError::new(
@@ -482,15 +570,26 @@ impl Engine {
         if text.trim().is_empty() {
             return Err(ApiError::bad_request("empty_text", "`text` is empty"));
         }
+        if let Some(k) = &idempotency_key
+            && !valid_idempotency_key(k)
+        {
+            return Err(ApiError::bad_request(
+                "invalid_idempotency_key",
+                format!(
+                    "`idempotency_key` must match [A-Za-z0-9._:-]{{1,{MAX_IDEMPOTENCY_KEY_BYTES}}}"
+                ),
+            ));
+        }
         let h = self.get(owner, id)?;
         let cap = limits.queued_messages;
-        let r = tokio::task::spawn_blocking(move || h.enqueue_blocking(text, cap))
+        let r = tokio::task::spawn_blocking(move || h.enqueue_blocking(text, idempotency_key, cap))
             .await
             .map_err(|e| ApiError::internal(format!("inbox task failed: {e}")))?
             .map_err(|e| ApiError::internal(format!("cannot store the message: {e}")))?;
         match r {
-            Ok((msg, queued)) => Ok((msg.message_id, queued)),
-            Err(()) => Err(ApiError::new(
+            session::Enqueued::New { msg, queued } => Ok((msg.message_id, queued, false)),
+            session::Enqueued::Duplicate { message_id, queued } => Ok((message_id, queued, true)),
+            session::Enqueued::Full => Err(ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "queue_full",
                 format!("{cap} messages are already waiting in this session"),

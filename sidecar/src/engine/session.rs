@@ -34,6 +34,8 @@ const MAX_BATCH: usize = 32;
 const HEARTBEAT: Duration = Duration::from_secs(14);
 /// How long codex gets to end a turn after `turn/interrupt` before its child is killed.
 const INTERRUPT_GRACE: Duration = Duration::from_secs(10);
+/// How often `turn/interrupt` is repeated while an interrupted turn has not ended.
+const INTERRUPT_REPEAT: Duration = Duration::from_secs(2);
 /// Counts a session in [`EngineCtx::busy`] while it lives (a turn or compaction under way).
 struct Busy(Arc<EngineCtx>);
 
@@ -113,6 +115,49 @@ pub enum StartError {
     Failed(String),
 }
 
+/// A session's per-session codex settings (`POST /v1/sessions`, `PATCH /v1/sessions/{id}`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionSettings {
+    /// Developer instructions for the thread (codex's `developerInstructions`).
+    pub instructions: Option<String>,
+    /// Model override (`thread/start`/`thread/resume` and every `turn/start`).
+    pub model: Option<String>,
+    /// Reasoning effort (`turn/start`'s `effort`).
+    pub effort: Option<String>,
+}
+
+/// A change of [`SessionSettings`]: `None` keeps a setting, `Some(None)` clears it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SettingsPatch {
+    /// New instructions.
+    pub instructions: Option<Option<String>>,
+    /// New model.
+    pub model: Option<Option<String>>,
+    /// New effort.
+    pub effort: Option<Option<String>>,
+}
+
+/// What [`SessionHandle::enqueue_blocking`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Enqueued {
+    /// The message was written and queued; `queued` is the queue length after it.
+    New {
+        /// The message.
+        msg: QueuedMessage,
+        /// Messages waiting now.
+        queued: usize,
+    },
+    /// A message with the same idempotency key was accepted before: nothing was queued.
+    Duplicate {
+        /// The earlier message's id.
+        message_id: String,
+        /// Messages waiting now.
+        queued: usize,
+    },
+    /// The queue already holds the maximum number of messages.
+    Full,
+}
+
 /// How long session creation waits for a free codex slot before answering 503.
 pub const CREATE_SLOT_WAIT: Duration = Duration::from_secs(30);
 
@@ -138,8 +183,12 @@ pub struct SessionHandle {
     snapshot: Mutex<Snapshot>,
     cmd: mpsc::UnboundedSender<Command>,
     /// Set by the engine before a delete: the actor then creates and writes nothing more, even if
-    /// a new session with the same id appears in the same directory.
-    deleted: std::sync::atomic::AtomicBool,
+    /// a new session with the same id appears in the same directory. Waiting long-polls and event
+    /// streams watch it and end at once with 404 `session_not_found`.
+    deleted: tokio::sync::watch::Sender<bool>,
+    /// Held while session.json is written, so that the actor's saves and a settings change
+    /// (`PATCH`) never overwrite each other with an older record.
+    save_lock: Mutex<()>,
     /// Turns and compactions started so far (the number of the current or last one).
     turns: std::sync::atomic::AtomicU64,
     /// Messages in the inbox's queue; written only under the inbox lock.
@@ -167,7 +216,8 @@ impl SessionHandle {
                 record,
             }),
             cmd,
-            deleted: std::sync::atomic::AtomicBool::new(false),
+            deleted: tokio::sync::watch::channel(false).0,
+            save_lock: Mutex::new(()),
             turns: std::sync::atomic::AtomicU64::new(0),
             queued: std::sync::atomic::AtomicUsize::new(queued),
         };
@@ -195,15 +245,66 @@ impl SessionHandle {
         }
     }
 
-    /// Marks the session deleted (see the field's docs).
+    /// Marks the session deleted (see the field's docs) and wakes everyone waiting on its events.
     pub fn mark_deleted(&self) {
-        self.deleted
-            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.deleted.send_replace(true);
     }
 
     /// Whether the session was deleted.
     pub fn is_deleted(&self) -> bool {
-        self.deleted.load(std::sync::atomic::Ordering::SeqCst)
+        *self.deleted.borrow()
+    }
+
+    /// A receiver that changes to `true` when the session is deleted.
+    pub fn watch_deleted(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.deleted.subscribe()
+    }
+
+    /// The session's settings as they apply to its next turn: `(instructions, model, effort)`.
+    /// The record in the snapshot holds them; only creation and [`SessionHandle::configure`]
+    /// change them (the actor keeps them when it saves its record).
+    pub fn settings(&self) -> SessionSettings {
+        let snap = self.snapshot();
+        SessionSettings {
+            instructions: snap.record.instructions,
+            model: snap.record.model,
+            effort: snap.record.effort,
+        }
+    }
+
+    /// Changes the settings (`Some(None)` clears one, `None` keeps it) and writes session.json
+    /// (blocking: temp file, fsync, rename). They apply from the next turn: a new model or effort
+    /// goes with the next `turn/start`; new instructions make the actor reload the thread before
+    /// its next turn.
+    ///
+    /// # Errors
+    /// I/O errors writing session.json (the change is kept in memory and written by the next save).
+    pub fn configure_blocking(&self, patch: SettingsPatch) -> std::io::Result<()> {
+        self.update(|s| {
+            if let Some(v) = patch.instructions {
+                s.record.instructions = v;
+            }
+            if let Some(v) = patch.model {
+                s.record.model = v;
+            }
+            if let Some(v) = patch.effort {
+                s.record.effort = v;
+            }
+        });
+        self.save_snapshot_blocking()
+    }
+
+    /// Writes the snapshot's record to session.json under the save lock (blocking). Nothing is
+    /// written once the session is deleted.
+    fn save_snapshot_blocking(&self) -> std::io::Result<()> {
+        let _guard = self
+            .save_lock
+            .lock()
+            .map_err(|_| std::io::Error::other("session.json lock poisoned"))?;
+        if self.is_deleted() {
+            return Ok(());
+        }
+        self.snapshot().record.save(&self.record_path())
     }
 
     /// Sends a command to the actor (ignored if it has ended).
@@ -231,30 +332,38 @@ impl SessionHandle {
         self.queued.load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    /// Durably queues a message (blocking: write + fdatasync) unless `cap` are already waiting.
-    /// Returns the message and the queue length after it.
+    /// Durably queues a message (blocking: write + fdatasync) unless `cap` are already waiting,
+    /// or finds the message accepted earlier with the same idempotency key (then nothing is
+    /// queued: a client's retry of a message whose answer it never got is not run twice).
     ///
     /// # Errors
-    /// `Ok(Err(()))` when the queue is full; `Err` on I/O failure (nothing was queued).
+    /// `Err` on I/O failure (nothing was queued).
     pub fn enqueue_blocking(
         &self,
         text: String,
+        idempotency_key: Option<String>,
         cap: usize,
-    ) -> std::io::Result<Result<(QueuedMessage, usize), ()>> {
+    ) -> std::io::Result<Enqueued> {
         let mut inbox = self
             .inbox
             .lock()
             .map_err(|_| std::io::Error::other("inbox poisoned"))?;
-        if inbox.len() >= cap {
-            return Ok(Err(()));
+        if let Some(id) = idempotency_key.as_deref().and_then(|k| inbox.find_key(k)) {
+            return Ok(Enqueued::Duplicate {
+                message_id: id.to_owned(),
+                queued: inbox.len(),
+            });
         }
-        let msg = inbox.push(text)?;
+        if inbox.len() >= cap {
+            return Ok(Enqueued::Full);
+        }
+        let msg = inbox.push(text, idempotency_key)?;
         let queued = inbox.len();
         self.queued
             .store(queued, std::sync::atomic::Ordering::SeqCst);
         drop(inbox);
         self.send(Command::Wake);
-        Ok(Ok((msg, queued)))
+        Ok(Enqueued::New { msg, queued })
     }
 
     fn take_batch(&self) -> Vec<QueuedMessage> {
@@ -296,6 +405,9 @@ struct Live {
     lease: Lease,
     /// The thread's cumulative usage last reported by this child (`tokenUsage.total`).
     total: TokenCounts,
+    /// Digest of the developer instructions this child was started with (`thread/start` or
+    /// `thread/resume`): what codex puts back into the thread's context when it compacts it.
+    instructions_digest: String,
 }
 
 /// What a driven turn produced.
@@ -465,6 +577,10 @@ impl Actor {
     }
 
     async fn work(&mut self) -> Flow {
+        if !self.record.thread_persisted && self.live.is_some() && !self.instructions_applied() {
+            // A thread with no turn yet is replaced by one started with the new instructions.
+            self.stop_child("the session's instructions changed").await;
+        }
         if let Err(e) = self.ensure_thread(None).await {
             self.emit(EventKind::Error {
                 code: "codex_unavailable".into(),
@@ -488,6 +604,7 @@ impl Actor {
         let flow = if self.want_compact {
             self.compact().await
         } else {
+            self.give_new_instructions().await;
             self.turn().await
         };
         if let Some(live) = &self.live {
@@ -578,6 +695,7 @@ impl Actor {
             server,
             lease,
             total: TokenCounts::default(),
+            instructions_digest: instructions_digest(self.h.settings().instructions.as_deref()),
         };
         let first_event = self.h.events.last_seq() == 0;
         let resumable = self
@@ -641,6 +759,9 @@ impl Actor {
             .to_owned();
         self.record.thread_id = Some(thread_id.clone());
         self.record.thread_persisted = false;
+        self.record.instructions_applied = Some(instructions_digest(
+            self.h.settings().instructions.as_deref(),
+        ));
         self.save_record().await;
         self.live = Some(live);
         self.emit(EventKind::Init {
@@ -650,8 +771,68 @@ impl Actor {
         Ok(())
     }
 
+    /// Whether the thread has been given the session's current instructions (a record from before
+    /// this was tracked counts as having them).
+    fn instructions_applied(&self) -> bool {
+        let want = instructions_digest(self.h.settings().instructions.as_deref());
+        self.record
+            .instructions_applied
+            .as_deref()
+            .is_none_or(|d| d == want)
+    }
+
+    /// Before a turn: when the session's instructions changed (`PATCH`) since the thread got them,
+    /// appends them to the thread as a developer message (`thread/inject_items`), so that this
+    /// turn follows them. codex applies `developerInstructions` only when a thread starts, not when
+    /// it is resumed. A failure is reported as `progress` and retried before the next turn.
+    async fn give_new_instructions(&mut self) {
+        if self.instructions_applied() || !self.record.thread_persisted {
+            return;
+        }
+        let (Some(live), Some(thread_id)) = (self.live.as_ref(), self.record.thread_id.clone())
+        else {
+            return;
+        };
+        let settings = self.h.settings();
+        let text = match &settings.instructions {
+            Some(i) => format!(
+                "The developer instructions of this session were changed. They replace all earlier developer instructions:\n\n{i}"
+            ),
+            None => "The developer instructions of this session were removed: earlier developer instructions no longer apply.".to_owned(),
+        };
+        let item = json!({
+            "type": "message",
+            "role": "developer",
+            "content": [{"type": "input_text", "text": text}],
+        });
+        match live
+            .server
+            .request(
+                "thread/inject_items",
+                json!({"threadId": thread_id, "items": [item]}),
+                DEFAULT_REQUEST_TIMEOUT,
+            )
+            .await
+        {
+            Ok(_) => {
+                self.record.instructions_applied =
+                    Some(instructions_digest(settings.instructions.as_deref()));
+                self.save_record().await;
+            }
+            Err(e) => {
+                tracing::warn!(session = %self.h.key.id, error = %e, "thread/inject_items failed");
+                self.emit(EventKind::Progress {
+                    message: format!(
+                        "the session's new instructions could not be given to codex yet: {e}"
+                    ),
+                });
+            }
+        }
+    }
+
     fn thread_params(&self) -> Map<String, Value> {
         let cfg = &self.ctx.config;
+        let settings = self.h.settings();
         let mut p = Map::new();
         p.insert(
             "cwd".into(),
@@ -659,11 +840,11 @@ impl Actor {
         );
         p.insert("approvalPolicy".into(), cfg.approval_policy.as_str().into());
         p.insert("sandbox".into(), cfg.sandbox.as_str().into());
-        if let Some(m) = &self.record.model {
-            p.insert("model".into(), m.clone().into());
+        if let Some(m) = settings.model {
+            p.insert("model".into(), m.into());
         }
-        if let Some(i) = &self.record.instructions {
-            p.insert("developerInstructions".into(), i.clone().into());
+        if let Some(i) = settings.instructions {
+            p.insert("developerInstructions".into(), i.into());
         }
         p
     }
@@ -687,8 +868,14 @@ impl Actor {
             .map(|m| json!({"type": "text", "text": m.text}))
             .collect();
         let mut params = json!({"threadId": thread_id, "input": input});
-        if let Some(effort) = &self.record.effort {
-            params["effort"] = effort.clone().into();
+        let settings = self.h.settings();
+        if let Some(effort) = settings.effort {
+            params["effort"] = effort.into();
+        }
+        // A turn's model stays in force for the turns after it: with the session's model cleared,
+        // the sidecar's own (--model) is named again.
+        if let Some(model) = settings.model.or_else(|| self.ctx.config.model.clone()) {
+            params["model"] = model.into();
         }
         let message_ids: Vec<String> = batch.iter().map(|m| m.message_id.clone()).collect();
         let started = Instant::now();
@@ -844,6 +1031,11 @@ impl Actor {
         let mut out = self.drive(None, true).await;
         self.record.usage.add(&out.usage);
         if out.status == Some(TurnStatus::Completed) {
+            // The compacted context holds the instructions the child was started with, not the
+            // ones appended since: the next turn appends the session's again when they differ.
+            if let Some(live) = &self.live {
+                self.record.instructions_applied = Some(live.instructions_digest.clone());
+            }
             self.record.compactions += 1;
             self.record.turns_since_compaction = 0;
             self.record.context_tokens = out.compacted_estimate.unwrap_or(0);
@@ -916,6 +1108,9 @@ impl Actor {
         let timeout = self.ctx.config.turn_timeout;
         let deadline = tokio::time::Instant::now() + timeout;
         let mut kill_at: Option<tokio::time::Instant> = None;
+        // codex can miss a turn/interrupt that arrives before the turn's first model request:
+        // it is sent again every INTERRUPT_REPEAT until the turn ends (or kill_at).
+        let mut repeat_at: Option<tokio::time::Instant> = None;
         let mut timed_out = false;
         let mut heartbeat = tokio::time::interval(Duration::from_secs(1));
         let mut agent_text = String::new();
@@ -954,6 +1149,7 @@ impl Actor {
                 cmd = self.rx.recv() => match cmd {
                     Some(Command::Interrupt(n)) if n == self.h.turn_number() => {
                         self.interrupt(&current, &mut kill_at).await;
+                        repeat_at = Some(tokio::time::Instant::now() + INTERRUPT_REPEAT);
                     }
                     Some(Command::Interrupt(_)) => {}
                     Some(Command::Compact) => self.want_compact = true,
@@ -971,6 +1167,7 @@ impl Actor {
                             ));
                         }
                         self.interrupt(&current, &mut kill_at).await;
+                        repeat_at = Some(tokio::time::Instant::now() + INTERRUPT_REPEAT);
                     }
                 },
                 _ = heartbeat.tick() => {
@@ -987,6 +1184,11 @@ impl Actor {
                         true,
                     ));
                     self.interrupt(&current, &mut kill_at).await;
+                    repeat_at = Some(tokio::time::Instant::now() + INTERRUPT_REPEAT);
+                }
+                () = sleep_opt(repeat_at) => {
+                    self.interrupt(&current, &mut kill_at).await;
+                    repeat_at = Some(tokio::time::Instant::now() + INTERRUPT_REPEAT);
                 }
                 () = sleep_opt(kill_at) => {
                     // codex did not end the turn after turn/interrupt: stop the child.
@@ -1274,9 +1476,16 @@ impl Actor {
             return;
         }
         let record = self.record.clone();
-        self.h.update(|s| s.record = record.clone());
-        let path = self.h.record_path();
-        let saved = tokio::task::spawn_blocking(move || record.save(&path)).await;
+        // The settings are the handle's (creation and PATCH set them), not the actor's copy.
+        self.h.update(|s| {
+            let mut merged = record;
+            merged.instructions = s.record.instructions.take();
+            merged.model = s.record.model.take();
+            merged.effort = s.record.effort.take();
+            s.record = merged;
+        });
+        let h = self.h.clone();
+        let saved = tokio::task::spawn_blocking(move || h.save_snapshot_blocking()).await;
         match saved {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
@@ -1297,6 +1506,19 @@ impl Actor {
                 tracing::warn!(session = %h.key.id, error = %e, "cannot fsync the event log");
             }
         });
+    }
+}
+
+/// The SHA-256 (hex) of a session's instructions (`None`: no instructions), as recorded in
+/// [`SessionRecord::instructions_applied`].
+fn instructions_digest(instructions: Option<&str>) -> String {
+    use sha2::Digest as _;
+    match instructions {
+        Some(i) => sha2::Sha256::digest(i.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
+        None => "none".to_owned(),
     }
 }
 

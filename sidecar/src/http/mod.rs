@@ -107,7 +107,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/sessions", post(sessions::create).get(sessions::list))
         .route(
             "/v1/sessions/{id}",
-            get(sessions::get_one).delete(sessions::delete),
+            get(sessions::get_one)
+                .patch(sessions::update)
+                .delete(sessions::delete),
         )
         .route("/v1/sessions/{id}/messages", post(sessions::send))
         .route("/v1/sessions/{id}/events", get(sessions::events))

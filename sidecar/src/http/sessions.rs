@@ -19,7 +19,7 @@ use serde_json::json;
 
 use super::{AppState, Owner, json_error, query_error};
 use crate::engine::session::SessionHandle;
-use crate::engine::{CreateSession, SessionView, valid_session_id};
+use crate::engine::{CreateSession, SessionView, UpdateSession, valid_session_id};
 use crate::error::ApiError;
 
 fn check_id(id: &str) -> Result<(), ApiError> {
@@ -69,7 +69,8 @@ pub async fn get_one(
     Ok(Json(st.engine.view(&h)))
 }
 
-/// `DELETE /v1/sessions/{id}` -> 204.
+/// `DELETE /v1/sessions/{id}` -> 204; the session's waiting long-polls and event streams end at
+/// once (404 `session_not_found`; a stream ends with `event: error`).
 pub async fn delete(
     State(st): State<AppState>,
     Owner(owner): Owner,
@@ -80,15 +81,33 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// `PATCH /v1/sessions/{id}` -> 200 `<session>`: new instructions, model or effort, applied from
+/// the next turn.
+pub async fn update(
+    State(st): State<AppState>,
+    Owner(owner): Owner,
+    Path(id): Path<String>,
+    body: Result<Json<UpdateSession>, JsonRejection>,
+) -> Result<Json<SessionView>, ApiError> {
+    check_id(&id)?;
+    let Json(req) = body.map_err(json_error)?;
+    Ok(Json(st.engine.configure(&owner, &id, req).await?))
+}
+
 /// `POST /v1/sessions/{id}/messages` body.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SendMessage {
     /// The message text.
     pub text: String,
+    /// Optional client key, `[A-Za-z0-9._:-]{1,128}`: a message sent again with a key this
+    /// session already accepted is not queued again (the answer is 200 with the first message's
+    /// id and `"duplicate": true`), so a client may retry a send whose answer it never got.
+    pub idempotency_key: Option<String>,
 }
 
-/// `POST /v1/sessions/{id}/messages` -> 202 `{"message_id","queued"}` once the message is on disk.
+/// `POST /v1/sessions/{id}/messages` -> 202 `{"message_id","queued"}` once the message is on disk;
+/// 200 `{"message_id","queued","duplicate":true}` for a repeated idempotency key.
 pub async fn send(
     State(st): State<AppState>,
     Owner(owner): Owner,
@@ -97,7 +116,17 @@ pub async fn send(
 ) -> Result<Response, ApiError> {
     check_id(&id)?;
     let Json(msg) = body.map_err(json_error)?;
-    let (message_id, queued) = st.engine.send(&owner, &id, msg.text).await?;
+    let (message_id, queued, duplicate) = st
+        .engine
+        .send(&owner, &id, msg.text, msg.idempotency_key)
+        .await?;
+    if duplicate {
+        return Ok((
+            StatusCode::OK,
+            Json(json!({"message_id": message_id, "queued": queued, "duplicate": true})),
+        )
+            .into_response());
+    }
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({"message_id": message_id, "queued": queued})),
@@ -177,6 +206,10 @@ pub async fn events(
 
 /// Events after `after`, waiting up to `wait` for the first one (or until the sidecar starts
 /// shutting down).
+///
+/// # Errors
+/// 404 `session_not_found` as soon as the session is deleted (also while waiting); 500 when the
+/// log cannot be read.
 async fn poll(
     h: &SessionHandle,
     after: u64,
@@ -185,9 +218,13 @@ async fn poll(
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Result<Vec<Arc<str>>, ApiError> {
     let mut rx = h.events.subscribe();
+    let mut deleted = h.watch_deleted();
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         rx.borrow_and_update();
+        if *deleted.borrow_and_update() {
+            return Err(ApiError::session_not_found(&h.key.id));
+        }
         let lines = h
             .events
             .read_after(after, limit)
@@ -204,6 +241,7 @@ async fn poll(
                 _ => return Ok(Vec::new()),
             },
             _ = shutdown.changed() => return Ok(Vec::new()),
+            _ = deleted.changed() => continue,
         }
     }
 }
@@ -233,29 +271,46 @@ pub async fn stream(
         None => q.after,
     };
     let h = st.engine.get(&owner, &id)?;
-    let state = (h, after, VecDeque::<Arc<str>>::new(), st.shutdown.clone());
-    let s = futures::stream::unfold(state, |(h, mut cursor, mut buf, shutdown)| async move {
-        loop {
-            if let Some(line) = buf.pop_front() {
-                cursor += 1;
-                let kind = serde_json::from_str::<serde_json::Value>(&line)
-                    .ok()
-                    .and_then(|v| v.get("type").and_then(|t| t.as_str()).map(str::to_owned))
-                    .unwrap_or_else(|| "event".to_owned());
-                let ev = SseEvent::default()
-                    .id(cursor.to_string())
-                    .event(kind)
-                    .data(line.as_ref());
-                return Some((Ok(ev), (h, cursor, buf, shutdown)));
+    let state = (
+        h,
+        after,
+        VecDeque::<Arc<str>>::new(),
+        st.shutdown.clone(),
+        false,
+    );
+    let s = futures::stream::unfold(
+        state,
+        |(h, mut cursor, mut buf, shutdown, ended)| async move {
+            loop {
+                if ended {
+                    return None;
+                }
+                if let Some(line) = buf.pop_front() {
+                    cursor += 1;
+                    let kind = serde_json::from_str::<serde_json::Value>(&line)
+                        .ok()
+                        .and_then(|v| v.get("type").and_then(|t| t.as_str()).map(str::to_owned))
+                        .unwrap_or_else(|| "event".to_owned());
+                    let ev = SseEvent::default()
+                        .id(cursor.to_string())
+                        .event(kind)
+                        .data(line.as_ref());
+                    return Some((Ok(ev), (h, cursor, buf, shutdown, false)));
+                }
+                if *shutdown.borrow() {
+                    return None;
+                }
+                match poll(&h, cursor, 100, Duration::from_secs(3600), shutdown.clone()).await {
+                    Ok(lines) => buf.extend(lines),
+                    Err(e) => {
+                        // Deleted (or unreadable): say so once, as `event: error`, then end.
+                        let body = json!({"error": {"code": e.code, "message": e.message}});
+                        let ev = SseEvent::default().event("error").data(body.to_string());
+                        return Some((Ok(ev), (h, cursor, buf, shutdown, true)));
+                    }
+                }
             }
-            if *shutdown.borrow() {
-                return None;
-            }
-            match poll(&h, cursor, 100, Duration::from_secs(3600), shutdown.clone()).await {
-                Ok(lines) => buf.extend(lines),
-                Err(_) => return None,
-            }
-        }
-    });
+        },
+    );
     Ok(Sse::new(s).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }

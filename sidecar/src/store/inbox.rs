@@ -4,7 +4,7 @@
 //! delivered is a prefix: `delivered_through` (the highest `n` of any `turn_started` event) is all
 //! the state needed to rebuild the queue on restart.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Write};
 use std::path::Path;
@@ -22,6 +22,10 @@ pub struct QueuedMessage {
     pub text: String,
     /// When it was accepted (RFC 3339).
     pub time: String,
+    /// The client's idempotency key, when it gave one: a second message with the same key is not
+    /// queued again (see [`Inbox::find_key`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
 }
 
 /// The message id for inbox position `n`.
@@ -40,6 +44,8 @@ pub struct Inbox {
     file: File,
     next_n: u64,
     pending: VecDeque<QueuedMessage>,
+    /// Idempotency key -> message id, for every message in the file that carried one.
+    keys: HashMap<String, String>,
 }
 
 impl Inbox {
@@ -55,6 +61,7 @@ impl Inbox {
             .create(true)
             .open(path)?;
         let mut pending = VecDeque::new();
+        let mut keys = HashMap::new();
         let mut next_n = 1;
         let mut good_len = 0u64;
         {
@@ -76,6 +83,9 @@ impl Inbox {
                 };
                 good_len += read as u64;
                 next_n = msg.n + 1;
+                if let Some(k) = &msg.idempotency_key {
+                    keys.insert(k.clone(), msg.message_id.clone());
+                }
                 if msg.n > delivered_through {
                     pending.push_back(msg);
                 }
@@ -88,6 +98,7 @@ impl Inbox {
             file,
             next_n,
             pending,
+            keys,
         })
     }
 
@@ -95,13 +106,18 @@ impl Inbox {
     ///
     /// # Errors
     /// Any I/O error; the message is then not queued and its line is cut back.
-    pub fn push(&mut self, text: String) -> io::Result<QueuedMessage> {
+    pub fn push(
+        &mut self,
+        text: String,
+        idempotency_key: Option<String>,
+    ) -> io::Result<QueuedMessage> {
         let n = self.next_n;
         let msg = QueuedMessage {
             n,
             message_id: message_id(n),
             text,
             time: crate::store::events::now_rfc3339(),
+            idempotency_key,
         };
         let mut line = serde_json::to_string(&msg).map_err(io::Error::other)?;
         line.push('\n');
@@ -115,8 +131,16 @@ impl Inbox {
             return Err(e);
         }
         self.next_n += 1;
+        if let Some(k) = &msg.idempotency_key {
+            self.keys.insert(k.clone(), msg.message_id.clone());
+        }
         self.pending.push_back(msg.clone());
         Ok(msg)
+    }
+
+    /// The id of the message accepted earlier with this idempotency key, if any (delivered or not).
+    pub fn find_key(&self, key: &str) -> Option<&str> {
+        self.keys.get(key).map(String::as_str)
     }
 
     /// Number of messages waiting.
@@ -154,7 +178,7 @@ mod tests {
         {
             let mut inbox = Inbox::open(&path, 0).expect("open");
             for t in ["a", "b", "c"] {
-                inbox.push(t.into()).expect("push");
+                inbox.push(t.into(), None).expect("push");
             }
             assert_eq!(inbox.take_batch(1)[0].text, "a");
         }
@@ -170,7 +194,10 @@ mod tests {
         );
         inbox.requeue_front(batch);
         assert_eq!(inbox.len(), 2);
-        assert_eq!(inbox.push("d".into()).expect("push").message_id, "msg_4");
+        assert_eq!(
+            inbox.push("d".into(), None).expect("push").message_id,
+            "msg_4"
+        );
         assert_eq!(message_n("msg_4"), Some(4));
         assert_eq!(message_n("x"), None);
     }
@@ -181,7 +208,7 @@ mod tests {
         let path = dir.path().join("m.jsonl");
         Inbox::open(&path, 0)
             .expect("open")
-            .push("a".into())
+            .push("a".into(), None)
             .expect("push");
         OpenOptions::new()
             .append(true)
@@ -191,8 +218,25 @@ mod tests {
             .expect("write");
         let mut inbox = Inbox::open(&path, 0).expect("reopen");
         assert_eq!(inbox.len(), 1);
-        assert_eq!(inbox.push("b".into()).expect("push").n, 2);
+        assert_eq!(inbox.push("b".into(), None).expect("push").n, 2);
         let inbox = Inbox::open(&path, 0).expect("reopen");
         assert_eq!(inbox.len(), 2);
+    }
+
+    #[test]
+    fn idempotency_keys_survive_reopen_and_delivery() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("m.jsonl");
+        {
+            let mut inbox = Inbox::open(&path, 0).expect("open");
+            inbox.push("a".into(), Some("k1".into())).expect("push");
+            inbox.push("b".into(), None).expect("push");
+            assert_eq!(inbox.find_key("k1"), Some("msg_1"));
+            assert_eq!(inbox.find_key("k2"), None);
+        }
+        // message 1 was delivered: its key still finds it
+        let inbox = Inbox::open(&path, 1).expect("reopen");
+        assert_eq!(inbox.find_key("k1"), Some("msg_1"));
+        assert_eq!(inbox.len(), 1);
     }
 }

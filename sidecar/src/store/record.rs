@@ -23,12 +23,17 @@ pub struct SessionRecord {
     pub thread_persisted: bool,
     /// Creation time (RFC 3339).
     pub created_at: String,
-    /// Developer instructions given at creation.
+    /// Developer instructions (given at creation, changed by `PATCH`).
     pub instructions: Option<String>,
-    /// Model override given at creation.
+    /// Model override (given at creation, changed by `PATCH`).
     pub model: Option<String>,
-    /// Reasoning effort given at creation (`turn/start`'s `effort`).
+    /// Reasoning effort (`turn/start`'s `effort`; given at creation, changed by `PATCH`).
     pub effort: Option<String>,
+    /// SHA-256 (hex; `none` for no instructions) of the instructions the codex thread was given
+    /// (at `thread/start`, or appended later with `thread/inject_items`); `None` in records written
+    /// before this was tracked. When it differs from `instructions`, the next turn gives the thread
+    /// the new ones first.
+    pub instructions_applied: Option<String>,
     /// Tokens used by every turn so far (compactions included).
     pub usage: Usage,
     /// The thread's current context size (`tokenUsage.last.inputTokens`).

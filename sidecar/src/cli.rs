@@ -117,6 +117,7 @@ fn init_tracing() {
 /// A message naming the bad setting, or the listen failure.
 pub async fn serve(args: ServeArgs) -> Result<(), String> {
     init_tracing();
+    raise_open_files_limit();
     let settings = match &args.config {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -194,6 +195,42 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
     tracing::info!("stopping codex children");
     engine.shutdown().await;
     Ok(())
+}
+
+/// Raises the soft limit on open files to the hard one (containers often start at 1024): each
+/// live session holds pipes to its codex child and files of its log, and every HTTP connection a
+/// socket. Logged; a failure is only a warning.
+fn raise_open_files_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed by reference.
+    let got = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+    if got != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "reading the open-files limit");
+        return;
+    }
+    if lim.rlim_cur >= lim.rlim_max {
+        tracing::info!(open_files = lim.rlim_cur, "open-files limit");
+        return;
+    }
+    let soft = lim.rlim_cur;
+    lim.rlim_cur = lim.rlim_max;
+    // SAFETY: as above.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } == 0 {
+        tracing::info!(
+            from = soft,
+            to = lim.rlim_max,
+            "raised the open-files limit"
+        );
+    } else {
+        tracing::warn!(
+            error = %std::io::Error::last_os_error(),
+            open_files = soft,
+            "could not raise the open-files limit"
+        );
+    }
 }
 
 async fn shutdown_signal() {

@@ -10,6 +10,49 @@ use codex_e2e::model::ScriptedModel;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// A sidecar with `--insecure-no-auth` on loopback (the harness's always has a key).
+struct OpenSidecar {
+    base: String,
+    port: u16,
+    _dir: tempfile::TempDir,
+    _child: tokio::process::Child,
+}
+
+impl OpenSidecar {
+    async fn start(model: &str, codex: &std::path::Path) -> anyhow::Result<OpenSidecar> {
+        let dir = tempfile::tempdir()?;
+        let port = free_port();
+        let base = format!("http://127.0.0.1:{port}");
+        let child = tokio::process::Command::new(sidecar_bin())
+            .args(["serve", "--insecure-no-auth", "--listen"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .arg("--codex-bin")
+            .arg(codex)
+            .args(["--provider", "custom", "--model", "scripted"])
+            .arg("--provider-base-url")
+            .arg(model)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()?;
+        let client = reqwest::Client::new();
+        for _ in 0..400 {
+            if client.get(format!("{base}/healthz")).send().await.is_ok() {
+                return Ok(OpenSidecar {
+                    base,
+                    port,
+                    _dir: dir,
+                    _child: child,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        anyhow::bail!("the sidecar did not answer /healthz")
+    }
+}
+
 fn addr(sc: &Sidecar) -> String {
     sc.base.trim_start_matches("http://").to_owned()
 }
@@ -113,33 +156,9 @@ async fn sigterm_with_a_stalled_client_stops_within_the_drain() -> anyhow::Resul
 async fn without_auth_only_loopback_hosts_and_same_origin_requests_are_served() -> anyhow::Result<()>
 {
     let model = ScriptedModel::start().await?;
-    let dir = tempfile::tempdir()?;
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
-    let _child = tokio::process::Command::new(sidecar_bin())
-        .args(["serve", "--insecure-no-auth", "--listen"])
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("--state-dir")
-        .arg(dir.path().join("state"))
-        .arg("--codex-bin")
-        .arg(codex_bin())
-        .args(["--provider", "custom", "--model", "scripted"])
-        .arg("--provider-base-url")
-        .arg(model.base_url())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()?;
+    let open = OpenSidecar::start(&model.base_url(), &codex_bin()).await?;
+    let (base, port) = (open.base.clone(), open.port);
     let client = reqwest::Client::new();
-    let mut up = false;
-    for _ in 0..200 {
-        if client.get(format!("{base}/healthz")).send().await.is_ok() {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(up, "the sidecar answers");
     let get = |host: String, origin: Option<String>| {
         let mut r = client
             .get(format!("{base}/v1/sessions"))
@@ -194,5 +213,98 @@ async fn with_auth_any_host_is_served() -> anyhow::Result<()> {
         .send()
         .await?;
     assert_eq!(r.status(), 200);
+    Ok(())
+}
+
+#[tokio::test]
+async fn concurrent_readiness_checks_run_one_check() -> anyhow::Result<()> {
+    // A codex that counts its own starts.
+    let model = ScriptedModel::start().await?;
+    let dir = tempfile::tempdir()?;
+    let count = dir.path().join("starts");
+    let wrapper = dir.path().join("codex");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\necho x >> '{}'\nexec '{}' \"$@\"\n",
+            count.display(),
+            codex_bin().display()
+        ),
+    )?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755))?;
+    }
+    let open = OpenSidecar::start(&model.base_url(), &wrapper).await?;
+    let starts = || {
+        std::fs::read_to_string(&count)
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    };
+    let before = starts();
+    let client = reqwest::Client::new();
+    let url = format!("{}/readyz", open.base);
+    let calls = (0..40).map(|_| client.get(&url).send());
+    let answers = futures::future::join_all(calls).await;
+    for a in answers {
+        assert_eq!(a?.status(), 200);
+    }
+    assert_eq!(
+        starts() - before,
+        1,
+        "40 concurrent /readyz calls ran codex once"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_open_files_limit_is_raised_to_the_hard_limit_at_start() -> anyhow::Result<()> {
+    let model = ScriptedModel::start().await?;
+    let dir = tempfile::tempdir()?;
+    let port = free_port();
+    // Started with a soft limit of 256, as a container runtime might.
+    let mut child = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -Sn 256 && exec \"$0\" \"$@\"")
+        .arg(sidecar_bin())
+        .args(["serve", "--insecure-no-auth", "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .arg("--codex-bin")
+        .arg(codex_bin())
+        .args(["--provider", "custom", "--model", "scripted"])
+        .arg("--provider-base-url")
+        .arg(model.base_url())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let pid = child.id().expect("pid");
+    let limits = || -> Option<(String, String)> {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
+        let line = text.lines().find(|l| l.starts_with("Max open files"))?;
+        let mut f = line.split_whitespace().skip(3);
+        Some((f.next()?.to_owned(), f.next()?.to_owned()))
+    };
+    let client = reqwest::Client::new();
+    let mut up = false;
+    for _ in 0..400 {
+        if client
+            .get(format!("http://127.0.0.1:{port}/healthz"))
+            .send()
+            .await
+            .is_ok()
+        {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(up, "the sidecar answers");
+    let (soft, hard) = limits().expect("/proc limits");
+    assert_eq!(soft, hard, "soft open-files limit raised to the hard one");
+    assert_ne!(soft, "256");
+    let _ = child.kill().await;
     Ok(())
 }

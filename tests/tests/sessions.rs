@@ -714,3 +714,33 @@ async fn an_interrupt_right_after_the_turn_started_still_interrupts_it() -> anyh
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_cursor_past_the_log_is_refused_with_the_logs_next() -> anyhow::Result<()> {
+    let model = ScriptedModel::start().await?;
+    let sc = Sidecar::start(&model.base_url(), &[]).await?;
+    let api = sc.api("alice");
+    assert_eq!(api.create(json!({"id": "c"})).await.0, 201);
+    let (_, page) = api.events("c", 0, 0).await;
+    let next = page["next"].as_u64().expect("next");
+    // The last event itself is a valid cursor (nothing newer yet): an empty page at once.
+    let (code, page) = api.events("c", next, 0).await;
+    assert_eq!(code, 200, "{page}");
+    let (code, body) = api.events("c", next + 1, 1).await;
+    assert_eq!(code, 400, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_cursor");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(&format!("next is {next}"))),
+        "{body}"
+    );
+    let r = reqwest::Client::new()
+        .get(format!("{}/v1/sessions/c/events/stream", sc.base))
+        .bearer_auth(codex_e2e::harness::mint("alice", None, 60))
+        .header("last-event-id", (next + 5).to_string())
+        .send()
+        .await?;
+    assert_eq!(r.status(), 400);
+    Ok(())
+}

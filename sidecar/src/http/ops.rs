@@ -18,10 +18,21 @@ use crate::settings::OPERATOR_SUBJECT;
 /// How long a readiness result is reused.
 const READY_TTL: Duration = Duration::from_secs(5);
 
-/// Caches the last readiness check so probes do not hammer the provider.
+/// Caches the last readiness check so probes do not hammer the provider, and runs at most one
+/// check at a time: concurrent (unauthenticated) callers wait for it and share its answer, so
+/// 40 calls at once start one `codex --version`, not 40.
 #[derive(Debug, Default)]
 pub struct ReadyCache {
     last: Mutex<Option<(Instant, bool, Value)>>,
+    checking: tokio::sync::Mutex<()>,
+}
+
+impl ReadyCache {
+    fn fresh(&self) -> Option<(bool, Value)> {
+        let guard = self.last.lock().ok()?;
+        let (at, ok, body) = guard.as_ref()?;
+        (at.elapsed() < READY_TTL).then(|| (*ok, body.clone()))
+    }
 }
 
 /// `GET /healthz` -> 200 `{"status":"ok"}` while the process serves.
@@ -34,11 +45,13 @@ pub async fn healthz() -> Json<Value> {
 /// ([`crate::model_server::ModelServerStatus::served`] is not `false`); 503 otherwise. Body:
 /// `{"ready", "checks":{"codex":{...},"provider":{...},"model":{"ok","model","served","error"?}}}`.
 pub async fn readyz(State(st): State<AppState>) -> Response {
-    if let Ok(guard) = st.ready.last.lock()
-        && let Some((at, ok, body)) = guard.as_ref()
-        && at.elapsed() < READY_TTL
-    {
-        return ready_response(*ok, body.clone());
+    if let Some((ok, body)) = st.ready.fresh() {
+        return ready_response(ok, body);
+    }
+    let _one_at_a_time = st.ready.checking.lock().await;
+    // Whoever held the lock before may just have answered.
+    if let Some((ok, body)) = st.ready.fresh() {
+        return ready_response(ok, body);
     }
     let cfg = &st.engine.ctx().config;
     let codex = crate::codex::rpc::codex_version(&cfg.codex_bin).await;

@@ -184,6 +184,7 @@ pub async fn events(
     let limit = q.limit.unwrap_or(500).clamp(1, limits.max_events_per_poll);
     let wait = Duration::from_secs(q.wait.min(limits.max_wait_secs));
     let h = st.engine.get(&owner, &id)?;
+    check_cursor(&h, q.after)?;
     let lines = poll(&h, q.after, limit, wait, st.shutdown.clone()).await?;
     let next = q.after + lines.len() as u64;
     let mut body = String::with_capacity(32 + lines.iter().map(|l| l.len() + 1).sum::<usize>());
@@ -202,6 +203,22 @@ pub async fn events(
         body,
     )
         .into_response())
+}
+
+/// A cursor past the session's last event (a client that kept one across a state-dir wipe, or
+/// made one up) would wait for events that may never come: refused instead.
+///
+/// # Errors
+/// 400 `invalid_cursor`, whose message gives the log's `next` (the highest valid cursor).
+fn check_cursor(h: &SessionHandle, after: u64) -> Result<(), ApiError> {
+    let last = h.events.last_seq();
+    if after > last {
+        return Err(ApiError::bad_request(
+            "invalid_cursor",
+            format!("cursor {after} is past the last event; the log's next is {last}"),
+        ));
+    }
+    Ok(())
 }
 
 /// Events after `after`, waiting up to `wait` for the first one (or until the sidecar starts
@@ -271,6 +288,7 @@ pub async fn stream(
         None => q.after,
     };
     let h = st.engine.get(&owner, &id)?;
+    check_cursor(&h, after)?;
     let state = (
         h,
         after,

@@ -87,7 +87,7 @@ RUN set -eu; \
 FROM ${RUNTIME_IMAGE}
 # Installed only when missing from the base (a base built with `debootstrap --include` already
 # has them, so the image then builds with no network at all).
-ARG RUNTIME_PACKAGES="ca-certificates git"
+ARG RUNTIME_PACKAGES="ca-certificates git tini"
 RUN set -eu; \
     missing=""; \
     for p in $RUNTIME_PACKAGES; do \
@@ -123,4 +123,8 @@ ENV HOME=/home/codex
 USER 10001:10001
 WORKDIR /var/lib/codex-sidecar
 EXPOSE 8080
+# tini as PID 1 reaps the processes codex and its commands leave behind (a `git` at every codex
+# start): the sidecar itself must not wait for children it did not spawn (tokio waits for its
+# own). Pods and `codex-operator docker apply` set only the arguments, so it stays PID 1.
+ENTRYPOINT ["/usr/bin/tini", "--"]
 CMD ["codex-sidecar", "serve", "--config", "/etc/codex-sidecar/config.toml"]

@@ -45,7 +45,7 @@ RENDERED="$WORK/rendered"
 KUBE_VERSIONS="${PACKAGING_KUBE_VERSIONS:-1.28,1.37}"
 CHART="charts/codex-operator"
 IMAGE="codex-operator:packaging-ci"
-BASE_IMAGE_DEFAULT="codex-ci/bookworm-base:ca-certificates-git"
+BASE_IMAGE_DEFAULT="codex-ci/bookworm-base:ca-certificates-git-tini"
 rm -rf "$RENDERED"; mkdir -p "$WORK" "$RENDERED"
 
 PASSED=0
@@ -497,6 +497,16 @@ checks.append(("GET /v1/status without a token is 401", get("/v1/status")[0] == 
 code, st = get("/v1/status", f"{head}.{body}.{sig}")
 checks.append((f"GET /v1/status with an HS256 JWT reports codex_version {want}",
                code == 200 and st.get("codex_version") == want and "gpu" in st))
+# A session starts a codex app-server (which runs git): what it leaves is reaped (PID 1 is tini).
+req = urllib.request.Request(base + "/v1/sessions", data=b'{"id":"smoke"}', method="POST",
+                             headers={"Authorization": f"Bearer {head}.{body}.{sig}",
+                                      "Content-Type": "application/json"})
+try:
+    with urllib.request.urlopen(req, timeout=60) as r:
+        created = r.status
+except urllib.error.HTTPError as e:
+    created = e.code
+checks.append(("POST /v1/sessions starts codex in the image", created in (200, 201)))
 for what, ok in checks:
     print(("PASS" if ok else "FAIL") + ": sidecar in the image: " + what)
 if not all(ok for _, ok in checks):
@@ -505,6 +515,16 @@ PYEOF
 )"
     echo "$smoke"
     PASSED=$((PASSED + $(grep -c '^PASS: ' <<<"$smoke")))
+    # Zombies: every process in the container, by state; PID 1 must be tini (it reaps them).
+    sleep 2
+    procs="$(docker exec "$cid" sh -c 'for s in /proc/[0-9]*/stat; do cut -d" " -f2,3 "$s"; done 2>/dev/null')"
+    pid1="$(docker exec "$cid" cat /proc/1/comm 2>/dev/null)"
+    if [ "$pid1" = tini ] && ! grep -q ' Z$' <<<"$procs"; then
+      pass "PID 1 in the image is tini and no zombie is left after a codex start"
+    else
+      echo "PID 1: $pid1"; echo "$procs"
+      fail "zombies in the sidecar container (PID 1: $pid1)"
+    fi
     if grep -q '^FAIL: ' <<<"$smoke" || ! grep -q '^PASS: ' <<<"$smoke"; then
       docker logs "$cid" 2>&1 | tail -20
       fail "codex-sidecar serve in the image (read-only root, uid 10001)"

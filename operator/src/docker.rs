@@ -441,7 +441,8 @@ pub fn plan(
                 .clone()
                 .unwrap_or_else(|| opts.sidecar_image.clone()),
         ),
-        entrypoint: Some(vec![
+        // The command only: the image's entrypoint (tini) stays PID 1 and reaps orphans.
+        cmd: Some(vec![
             "codex-sidecar".into(),
             "serve".into(),
             "--config".into(),

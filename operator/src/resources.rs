@@ -498,7 +498,9 @@ fn pod_spec(agent: &CodexAgent, cfg: &OperatorConfig) -> PodSpec {
                 .clone()
                 .unwrap_or_else(|| cfg.sidecar_image.clone()),
         ),
-        command: Some(vec![
+        // Arguments only: the image's entrypoint (tini, which reaps what codex leaves behind)
+        // stays PID 1.
+        args: Some(vec![
             "codex-sidecar".into(),
             "serve".into(),
             "--config".into(),

@@ -11,7 +11,7 @@
 #   CODEX_VENDOR_DIR      codex's native vendor directory (<triple>/ with bin/codex and its helpers)
 #   CODEX_PACKAGE         else the @openai/codex npm package directory holding it (default: npm's
 #                         global one, else the one behind `codex` on PATH)
-#   BASE_IMAGE            a local Debian bookworm image with ca-certificates and git (default:
+#   BASE_IMAGE            a local Debian bookworm image with ca-certificates, git and tini (default:
 #                         made here with `debootstrap` + `docker import`, which needs root)
 #
 # The image is rebuilt only when its inputs (binaries, codex, Dockerfile) changed: it carries
@@ -25,7 +25,7 @@ tag="${1:-codex-operator:e2e}"
 profile="${IMAGE_CARGO_PROFILE:-debug}"
 target="${CARGO_TARGET_DIR:-$root/target}"
 bin_dir="$target/$profile"
-base="${BASE_IMAGE:-codex-ci/bookworm-base:ca-certificates-git}"
+base="${BASE_IMAGE:-codex-ci/bookworm-base:ca-certificates-git-tini}"
 t0=$(date +%s)
 log() { echo "build-image [$(( $(date +%s) - t0 ))s] $*" >&2; }
 
@@ -33,9 +33,9 @@ docker info >/dev/null 2>&1 || { echo "build-image: no Docker engine answers (as
 if ! docker image inspect "$base" >/dev/null 2>&1; then
   [ -n "${BASE_IMAGE:-}" ] && { echo "build-image: BASE_IMAGE=$base does not exist" >&2; exit 1; }
   command -v debootstrap >/dev/null || { echo "build-image: debootstrap is needed for the base image (as root: apt-get install debootstrap)" >&2; exit 1; }
-  log "debootstrap --variant=minbase --include=ca-certificates,git bookworm (about a minute)"
+  log "debootstrap --variant=minbase --include=ca-certificates,git,tini bookworm (about a minute)"
   rootfs="$(mktemp -d)"
-  debootstrap --variant=minbase --include=ca-certificates,git bookworm "$rootfs" >"$rootfs.log" 2>&1 \
+  debootstrap --variant=minbase --include=ca-certificates,git,tini bookworm "$rootfs" >"$rootfs.log" 2>&1 \
     || { tail -20 "$rootfs.log" >&2; exit 1; }
   tar -C "$rootfs" -c . | docker import - "$base" >/dev/null
   rm -rf "$rootfs" "$rootfs.log"

@@ -1392,6 +1392,25 @@ async fn real_turn(w: &World) {
             .is_some_and(|t| t.contains("hello from the cluster")),
         "{result}"
     );
+    // PID 1 of the sidecar container is the image's tini (the pod sets only arguments), so what
+    // codex leaves behind is reaped: no zombie after codex started and ran a turn.
+    let procs = w.k(&[
+        "-n",
+        "chat",
+        "exec",
+        "chat",
+        "-c",
+        "sidecar",
+        "--",
+        "sh",
+        "-c",
+        "cat /proc/1/comm; for s in /proc/[0-9]*/stat; do cut -d' ' -f2,3 \"$s\"; done 2>/dev/null",
+    ]);
+    assert_eq!(procs.lines().next(), Some("tini"), "{procs}");
+    assert!(
+        !procs.lines().any(|l| l.ends_with(" Z")),
+        "no zombie in the sidecar container: {procs}"
+    );
     // Another subject sees nothing of alice's.
     let bob = w.sidecar("chat", "chat", "bob").await;
     let (code, _) = bob.events("s1", 0, 0).await;

@@ -214,6 +214,13 @@ pub async fn check(cfg: &Config) -> ModelServerStatus {
         ProviderKind::Lmstudio => check_lmstudio(&http, &mut st).await,
         ProviderKind::Custom => check_openai_compatible(&http, &mut st).await,
     }
+    // Shown in /v1/status, /readyz and turn errors: no `user:password@` or query value.
+    let secrets = crate::redact::url_secrets(&st.base_url);
+    st.base_url = crate::redact::display_url(&st.base_url);
+    st.error = st
+        .error
+        .take()
+        .map(|e| crate::redact::scrub_url_secrets(&e, &secrets));
     st
 }
 

@@ -165,3 +165,64 @@ mod tests {
         );
     }
 }
+
+/// The parts of `url` that may be secrets: the user name and password of a `user:password@`
+/// part and every query value (`?api-key=...`). Empty for a URL that does not parse.
+pub fn url_secrets(url: &str) -> Vec<String> {
+    let Ok(u) = reqwest::Url::parse(url) else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = [
+        u.username().to_owned(),
+        u.password().unwrap_or("").to_owned(),
+    ]
+    .into_iter()
+    .chain(u.query_pairs().map(|(_, v)| v.into_owned()))
+    .filter(|s| !s.is_empty())
+    .collect();
+    // Longest first, so that a secret containing another is replaced whole.
+    out.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    out
+}
+
+/// `url` as it may be shown (`/v1/status`, `/readyz`, error messages): the user name, password
+/// and every query value replaced by `***`; a URL that does not parse is shown as
+/// `(unparseable URL)`.
+pub fn display_url(url: &str) -> String {
+    if reqwest::Url::parse(url).is_err() {
+        return "(unparseable URL)".to_owned();
+    }
+    scrub_url_secrets(url, &url_secrets(url))
+}
+
+/// `text` with each of `secrets` (from [`url_secrets`]) replaced by `***`.
+pub fn scrub_url_secrets(text: &str, secrets: &[String]) -> String {
+    let mut out = text.to_owned();
+    for s in secrets {
+        out = out.replace(s.as_str(), "***");
+    }
+    out
+}
+
+#[cfg(test)]
+mod url_tests {
+    use super::*;
+
+    #[test]
+    fn credentials_and_query_values_never_show() {
+        let raw = "https://bob:hunter2secret@gw.example/v1?api-key=sk-abcdef&region=eu";
+        let shown = display_url(raw);
+        assert_eq!(
+            shown,
+            "https://***:***@gw.example/v1?api-key=***&region=***"
+        );
+        let err = format!("GET {raw}/models: connection refused");
+        let scrubbed = scrub_url_secrets(&err, &url_secrets(raw));
+        assert!(!scrubbed.contains("hunter2secret") && !scrubbed.contains("sk-abcdef"));
+        assert_eq!(
+            display_url("http://127.0.0.1:11434/v1"),
+            "http://127.0.0.1:11434/v1"
+        );
+        assert_eq!(display_url("not a url"), "(unparseable URL)");
+    }
+}

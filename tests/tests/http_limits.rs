@@ -308,3 +308,34 @@ async fn the_open_files_limit_is_raised_to_the_hard_limit_at_start() -> anyhow::
     let _ = child.kill().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn status_and_readiness_never_show_url_credentials() -> anyhow::Result<()> {
+    let model = ScriptedModel::start().await?;
+    let port = model
+        .base_url()
+        .rsplit(':')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let base = format!("http://gw-user:pw-never-shown-1@127.0.0.1:{port}?key=sk-never-shown-2");
+    let sc = Sidecar::start(&base, &[]).await?;
+    let (_, status) = sc.api("alice").call("GET", "/v1/status", None).await;
+    let (_, ready) = Api::new(&sc.base, None).call("GET", "/readyz", None).await;
+    for (what, body) in [("/v1/status", &status), ("/readyz", &ready)] {
+        let text = body.to_string();
+        assert!(
+            !text.contains("pw-never-shown-1")
+                && !text.contains("sk-never-shown-2")
+                && !text.contains("gw-user"),
+            "{what} shows a URL credential: {text}"
+        );
+    }
+    assert!(
+        status["provider_base_url"]
+            .as_str()
+            .is_some_and(|u| u.contains("***@127.0.0.1")),
+        "{status}"
+    );
+    Ok(())
+}

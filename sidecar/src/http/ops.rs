@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 
 use super::{AppState, Owner};
 use crate::error::ApiError;
+use crate::redact::display_url;
 use crate::settings::OPERATOR_SUBJECT;
 
 /// How long a readiness result is reused.
@@ -68,8 +69,8 @@ pub async fn readyz(State(st): State<AppState>) -> Response {
                 Err(e) => json!({"ok": false, "error": e}),
             },
             "provider": match &provider {
-                Ok(status) => json!({"ok": true, "url": url, "status": status}),
-                Err(e) => json!({"ok": false, "url": url, "error": e}),
+                Ok(status) => json!({"ok": true, "url": display_url(&url), "status": status}),
+                Err(e) => json!({"ok": false, "url": display_url(&url), "error": e}),
             },
             "model": if model_ok {
                 json!({"ok": true, "model": server.model, "served": server.served})
@@ -181,7 +182,7 @@ pub async fn status(State(st): State<AppState>, Owner(_owner): Owner) -> Json<Va
         "version": env!("CARGO_PKG_VERSION"),
         "codex_version": cfg.codex_version,
         "provider": cfg.provider.as_str(),
-        "provider_base_url": cfg.provider_base_url,
+        "provider_base_url": cfg.provider_base_url.as_deref().map(display_url),
         "model": cfg.model,
         "approval_policy": cfg.approval_policy.as_str(),
         "sandbox": cfg.sandbox.as_str(),

@@ -54,6 +54,9 @@ pub struct Limits {
     pub max_wait_secs: u64,
     /// Most events returned by one poll.
     pub max_events_per_poll: usize,
+    /// Most bytes of events returned by one poll (at least one event is always returned, so an
+    /// event larger than this still gets through alone).
+    pub max_poll_bytes: usize,
 }
 
 impl Default for Limits {
@@ -64,6 +67,7 @@ impl Default for Limits {
             queued_messages: 100,
             max_wait_secs: 120,
             max_events_per_poll: 1000,
+            max_poll_bytes: 1024 * 1024,
         }
     }
 }

@@ -744,3 +744,47 @@ async fn a_cursor_past_the_log_is_refused_with_the_logs_next() -> anyhow::Result
     assert_eq!(r.status(), 400);
     Ok(())
 }
+
+#[tokio::test]
+async fn a_poll_answer_is_bounded_in_bytes_and_the_cursor_continues_it() -> anyhow::Result<()> {
+    let model = ScriptedModel::start().await?;
+    let sc = Sidecar::start(&model.base_url(), &[]).await?;
+    let api = sc.api("alice");
+    assert_eq!(api.create(json!({"id": "big"})).await.0, 201);
+    // Four turns echoing 200 KB each: deltas and results hold about 1.6 MB of text.
+    let text = "x".repeat(200 * 1024);
+    for n in 1..=4 {
+        assert_eq!(api.send("big", &text).await.0, 202);
+        api.until_results("big", 0, n, T).await?;
+    }
+    let (code, page) = api
+        .call("GET", "/v1/sessions/big/events?after=0&limit=1000", None)
+        .await;
+    assert_eq!(code, 200);
+    let size = page.to_string().len();
+    let first = page["events"].as_array().cloned().unwrap_or_default();
+    assert!(
+        size < 1024 * 1024 + 256 * 1024,
+        "one answer holds at most about 1 MiB: {size} bytes"
+    );
+    let mut all = first.clone();
+    let mut next = page["next"].as_u64().expect("next");
+    loop {
+        let (_, page) = api.events("big", next, 0).await;
+        let got = page["events"].as_array().cloned().unwrap_or_default();
+        if got.is_empty() {
+            break;
+        }
+        next = page["next"].as_u64().expect("next");
+        all.extend(got);
+    }
+    assert!(
+        first.len() < all.len(),
+        "the first answer was cut: {} of {}",
+        first.len(),
+        all.len()
+    );
+    assert_gapless(&all, 1);
+    assert_eq!(of_type(&all, "result").len(), 4);
+    Ok(())
+}

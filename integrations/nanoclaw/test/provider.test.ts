@@ -79,7 +79,10 @@ function sessionOf(continuation: string | undefined): string {
 const results = (r: Runner) => r.seen.filter((s) => s.event.type === 'result');
 
 test('the host side mints a per-group token, maps localhost and bypasses the proxy', () => {
-  const dir = fs.mkdtempSync(path.join(REPO, 'target/e2e-tmp', 'nanoclaw-host-'));
+  // The first test to run on a fresh clone: target/e2e-tmp may not exist yet.
+  const root = path.join(REPO, 'target/e2e-tmp');
+  fs.mkdirSync(root, { recursive: true });
+  const dir = fs.mkdtempSync(path.join(root, 'nanoclaw-host-'));
   const secretFile = path.join(dir, 'secret');
   fs.writeFileSync(secretFile, `${SECRET}\n`);
   const fn = host.registry.getProviderContainerConfig('codex-sidecar')!;

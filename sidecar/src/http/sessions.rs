@@ -185,7 +185,8 @@ pub async fn events(
     let wait = Duration::from_secs(q.wait.min(limits.max_wait_secs));
     let h = st.engine.get(&owner, &id)?;
     check_cursor(&h, q.after)?;
-    let lines = poll(&h, q.after, limit, wait, st.shutdown.clone()).await?;
+    let mut lines = poll(&h, q.after, limit, wait, st.shutdown.clone()).await?;
+    lines.truncate(within_bytes(&lines, limits.max_poll_bytes));
     let next = q.after + lines.len() as u64;
     let mut body = String::with_capacity(32 + lines.iter().map(|l| l.len() + 1).sum::<usize>());
     body.push_str("{\"events\":[");
@@ -203,6 +204,19 @@ pub async fn events(
         body,
     )
         .into_response())
+}
+
+/// How many of `lines` fit in `max` bytes (at least one): a poll answer is bounded in bytes as
+/// well as in events, so 20 clients polling a log of large results cannot each pull megabytes.
+fn within_bytes(lines: &[Arc<str>], max: usize) -> usize {
+    let mut bytes = 0;
+    for (i, l) in lines.iter().enumerate() {
+        bytes += l.len() + 1;
+        if i > 0 && bytes > max {
+            return i;
+        }
+    }
+    lines.len()
 }
 
 /// A cursor past the session's last event (a client that kept one across a state-dir wipe, or

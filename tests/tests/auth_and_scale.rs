@@ -278,3 +278,64 @@ async fn twenty_concurrent_sessions_lose_no_events() -> anyhow::Result<()> {
     let _ = TEST_SECRET;
     Ok(())
 }
+
+#[tokio::test]
+async fn codex_and_its_commands_get_none_of_the_sidecars_other_secrets() -> anyhow::Result<()> {
+    const PROVIDER_KEY: &str = "sk-e2e-provider-key-for-codex-only-77";
+    const DB_PASSWORD: &str = "db-password-of-the-host-never-seen-7";
+    let model = ScriptedModel::start_with_key(PROVIDER_KEY).await?;
+    let mut sc = Sidecar::start_with_env(
+        &model.base_url(),
+        &[
+            "--provider-env-key",
+            "E2E_PROVIDER_KEY",
+            "--sandbox",
+            "danger-full-access",
+        ],
+        &[
+            ("E2E_PROVIDER_KEY", PROVIDER_KEY),
+            ("SIDECAR_DB_PASSWORD", DB_PASSWORD),
+        ],
+    )
+    .await?;
+    let api = sc.api("alice");
+    api.create(json!({"id": "env"})).await;
+    api.send("env", "[[exec=env | sort]]").await;
+    let events = api.until_results("env", 0, 1, T).await?;
+    let result = events.last().expect("result");
+    let text = result["text"].as_str().unwrap_or_default();
+    assert!(
+        text.contains("PATH="),
+        "the command ran and printed its environment: {text}"
+    );
+    assert!(
+        !text.contains("SIDECAR_DB_PASSWORD") && !text.contains("E2E_PROVIDER_KEY"),
+        "a command sees neither the host's secrets nor the provider key: {text}"
+    );
+    // codex itself has the provider key (it calls the model with it) and nothing else of ours.
+    let pid = sc.pid().expect("pid");
+    let environs: Vec<String> = codex_e2e::harness::child_pids(pid)
+        .into_iter()
+        .filter_map(|p| std::fs::read(format!("/proc/{p}/environ")).ok())
+        .map(|b| String::from_utf8_lossy(&b).replace('\0', "\n"))
+        .collect();
+    assert!(!environs.is_empty(), "codex children found");
+    for env in &environs {
+        assert!(
+            !env.contains(DB_PASSWORD),
+            "codex has no host secret: {env}"
+        );
+        assert!(env.contains("CODEX_HOME="), "{env}");
+    }
+    assert!(
+        environs.iter().any(|e| e.contains(PROVIDER_KEY)),
+        "codex has the provider key"
+    );
+    let req = model.requests().into_iter().next().expect("request");
+    assert_eq!(
+        req.authorization.as_deref(),
+        Some(format!("Bearer {PROVIDER_KEY}").as_str())
+    );
+    sc.kill9().await;
+    Ok(())
+}

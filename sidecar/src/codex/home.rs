@@ -122,7 +122,35 @@ impl CodexSetup {
         if let Some(model) = &config.model {
             table.insert("model".into(), model.clone().into());
         }
-        let env = Vec::new();
+        // The provider key variables codex reads (`env_key`: ours, and any a `-c` names) are
+        // the only ones it gets beyond the allowlist (`rpc::INHERITED_ENV`); commands the model
+        // runs never see them.
+        let mut key_vars: Vec<String> = config.provider_env_key.iter().cloned().collect();
+        key_vars.extend(config.codex_config.iter().filter_map(|kv| {
+            let (k, v) = kv.split_once('=')?;
+            k.trim()
+                .ends_with("env_key")
+                .then(|| v.trim().trim_matches('"').to_owned())
+        }));
+        key_vars.sort();
+        key_vars.dedup();
+        let env: Vec<(String, String)> = key_vars
+            .iter()
+            .filter_map(|k| Some((k.clone(), std::env::var(k).ok()?)))
+            .collect();
+        let mut policy = toml::Table::new();
+        policy.insert("inherit".into(), "all".into());
+        policy.insert("ignore_default_excludes".into(), false.into());
+        policy.insert(
+            "exclude".into(),
+            key_vars
+                .iter()
+                .cloned()
+                .map(toml::Value::from)
+                .collect::<Vec<_>>()
+                .into(),
+        );
+        table.insert("shell_environment_policy".into(), policy.into());
         if let Some((id, provider)) = provider_table(config, redactor) {
             table.insert("model_provider".into(), id.into());
             let mut providers = toml::Table::new();

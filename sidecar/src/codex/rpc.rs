@@ -108,6 +108,48 @@ pub enum Incoming {
 
 type Pending = Arc<Mutex<HashMap<i64, oneshot::Sender<Result<Value, RpcError>>>>>;
 
+/// The variables a codex child keeps from the sidecar's environment; every other one (API keys,
+/// database passwords, cloud credentials the sidecar's own process was given) is dropped, so
+/// neither codex nor a command the model runs sees it. Locale, time zone, temp dir, CA bundles
+/// and proxies are kept because commands need them to work as on the host.
+pub const INHERITED_ENV: &[&str] = &[
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "SHELL",
+    "LANG",
+    "LANGUAGE",
+    "LC_ALL",
+    "LC_CTYPE",
+    "LC_MESSAGES",
+    "TZ",
+    "TMPDIR",
+    "TERM",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "ALL_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+    "all_proxy",
+    "RUST_LOG",
+];
+
+/// Clears `cmd`'s environment down to [`INHERITED_ENV`] (those the sidecar has).
+pub fn clear_env(cmd: &mut Command) -> &mut Command {
+    cmd.env_clear();
+    for k in INHERITED_ENV {
+        if let Some(v) = std::env::var_os(k) {
+            cmd.env(k, v);
+        }
+    }
+    cmd
+}
+
 /// How to start one child.
 #[derive(Debug, Clone)]
 pub struct SpawnSpec {
@@ -119,7 +161,8 @@ pub struct SpawnSpec {
     pub cwd: PathBuf,
     /// `-c KEY=VALUE` overrides, passed through.
     pub config_overrides: Vec<String>,
-    /// Extra environment variables (e.g. `CODEX_OSS_BASE_URL`).
+    /// The child's variables besides [`INHERITED_ENV`] and `CODEX_HOME`: the provider key
+    /// variable (`env_key`) codex reads.
     pub env: Vec<(String, String)>,
 }
 
@@ -147,7 +190,8 @@ impl AppServer {
         for kv in &spec.config_overrides {
             cmd.arg("-c").arg(kv);
         }
-        cmd.env("CODEX_HOME", &spec.codex_home)
+        clear_env(&mut cmd)
+            .env("CODEX_HOME", &spec.codex_home)
             .envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .current_dir(&spec.cwd)
             .stdin(Stdio::piped())
@@ -429,7 +473,7 @@ async fn read_loop(
 pub async fn codex_version(bin: &Path) -> Result<String, String> {
     let out = tokio::time::timeout(
         Duration::from_secs(30),
-        Command::new(bin)
+        clear_env(&mut Command::new(bin))
             .arg("--version")
             .stdin(Stdio::null())
             .output(),

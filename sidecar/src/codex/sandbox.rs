@@ -48,7 +48,7 @@ pub async fn check(codex_bin: &Path, mode: SandboxMode, scratch: &Path) -> Sandb
         return result;
     }
     let _ = std::fs::create_dir_all(scratch);
-    let run = Command::new(codex_bin)
+    let run = crate::codex::rpc::clear_env(&mut Command::new(codex_bin))
         .args(["sandbox", "--", "true"])
         .env("CODEX_HOME", scratch)
         .current_dir(scratch)

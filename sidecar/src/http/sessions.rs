@@ -225,7 +225,7 @@ fn within_bytes(lines: &[Arc<str>], max: usize) -> usize {
 /// # Errors
 /// 400 `invalid_cursor`, whose message gives the log's `next` (the highest valid cursor).
 fn check_cursor(h: &SessionHandle, after: u64) -> Result<(), ApiError> {
-    let last = h.events.last_seq();
+    let last = h.events.readable_last_seq();
     if after > last {
         return Err(ApiError::bad_request(
             "invalid_cursor",

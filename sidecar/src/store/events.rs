@@ -292,6 +292,16 @@ impl EventLog {
         inner.file.sync_data()
     }
 
+    /// The seq of the newest event readers can already see (0 when empty). Unlike
+    /// [`EventLog::last_seq`], which is announced just after an append, this is read under the
+    /// log's lock, so it is never behind an event a reader was given.
+    pub fn readable_last_seq(&self) -> u64 {
+        self.inner
+            .lock()
+            .map(|i| i.next_seq - 1)
+            .unwrap_or_else(|_| self.last_seq())
+    }
+
     /// The seq of the newest event (0 when empty).
     pub fn last_seq(&self) -> u64 {
         *self.last_seq.borrow()

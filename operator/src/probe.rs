@@ -383,27 +383,34 @@ impl HttpProbe {
     }
 }
 
+impl HttpProbe {
+    /// `method {base_url}{path}` with a fresh JWT; the JSON answer of a 2xx.
+    async fn call<T: serde::de::DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        target: &ProbeTarget,
+        path: &str,
+    ) -> Result<T, ProbeError> {
+        let token = mint_token(&target.key, target.audience.as_deref())?;
+        let url = format!("{}{path}", target.base_url.trim_end_matches('/'));
+        Ok(self
+            .client
+            .request(method, url)
+            .bearer_auth(token)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?)
+    }
+}
+
 impl SidecarProbe for HttpProbe {
     fn status<'a>(
         &'a self,
         target: &'a ProbeTarget,
     ) -> BoxFuture<'a, Result<SidecarReport, ProbeError>> {
-        Box::pin(async move {
-            let token = mint_token(&target.key, target.audience.as_deref())?;
-            let body: SidecarReport = self
-                .client
-                .get(format!(
-                    "{}/v1/status",
-                    target.base_url.trim_end_matches('/')
-                ))
-                .bearer_auth(token)
-                .send()
-                .await?
-                .error_for_status()?
-                .json()
-                .await?;
-            Ok(body)
-        })
+        Box::pin(self.call(reqwest::Method::GET, target, "/v1/status"))
     }
 
     fn drain<'a>(
@@ -411,23 +418,12 @@ impl SidecarProbe for HttpProbe {
         target: &'a ProbeTarget,
         on: bool,
     ) -> BoxFuture<'a, Result<DrainReport, ProbeError>> {
-        Box::pin(async move {
-            let token = mint_token(&target.key, target.audience.as_deref())?;
-            let url = format!("{}/v1/drain", target.base_url.trim_end_matches('/'));
-            let req = if on {
-                self.client.post(url)
-            } else {
-                self.client.delete(url)
-            };
-            let body: DrainReport = req
-                .bearer_auth(token)
-                .send()
-                .await?
-                .error_for_status()?
-                .json()
-                .await?;
-            Ok(body)
-        })
+        let method = if on {
+            reqwest::Method::POST
+        } else {
+            reqwest::Method::DELETE
+        };
+        Box::pin(self.call(method, target, "/v1/drain"))
     }
 }
 

@@ -667,6 +667,25 @@ fn helm_install(w: &World, extra: &[&str]) -> Result<String, String> {
     w.cp.helm(&args)
 }
 
+/// `helm upgrade` of the release with `chart`, its values kept (`--reuse-values`) but for `sets`
+/// (`--set` each), waiting up to 3 minutes.
+fn helm_upgrade(w: &World, chart: &Path, sets: &[&str]) -> Result<String, String> {
+    let chart = chart.to_string_lossy();
+    let mut args = vec![
+        "upgrade",
+        RELEASE,
+        &chart,
+        "-n",
+        OPERATOR_NS,
+        "--reuse-values",
+    ];
+    for s in sets {
+        args.extend(["--set", s]);
+    }
+    args.extend(["--wait", "--timeout", "3m"]);
+    w.cp.helm(&args)
+}
+
 async fn install(w: &World) {
     // helm install on an empty cluster: the operator runs in the cluster (a pod on the node)
     // with the chart's ServiceAccount, so the chart's RBAC is what it has.
@@ -720,26 +739,17 @@ async fn install(w: &World) {
     let marker = "  - additionalPrinterColumns:\n";
     assert!(crd.contains(marker), "the CRD has printer columns");
     std::fs::write(&crd_file, crd.replacen(marker, &format!("{marker}    - jsonPath: .spec.model\n      name: E2E-Upgraded\n      type: string\n"), 1)).expect("write");
-    let chart_s = chart.to_string_lossy().into_owned();
-    let out =
-        w.cp.helm(&[
-            "upgrade",
-            RELEASE,
-            &chart_s,
-            "-n",
-            OPERATOR_NS,
-            "--reuse-values",
-            // On a cluster without the Prometheus Operator, and with one replica: neither a
-            // ServiceMonitor (its API is absent) nor a PodDisruptionBudget (it would block drains).
-            "--set",
+    // On a cluster without the Prometheus Operator, and with one replica: neither a
+    // ServiceMonitor (its API is absent) nor a PodDisruptionBudget (it would block drains).
+    let out = helm_upgrade(
+        w,
+        &chart,
+        &[
             "metrics.serviceMonitor.enabled=true",
-            "--set",
             "podDisruptionBudget.enabled=true",
-            "--wait",
-            "--timeout",
-            "3m",
-        ])
-        .unwrap_or_else(|e| panic!("helm upgrade: {e}"));
+        ],
+    )
+    .unwrap_or_else(|e| panic!("helm upgrade: {e}"));
     assert!(out.contains("has been upgraded"), "{out}");
     let cols = w.k(&[
         "get",
@@ -2121,24 +2131,12 @@ async fn rollout_and_network_policy(w: &World) {
     } else {
         let renamed = format!("sidecar.image.repository=docker.io/library/{repo_name}");
         let tag_arg = format!("sidecar.image.tag={tag}");
-        let out = w.cp.helm(&[
-            "upgrade",
-            RELEASE,
-            &repo().join("charts/codex-operator").to_string_lossy(),
-            "-n",
-            OPERATOR_NS,
-            "--reuse-values",
-            "--set",
-            &renamed,
-            "--set",
-            &tag_arg,
-            "--set",
-            "agents.maxConcurrentRollouts=1",
-            "--wait",
-            "--timeout",
-            "3m",
-        ]);
-        out.unwrap_or_else(|e| panic!("helm upgrade to a new sidecar image: {e}"));
+        helm_upgrade(
+            w,
+            &repo().join("charts/codex-operator"),
+            &[&renamed, &tag_arg, "agents.maxConcurrentRollouts=1"],
+        )
+        .unwrap_or_else(|e| panic!("helm upgrade to a new sidecar image: {e}"));
         let seen = watch_rollout(w, ns, &agents, None).await;
         assert!(
             seen.waiting,
@@ -2241,22 +2239,12 @@ async fn rollout_and_network_policy(w: &World) {
 }
 
 async fn two_replicas(w: &World) {
-    let out = w.cp.helm(&[
-        "upgrade",
-        RELEASE,
-        &repo().join("charts/codex-operator").to_string_lossy(),
-        "-n",
-        OPERATOR_NS,
-        "--reuse-values",
-        "--set",
-        "replicaCount=2",
-        "--set",
-        "podDisruptionBudget.enabled=true",
-        "--wait",
-        "--timeout",
-        "3m",
-    ]);
-    out.unwrap_or_else(|e| panic!("helm upgrade to 2 replicas: {e}"));
+    helm_upgrade(
+        w,
+        &repo().join("charts/codex-operator"),
+        &["replicaCount=2", "podDisruptionBudget.enabled=true"],
+    )
+    .unwrap_or_else(|e| panic!("helm upgrade to 2 replicas: {e}"));
     let pods = eventually(
         "two running operator pods",
         Duration::from_secs(60),

@@ -1,0 +1,601 @@
+//! The actor that owns one session's codex child: its loop, starting the child and loading the
+//! thread, and the bookkeeping shared by turns and compactions ([`turn`]).
+
+mod turn;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value, json};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::sleep_until;
+
+use crate::codex::protocol::{TokenCounts, TokenUsageUpdated};
+use crate::codex::rpc::{AppServer, DEFAULT_REQUEST_TIMEOUT, Incoming, RpcError};
+use crate::engine::EngineCtx;
+use crate::engine::pool::Lease;
+use crate::store::events::{EventKind, TurnStatus, Usage};
+use crate::store::record::SessionRecord;
+
+use super::*;
+
+/// A live child and its pool slot.
+struct Live {
+    server: AppServer,
+    lease: Lease,
+    /// The thread's cumulative usage last reported by this child (`tokenUsage.total`).
+    total: TokenCounts,
+    /// Digest of the developer instructions this child was started with (`thread/start` or
+    /// `thread/resume`): what codex puts back into the thread's context when it compacts it.
+    instructions_digest: String,
+}
+
+/// What a driven turn produced.
+#[derive(Default)]
+struct Outcome {
+    turn_id: String,
+    status: Option<TurnStatus>,
+    text: String,
+    usage: Usage,
+    error: Option<(String, String, bool)>,
+    context_tokens: Option<u64>,
+    compacted_estimate: Option<u64>,
+    stop_requested: Option<oneshot::Sender<()>>,
+    /// Holds back delta text that could be the start of a secret split across deltas.
+    deltas: crate::redact::StreamRedactor,
+    /// The turn was cut short by the sidecar shutting down.
+    shutdown: bool,
+}
+
+/// The actor that owns one session's codex child.
+pub struct Actor {
+    h: Arc<SessionHandle>,
+    ctx: Arc<EngineCtx>,
+    rx: mpsc::UnboundedReceiver<Command>,
+    live: Option<Live>,
+    record: SessionRecord,
+    want_compact: bool,
+    retry_at: Option<Instant>,
+    backoff: Duration,
+    evict_requested: bool,
+    /// When the session last did something (a turn, a compaction, a start); the idle timeout
+    /// counts from here, not from stray notifications of an idle child.
+    idle_since: tokio::time::Instant,
+}
+
+enum Flow {
+    Continue,
+    Exit,
+}
+
+impl Actor {
+    /// An actor for `h`, reading commands from `rx`.
+    pub fn new(
+        h: Arc<SessionHandle>,
+        ctx: Arc<EngineCtx>,
+        rx: mpsc::UnboundedReceiver<Command>,
+    ) -> Actor {
+        let record = h.snapshot().record;
+        Actor {
+            h,
+            ctx,
+            rx,
+            live: None,
+            record,
+            want_compact: false,
+            retry_at: None,
+            backoff: Duration::from_secs(2),
+            evict_requested: false,
+            idle_since: tokio::time::Instant::now(),
+        }
+    }
+
+    /// Requests a compaction at start (one was interrupted by a restart).
+    pub fn with_pending_compaction(mut self, pending: bool) -> Actor {
+        self.want_compact = pending;
+        self
+    }
+
+    /// Runs until the session is deleted or the sidecar stops.
+    pub async fn run(mut self) {
+        loop {
+            let has_work = self.want_compact || self.h.queued() > 0;
+            // Draining: no new turn until it ends (which sends a Wake).
+            let draining = self.ctx.draining.load(std::sync::atomic::Ordering::SeqCst);
+            let can_work = self.retry_at.is_none_or(|t| Instant::now() >= t) && !draining;
+            if has_work && can_work && !self.evict_requested {
+                let busy = Busy::enter(&self.ctx);
+                if self.ctx.draining.load(std::sync::atomic::Ordering::SeqCst) {
+                    // A drain began between the check above and `enter`: it may already have
+                    // seen no busy session, so start nothing.
+                    continue;
+                }
+                let flow = self.work().await;
+                drop(busy);
+                if let Flow::Exit = flow {
+                    return;
+                }
+                continue;
+            }
+            if self.evict_requested {
+                self.evict_requested = false;
+                self.ctx.metrics.evictions.inc();
+                self.stop_child("evicted to make room").await;
+                continue;
+            }
+            let idle_deadline = self
+                .live
+                .as_ref()
+                .map(|_| self.idle_since + self.ctx.config.idle_timeout);
+            let retry_deadline = if has_work && !draining {
+                self.retry_at
+            } else {
+                None
+            };
+            tokio::select! {
+                cmd = self.rx.recv() => {
+                    let Some(cmd) = cmd else {
+                        self.stop_child("engine dropped").await;
+                        return;
+                    };
+                    if let Flow::Exit = self.idle_command(cmd).await {
+                        return;
+                    }
+                }
+                incoming = next_incoming(&mut self.live) => self.idle_incoming(incoming).await,
+                () = sleep_opt(idle_deadline) => {
+                    self.ctx.metrics.evictions.inc();
+                    self.stop_child("idle timeout").await;
+                }
+                () = sleep_opt(retry_deadline.map(tokio::time::Instant::from_std)) => {}
+            }
+        }
+    }
+
+    async fn idle_command(&mut self, cmd: Command) -> Flow {
+        match cmd {
+            Command::Wake => self.retry_at = None,
+            Command::Compact => self.want_compact = true,
+            Command::Interrupt(_) => {}
+            Command::Evict => self.evict_requested = true,
+            Command::Start(reply) => {
+                let r = self
+                    .ensure_thread(Some(CREATE_SLOT_WAIT))
+                    .await
+                    .map(|()| self.record.thread_id.clone().unwrap_or_default());
+                if let Some(live) = &self.live {
+                    // A lease starts busy; an idle session must be evictable.
+                    live.lease.set_idle();
+                }
+                self.idle_since = tokio::time::Instant::now();
+                let _ = reply.send(r);
+            }
+            Command::Stop { reply, .. } => {
+                self.stop_child("stopping").await;
+                let _ = reply.send(());
+                return Flow::Exit;
+            }
+        }
+        Flow::Continue
+    }
+
+    async fn idle_incoming(&mut self, incoming: Option<Incoming>) {
+        match incoming {
+            None => self.child_died("while idle").await,
+            Some(Incoming::Request { id, method, .. }) => self.answer(id, &method).await,
+            Some(Incoming::Notification { method, params }) => {
+                if method == "thread/tokenUsage/updated"
+                    && let (Some(live), Ok(u)) = (
+                        self.live.as_mut(),
+                        serde_json::from_value::<TokenUsageUpdated>(params),
+                    )
+                {
+                    live.total = u.token_usage.total;
+                }
+            }
+        }
+    }
+
+    async fn work(&mut self) -> Flow {
+        if !self.record.thread_persisted && self.live.is_some() && !self.instructions_applied() {
+            // A thread with no turn yet is replaced by one started with the new instructions.
+            self.stop_child("the session's instructions changed").await;
+        }
+        if let Err(e) = self.ensure_thread(None).await {
+            self.emit(EventKind::Error {
+                code: "codex_unavailable".into(),
+                message: e.to_string(),
+                retryable: true,
+            });
+            self.set_state(SessionState::Failed);
+            self.retry_at = Some(Instant::now() + self.backoff);
+            self.backoff = (self.backoff * 2).min(Duration::from_secs(60));
+            return Flow::Continue;
+        }
+        self.backoff = Duration::from_secs(2);
+        self.retry_at = None;
+        let busy = self.live.as_ref().is_some_and(|l| l.lease.try_set_busy());
+        if !busy {
+            // The pool asked for this slot between turns: give it back, then acquire again.
+            self.ctx.metrics.evictions.inc();
+            self.stop_child("evicted to make room").await;
+            return Flow::Continue;
+        }
+        let flow = if self.want_compact {
+            self.compact().await
+        } else {
+            self.give_new_instructions().await;
+            self.turn().await
+        };
+        if let Some(live) = &self.live {
+            live.lease.set_idle();
+        }
+        self.idle_since = tokio::time::Instant::now();
+        self.set_state(SessionState::Idle);
+        flow
+    }
+
+    /// Makes sure a child runs with this session's thread loaded. After a fresh start the
+    /// session's auth.json is checked for tokens codex refreshed while starting.
+    /// `slot_wait` bounds the wait for a free codex slot (None: wait as long as it takes).
+    async fn ensure_thread(&mut self, slot_wait: Option<Duration>) -> Result<(), StartError> {
+        if self.live.is_some() {
+            return Ok(());
+        }
+        let r = self.start_child_and_thread(slot_wait).await;
+        if r.is_ok() {
+            self.ctx.setup.sync_auth_from(&self.h.codex_home());
+        }
+        r
+    }
+
+    async fn start_child_and_thread(
+        &mut self,
+        slot_wait: Option<Duration>,
+    ) -> Result<(), StartError> {
+        let h = self.h.clone();
+        let acquire = self.ctx.pool.acquire(move || h.send(Command::Evict));
+        let lease = match slot_wait {
+            // Cancelling the wait is safe: a slot is only taken when acquire returns.
+            Some(limit) => tokio::time::timeout(limit, acquire)
+                .await
+                .map_err(|_| StartError::NoCapacity(self.ctx.config.max_live_sessions))?,
+            // Waiting for a turn elsewhere to end: keep the client's heartbeat going meanwhile.
+            None => {
+                tokio::pin!(acquire);
+                loop {
+                    match tokio::time::timeout(HEARTBEAT, &mut acquire).await {
+                        Ok(lease) => break lease,
+                        Err(_) => {
+                            let mut detail = Map::new();
+                            detail.insert("reason".into(), "waiting for a free codex slot".into());
+                            self.emit(EventKind::Activity {
+                                kind: "waiting".into(),
+                                detail,
+                            });
+                        }
+                    }
+                }
+            }
+        };
+        self.start_on_slot(lease).await.map_err(StartError::Failed)
+    }
+
+    async fn start_on_slot(&mut self, lease: Lease) -> Result<(), String> {
+        self.evict_requested = false;
+        if self.h.is_deleted() {
+            // Deleted while waiting for a slot: create nothing; the Stop command is next.
+            return Err("the session was deleted".to_owned());
+        }
+        let home = self.h.codex_home();
+        let workspace = self.h.workspace();
+        let prepared = self
+            .ctx
+            .setup
+            .prepare_home(&home)
+            .and_then(|()| std::fs::create_dir_all(&workspace));
+        if let Err(e) = prepared {
+            return Err(format!("cannot prepare CODEX_HOME: {e}"));
+        }
+        let spec = self.ctx.setup.spawn_spec(&home, &workspace);
+        let server = AppServer::spawn(&spec, self.ctx.redactor.clone())
+            .await
+            .map_err(|e| e.to_string())?;
+        if let Some(key) = self.ctx.setup.api_key_login(&home) {
+            server
+                .request(
+                    "account/login/start",
+                    json!({"type": "apiKey", "apiKey": key}),
+                    DEFAULT_REQUEST_TIMEOUT,
+                )
+                .await
+                .map_err(|e| format!("API-key login failed: {e}"))?;
+        }
+        let live = Live {
+            server,
+            lease,
+            total: TokenCounts::default(),
+            instructions_digest: instructions_digest(self.h.settings().instructions.as_deref()),
+        };
+        let first_event = self.h.events.last_seq() == 0;
+        let resumable = self
+            .record
+            .thread_id
+            .clone()
+            .filter(|_| self.record.thread_persisted);
+        if let Some(thread_id) = resumable {
+            let mut params = self.thread_params();
+            params.insert("threadId".into(), thread_id.clone().into());
+            params.insert("excludeTurns".into(), true.into());
+            match live
+                .server
+                .request(
+                    "thread/resume",
+                    Value::Object(params),
+                    DEFAULT_REQUEST_TIMEOUT,
+                )
+                .await
+            {
+                Ok(_) => {
+                    self.live = Some(live);
+                    if first_event {
+                        // A session created from an existing thread announces it once.
+                        self.emit(EventKind::Init {
+                            thread_id,
+                            resumed: true,
+                        });
+                    }
+                    return Ok(());
+                }
+                // Only a thread codex cannot find is replaced; any other error (overloaded, a
+                // config problem) is retried with backoff and keeps the thread.
+                Err(RpcError::Server { message, .. }) if thread_is_gone(&message) => {
+                    self.emit(EventKind::Progress {
+                        message: format!("thread {thread_id} could not be resumed ({message}); starting a new thread"),
+                    });
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        } else if let Some(old) = self.record.thread_id.clone() {
+            self.emit(EventKind::Progress {
+                message: format!(
+                    "thread {old} had no turns on disk to resume; starting a new thread"
+                ),
+            });
+        }
+        let result = live
+            .server
+            .request(
+                "thread/start",
+                Value::Object(self.thread_params()),
+                DEFAULT_REQUEST_TIMEOUT,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let thread_id = result
+            .pointer("/thread/id")
+            .and_then(Value::as_str)
+            .ok_or("thread/start returned no thread id")?
+            .to_owned();
+        self.record.thread_id = Some(thread_id.clone());
+        self.record.thread_persisted = false;
+        self.record.instructions_applied = Some(instructions_digest(
+            self.h.settings().instructions.as_deref(),
+        ));
+        self.save_record().await;
+        self.live = Some(live);
+        self.emit(EventKind::Init {
+            thread_id,
+            resumed: false,
+        });
+        Ok(())
+    }
+
+    /// Whether the thread has been given the session's current instructions (a record from before
+    /// this was tracked counts as having them).
+    fn instructions_applied(&self) -> bool {
+        let want = instructions_digest(self.h.settings().instructions.as_deref());
+        self.record
+            .instructions_applied
+            .as_deref()
+            .is_none_or(|d| d == want)
+    }
+
+    /// Before a turn: when the session's instructions changed (`PATCH`) since the thread got them,
+    /// appends them to the thread as a developer message (`thread/inject_items`), so that this
+    /// turn follows them. codex applies `developerInstructions` only when a thread starts, not when
+    /// it is resumed. A failure is reported as `progress` and retried before the next turn.
+    async fn give_new_instructions(&mut self) {
+        if self.instructions_applied() || !self.record.thread_persisted {
+            return;
+        }
+        let (Some(live), Some(thread_id)) = (self.live.as_ref(), self.record.thread_id.clone())
+        else {
+            return;
+        };
+        let settings = self.h.settings();
+        let text = match &settings.instructions {
+            Some(i) => format!(
+                "The developer instructions of this session were changed. They replace all earlier developer instructions:\n\n{i}"
+            ),
+            None => "The developer instructions of this session were removed: earlier developer instructions no longer apply.".to_owned(),
+        };
+        let item = json!({
+            "type": "message",
+            "role": "developer",
+            "content": [{"type": "input_text", "text": text}],
+        });
+        match live
+            .server
+            .request(
+                "thread/inject_items",
+                json!({"threadId": thread_id, "items": [item]}),
+                DEFAULT_REQUEST_TIMEOUT,
+            )
+            .await
+        {
+            Ok(_) => {
+                self.record.instructions_applied =
+                    Some(instructions_digest(settings.instructions.as_deref()));
+                self.save_record().await;
+            }
+            Err(e) => {
+                tracing::warn!(session = %self.h.key.id, error = %e, "thread/inject_items failed");
+                self.emit(EventKind::Progress {
+                    message: format!(
+                        "the session's new instructions could not be given to codex yet: {e}"
+                    ),
+                });
+            }
+        }
+    }
+
+    fn thread_params(&self) -> Map<String, Value> {
+        let cfg = &self.ctx.config;
+        let settings = self.h.settings();
+        let mut p = Map::new();
+        p.insert(
+            "cwd".into(),
+            self.h.workspace().display().to_string().into(),
+        );
+        p.insert("approvalPolicy".into(), cfg.approval_policy.as_str().into());
+        p.insert("sandbox".into(), cfg.sandbox.as_str().into());
+        if let Some(m) = settings.model {
+            p.insert("model".into(), m.into());
+        }
+        if let Some(i) = settings.instructions {
+            p.insert("developerInstructions".into(), i.into());
+        }
+        p
+    }
+
+    async fn child_died(&mut self, when: &str) {
+        if let Some(live) = self.live.take() {
+            tracing::warn!(session = %self.h.key.id, when, stderr = %live.server.stderr_tail(), "codex app-server exited");
+            self.ctx.metrics.codex_restarts.inc();
+            live.server.shutdown(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn stop_child(&mut self, why: &str) {
+        if let Some(live) = self.live.take() {
+            tracing::debug!(session = %self.h.key.id, why, "stopping codex app-server");
+            live.server.shutdown(STOP_GRACE).await;
+            drop(live.lease);
+        }
+    }
+
+    fn emit(&self, kind: EventKind) {
+        if let Err(e) = self.h.events.append(&kind) {
+            tracing::error!(session = %self.h.key.id, error = %e, "cannot append to the event log");
+        }
+    }
+
+    fn set_state(&self, state: SessionState) {
+        self.h.update(|s| s.state = state);
+    }
+
+    /// Writes session.json (temp file, fsync, rename) on a blocking thread, so a slow disk never
+    /// stalls the async workers that deliver events; the actor waits for it, so saves stay ordered.
+    async fn save_record(&self) {
+        if self.h.is_deleted() {
+            return;
+        }
+        let record = self.record.clone();
+        // The settings are the handle's (creation and PATCH set them), not the actor's copy.
+        self.h.update(|s| {
+            let mut merged = record;
+            merged.instructions = s.record.instructions.take();
+            merged.model = s.record.model.take();
+            merged.effort = s.record.effort.take();
+            s.record = merged;
+        });
+        let h = self.h.clone();
+        let saved = tokio::task::spawn_blocking(move || h.save_snapshot_blocking()).await;
+        match saved {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(session = %self.h.key.id, error = %e, "cannot write session.json")
+            }
+            Err(e) => {
+                tracing::error!(session = %self.h.key.id, error = %e, "session.json writer failed")
+            }
+        }
+    }
+
+    /// Flushes the event log to stable storage in the background (`kill -9` needs no flush: every
+    /// event is written before anyone sees it; this guards against power loss).
+    fn sync_events_in_background(&self) {
+        let h = self.h.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = h.events.sync() {
+                tracing::warn!(session = %h.key.id, error = %e, "cannot fsync the event log");
+            }
+        });
+    }
+}
+
+/// The SHA-256 (hex) of a session's instructions (`None`: no instructions), as recorded in
+/// [`SessionRecord::instructions_applied`].
+fn instructions_digest(instructions: Option<&str>) -> String {
+    use sha2::Digest as _;
+    match instructions {
+        Some(i) => sha2::Sha256::digest(i.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
+        None => "none".to_owned(),
+    }
+}
+
+/// Whether a `thread/resume` error means codex has no such thread (observed messages: "no rollout
+/// found for thread id <id>", "invalid session id: ...", "thread not found: <id>").
+fn thread_is_gone(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("no rollout found")
+        || m.contains("invalid session id")
+        || m.contains("thread not found")
+}
+
+fn status_label(s: TurnStatus) -> crate::metrics::StatusLabel {
+    crate::metrics::StatusLabel {
+        status: s.as_str().to_owned(),
+    }
+}
+
+async fn next_incoming(live: &mut Option<Live>) -> Option<Incoming> {
+    match live {
+        Some(l) => l.server.next_incoming().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(t) => sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_missing_thread_is_replaced() {
+        for gone in [
+            "no rollout found for thread id 019a0000-0000-7000-8000-000000000000",
+            "invalid session id: invalid character: expected an optional prefix of `urn:uuid:`",
+            "thread not found: 019a0000",
+        ] {
+            assert!(thread_is_gone(gone), "{gone}");
+        }
+        for transient in [
+            "server overloaded; retry later",
+            "Not initialized",
+            "config error: bad key",
+        ] {
+            assert!(!thread_is_gone(transient), "{transient}");
+        }
+    }
+}

@@ -88,16 +88,34 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
         f.sync_all()?;
     }
     fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600))?;
-    fs::rename(&tmp, path)
+    fs::rename(&tmp, path)?;
+    sync_dir(dir)
 }
 
-/// Creates a directory (and parents) with mode 0700.
+/// Flushes a directory's entries (a create, rename or unlink in it) to stable storage: without
+/// it a file that was itself fsynced can still vanish after a power loss.
+///
+/// # Errors
+/// Any I/O error.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    fs::File::open(dir)?.sync_all()
+}
+
+/// Creates a directory (and parents) with mode 0700, and syncs the parent of every directory it
+/// created, so that the new entries survive a power loss.
 ///
 /// # Errors
 /// Any I/O error.
 pub fn create_private_dir(path: &Path) -> io::Result<()> {
+    let created: Vec<&Path> = path.ancestors().take_while(|p| !p.is_dir()).collect();
     fs::create_dir_all(path)?;
-    fs::set_permissions(path, fs::Permissions::from_mode(0o700))
+    fs::set_permissions(path, fs::Permissions::from_mode(0o700))?;
+    for dir in created {
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            sync_dir(parent)?;
+        }
+    }
+    Ok(())
 }
 
 /// How every session's codex is set up: config.toml text, auth, environment and `-c` overrides.

@@ -8,6 +8,7 @@
 //! never reached a turn are queued again and run.
 
 pub mod pool;
+mod recovery;
 pub mod session;
 
 use std::collections::HashMap;
@@ -17,7 +18,6 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use serde::Serialize;
-use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::codex::home::{CodexSetup, create_private_dir};
@@ -25,11 +25,53 @@ use crate::config::Config;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::redact::Redactor;
-use crate::store::events::{EventKind, EventLog, TurnStatus, Usage};
-use crate::store::inbox::{Inbox, message_n};
+use crate::store::events::{EventLog, Usage};
+use crate::store::inbox::Inbox;
 use crate::store::record::SessionRecord;
 use pool::Pool;
 use session::{Actor, Command, SessionHandle, SessionKey, SessionState, StartError, session_dir};
+
+/// How often events a full disk refused are tried again.
+const STORAGE_RETRY: Duration = Duration::from_secs(2);
+
+/// 409 `session_quarantined` for a quarantined session, 507 `insufficient_storage` while its
+/// log cannot be written: new work is refused, nothing already accepted is lost.
+fn refuse_work(h: &SessionHandle) -> Result<(), ApiError> {
+    if let Some(reason) = h.failure() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "session_quarantined",
+            format!(
+                "the session's files cannot be read back, so it runs nothing ({reason}); DELETE it to start over"
+            ),
+        ));
+    }
+    if let Some(fault) = h.events.storage_fault() {
+        return Err(ApiError::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "insufficient_storage",
+            format!("the state volume refuses writes ({fault}); try again when it has room"),
+        ));
+    }
+    Ok(())
+}
+
+/// 507 `insufficient_storage` for a full disk or quota, else 500 `internal`.
+fn storage_error(what: &str, e: &std::io::Error) -> ApiError {
+    // ENOSPC (28) and EDQUOT (122) on Linux.
+    if e.kind() == std::io::ErrorKind::StorageFull
+        || e.kind() == std::io::ErrorKind::QuotaExceeded
+        || matches!(e.raw_os_error(), Some(28 | 122))
+    {
+        ApiError::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "insufficient_storage",
+            format!("{what}: the state volume is full; try again when it has room"),
+        )
+    } else {
+        ApiError::internal(format!("{what}: {e}"))
+    }
+}
 
 /// How long session creation waits for codex to start the thread.
 const START_TIMEOUT: Duration = Duration::from_secs(120);
@@ -141,6 +183,10 @@ pub struct SessionView {
     pub compactions: u64,
     /// The seq the next event will get.
     pub next_seq: u64,
+    /// Why the session is quarantined (`state` is then `failed` and nothing runs), e.g.
+    /// `session_corrupt: events.jsonl line 5000 (byte 812345): not a JSON event`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// Counts for `/v1/status` and the metrics gauges.
@@ -154,6 +200,11 @@ pub struct Counts {
     pub running: usize,
     /// Messages waiting, all sessions.
     pub queued: usize,
+    /// Sessions that are quarantined (listed as failed) plus directories moved to
+    /// `<state>/quarantine/` since start-up because they held no readable session.
+    pub quarantined: usize,
+    /// Sessions whose events wait in memory because the disk refused them.
+    pub storage_faults: usize,
 }
 
 /// All sessions.
@@ -161,9 +212,12 @@ pub struct Counts {
 pub struct Engine {
     ctx: Arc<EngineCtx>,
     sessions: RwLock<HashMap<SessionKey, Arc<SessionHandle>>>,
-    /// One lock per session key being created, so that two creations of the same id do not race
-    /// while creations of different ids (each waits for codex to start a thread) run in parallel.
-    creating: std::sync::Mutex<HashMap<SessionKey, Arc<tokio::sync::Mutex<()>>>>,
+    /// One lock per session key being created or deleted, so that a create and a DELETE of the
+    /// same id (or two creates) never interleave, while different ids (each create waits for
+    /// codex to start a thread) run in parallel.
+    key_locks: std::sync::Mutex<HashMap<SessionKey, Arc<tokio::sync::Mutex<()>>>>,
+    /// Session directories moved to the quarantine since start-up (see [`recovery`]).
+    quarantined_dirs: std::sync::atomic::AtomicUsize,
 }
 
 /// `sha256(owner)` in hex, shortened: the owner's directory name (safe whatever `sub` holds).
@@ -190,43 +244,12 @@ pub fn valid_session_id(id: &str) -> bool {
         && id != ".."
 }
 
-/// What recovery learned from one event log.
-#[derive(Default)]
-struct Scan {
-    delivered_through: u64,
-    open_turn: Option<String>,
-    open_compaction: bool,
-}
-
-fn scan_event(scan: &mut Scan, v: &Value) {
-    match v.get("type").and_then(Value::as_str) {
-        Some("turn_started") => {
-            scan.open_turn = Some(
-                v.get("turn_id")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_owned(),
-            );
-            if let Some(ids) = v.get("message_ids").and_then(Value::as_array) {
-                for n in ids.iter().filter_map(Value::as_str).filter_map(message_n) {
-                    scan.delivered_through = scan.delivered_through.max(n);
-                }
-            }
-        }
-        Some("result") => scan.open_turn = None,
-        Some("compaction") => {
-            scan.open_compaction = v.get("phase").and_then(Value::as_str) == Some("started")
-        }
-        Some("error") if scan.open_compaction => scan.open_compaction = false,
-        _ => {}
-    }
-}
-
 impl Engine {
     /// Loads every session under the state dir and starts their actors.
     ///
     /// # Errors
-    /// I/O errors on the state dir (a single unreadable session is skipped with a log line).
+    /// I/O errors on the state dir. A session that cannot be read is never skipped quietly: it
+    /// is quarantined (see [`recovery`]).
     pub fn open(
         config: Config,
         metrics: Arc<Metrics>,
@@ -246,55 +269,12 @@ impl Engine {
         let engine = Arc::new(Engine {
             ctx,
             sessions: RwLock::default(),
-            creating: Default::default(),
+            key_locks: Default::default(),
+            quarantined_dirs: Default::default(),
         });
-        let root = engine.ctx.config.state_dir.join("sessions");
-        create_private_dir(&root)?;
-        for owner_dir in std::fs::read_dir(&root)?.flatten() {
-            let Ok(entries) = std::fs::read_dir(owner_dir.path()) else {
-                continue;
-            };
-            for dir in entries.flatten() {
-                let path = dir.path();
-                if let Err(e) = engine.load(&path) {
-                    tracing::error!(dir = %path.display(), error = %e, "skipping a session that cannot be loaded");
-                }
-            }
-        }
+        engine.load_all()?;
+        engine.clone().watch_storage();
         Ok(engine)
-    }
-
-    fn load(&self, dir: &Path) -> std::io::Result<()> {
-        let record = SessionRecord::load(&dir.join("session.json"))?;
-        let mut scan = Scan::default();
-        let events = EventLog::open(&dir.join("events.jsonl"), |v| scan_event(&mut scan, v))?;
-        if let Some(turn_id) = scan.open_turn.take() {
-            events.append(&EventKind::Error {
-                code: "turn_lost".into(),
-                message: "the sidecar stopped while this turn was running; send the message again to retry".into(),
-                retryable: true,
-            })?;
-            events.append(&EventKind::Result {
-                turn_id,
-                status: TurnStatus::Failed,
-                text: String::new(),
-                usage: Usage::default(),
-            })?;
-        }
-        let inbox = Inbox::open(&dir.join("messages.jsonl"), scan.delivered_through)?;
-        let key = SessionKey {
-            owner: record.owner.clone(),
-            id: record.id.clone(),
-        };
-        let (h, rx) = SessionHandle::new(key.clone(), dir.to_path_buf(), events, inbox, record);
-        self.ctx.setup.register_home(&h.codex_home());
-        let actor = Actor::new(h.clone(), self.ctx.clone(), rx)
-            .with_pending_compaction(scan.open_compaction);
-        tokio::spawn(actor.run());
-        if let Ok(mut s) = self.sessions.write() {
-            s.insert(key, h);
-        }
-        Ok(())
     }
 
     /// The shared context (config, metrics...).
@@ -308,7 +288,7 @@ impl Engine {
     /// 400 `invalid_session_id`, 404 `thread_not_found`, 503 `capacity_exhausted` (every codex
     /// slot stayed busy for 30 s), 502 `codex_start_failed`, 500 `internal`.
     pub async fn create(
-        &self,
+        self: &Arc<Self>,
         owner: &str,
         req: CreateSession,
     ) -> Result<(bool, SessionView, bool), ApiError> {
@@ -331,25 +311,35 @@ impl Engine {
             owner: owner.to_owned(),
             id: id.clone(),
         };
-        let key_lock = self
-            .creating
-            .lock()
-            .map_err(|_| ApiError::internal("session registry poisoned"))?
-            .entry(key.clone())
-            .or_default()
-            .clone();
-        let _guard = key_lock.lock().await;
-        let result = self.create_locked(key.clone(), req).await;
-        if let Ok(mut creating) = self.creating.lock() {
-            // The last creator of this key cleans up (others still hold a clone of the lock).
-            if creating
-                .get(&key)
-                .is_some_and(|l| Arc::strong_count(l) <= 2)
-            {
-                creating.remove(&key);
-            }
+        // The work runs in a task the request does not own: a client that goes away mid-create
+        // leaves either a complete session or none, never an actor nobody can see.
+        let engine = self.clone();
+        tokio::spawn(async move {
+            let _guard = engine.lock_key(&key).await;
+            let result = engine.create_locked(key.clone(), req).await;
+            engine.unlock_key(&key);
+            result
+        })
+        .await
+        .map_err(|e| ApiError::internal(format!("session creation failed: {e}")))?
+    }
+
+    /// Takes the per-key lock shared by create and delete.
+    async fn lock_key(&self, key: &SessionKey) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = match self.key_locks.lock() {
+            Ok(mut locks) => locks.entry(key.clone()).or_default().clone(),
+            Err(_) => Arc::default(),
+        };
+        lock.lock_owned().await
+    }
+
+    /// Forgets a key's lock once nobody else waits for it (called with its guard still held).
+    fn unlock_key(&self, key: &SessionKey) {
+        if let Ok(mut locks) = self.key_locks.lock()
+            && locks.get(key).is_some_and(|l| Arc::strong_count(l) <= 2)
+        {
+            locks.remove(key);
         }
-        result
     }
 
     async fn create_locked(
@@ -372,9 +362,8 @@ impl Engine {
             None => None,
         };
         let dir = session_dir(&self.ctx.config.state_dir, &owner_key(owner), &id);
-        let io = |e: std::io::Error| {
-            ApiError::internal(format!("cannot create the session on disk: {e}"))
-        };
+        let io = |e: std::io::Error| storage_error("cannot create the session on disk", &e);
+        self.clear_leftover(&dir).map_err(io)?;
         create_private_dir(&dir).map_err(io)?;
         let record = SessionRecord {
             id: id.clone(),
@@ -398,7 +387,9 @@ impl Engine {
             std::fs::copy(src_home.join(rel), &dst).map_err(io)?;
         }
         record.save(&dir.join("session.json")).map_err(io)?;
-        let events = EventLog::open(&dir.join("events.jsonl"), |_| {}).map_err(io)?;
+        let events = EventLog::open(&dir.join("events.jsonl"), |_| {})
+            .map_err(io)?
+            .log;
         let inbox = Inbox::open(&dir.join("messages.jsonl"), 0).map_err(io)?;
         let (h, rx) = SessionHandle::new(key.clone(), dir.clone(), events, inbox, record);
         self.ctx.setup.register_home(&h.codex_home());
@@ -497,6 +488,7 @@ impl Engine {
             context_tokens: snap.record.context_tokens,
             compactions: snap.record.compactions,
             next_seq: h.events.last_seq() + 1,
+            reason: h.failure().map(str::to_owned),
         }
     }
 
@@ -581,11 +573,12 @@ impl Engine {
             ));
         }
         let h = self.get(owner, id)?;
+        refuse_work(&h)?;
         let cap = limits.queued_messages;
         let r = tokio::task::spawn_blocking(move || h.enqueue_blocking(text, idempotency_key, cap))
             .await
             .map_err(|e| ApiError::internal(format!("inbox task failed: {e}")))?
-            .map_err(|e| ApiError::internal(format!("cannot store the message: {e}")))?;
+            .map_err(|e| storage_error("cannot store the message", &e))?;
         match r {
             session::Enqueued::New { msg, queued } => Ok((msg.message_id, queued, false)),
             session::Enqueued::Duplicate { message_id, queued } => Ok((message_id, queued, true)),
@@ -615,17 +608,31 @@ impl Engine {
         Ok(())
     }
 
-    /// Stops the session's child and removes it and its files.
+    /// Stops the session's child and removes it and its files. Runs to its end even when the
+    /// client goes away, and never interleaves with a create of the same id.
     ///
     /// # Errors
     /// 404.
-    pub async fn delete(&self, owner: &str, id: &str) -> Result<(), ApiError> {
-        let h = self.get(owner, id)?;
-        if let Ok(mut s) = self.sessions.write() {
-            s.remove(&h.key);
-        }
-        self.remove(&h).await;
-        Ok(())
+    pub async fn delete(self: &Arc<Self>, owner: &str, id: &str) -> Result<(), ApiError> {
+        let key = self.get(owner, id)?.key.clone();
+        let engine = self.clone();
+        tokio::spawn(async move {
+            let _guard = engine.lock_key(&key).await;
+            let result = match engine.handle(&key) {
+                Some(h) => {
+                    if let Ok(mut s) = engine.sessions.write() {
+                        s.remove(&h.key);
+                    }
+                    engine.remove(&h).await;
+                    Ok(())
+                }
+                None => Err(ApiError::session_not_found(&key.id)),
+            };
+            engine.unlock_key(&key);
+            result
+        })
+        .await
+        .map_err(|e| ApiError::internal(format!("session removal failed: {e}")))?
     }
 
     async fn remove(&self, h: &Arc<SessionHandle>) {
@@ -635,11 +642,42 @@ impl Engine {
             reply: tx,
             shutdown: false,
         });
-        let _ = tokio::time::timeout(Duration::from_secs(30), rx).await;
-        self.ctx.setup.unregister_home(&h.codex_home());
-        if let Err(e) = std::fs::remove_dir_all(&h.dir) {
-            tracing::warn!(dir = %h.dir.display(), error = %e, "cannot remove a deleted session's files");
+        if h.failure().is_none() {
+            let _ = tokio::time::timeout(Duration::from_secs(30), rx).await;
         }
+        self.ctx.setup.unregister_home(&h.codex_home());
+        self.discard(h);
+    }
+
+    /// Every two seconds, writes the events a full disk kept in memory and wakes the sessions
+    /// whose log is whole again (their work waited for it).
+    fn watch_storage(self: Arc<Self>) {
+        let weak = Arc::downgrade(&self);
+        drop(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(STORAGE_RETRY);
+            loop {
+                tick.tick().await;
+                let Some(engine) = weak.upgrade() else { return };
+                let handles: Vec<_> = engine
+                    .sessions
+                    .read()
+                    .map(|s| s.values().cloned().collect())
+                    .unwrap_or_default();
+                drop(engine);
+                for h in handles {
+                    if h.events.storage_fault().is_some() {
+                        let h2 = h.clone();
+                        let left = tokio::task::spawn_blocking(move || h2.events.retry_pending())
+                            .await
+                            .unwrap_or(true);
+                        if !left {
+                            h.send(Command::Wake);
+                        }
+                    }
+                }
+            }
+        });
     }
 
     /// Counts for status and metrics.
@@ -652,10 +690,15 @@ impl Engine {
         let mut c = Counts {
             sessions: handles.len(),
             live: self.ctx.pool.live(),
+            quarantined: self
+                .quarantined_dirs
+                .load(std::sync::atomic::Ordering::SeqCst),
             ..Default::default()
         };
         for h in handles {
             c.queued += h.queued();
+            c.quarantined += usize::from(h.failure().is_some());
+            c.storage_faults += usize::from(h.events.storage_fault().is_some());
             if matches!(
                 h.snapshot().state,
                 SessionState::Running | SessionState::Compacting
@@ -715,7 +758,7 @@ impl Engine {
             });
             // Worst case: turn/interrupt unanswered (10 s), the grace after it (10 s), stop (3 s).
             let _ = tokio::time::timeout(Duration::from_secs(30), rx).await;
-            let _ = h.events.sync();
+            let _ = tokio::task::spawn_blocking(move || h.events.close_cleanly()).await;
         });
         futures::future::join_all(waits).await;
     }
@@ -772,19 +815,5 @@ mod tests {
         assert_eq!(k.len(), 32);
         assert!(k.bytes().all(|b| b.is_ascii_hexdigit()));
         assert_ne!(owner_key("alice"), owner_key("bob"));
-    }
-
-    #[test]
-    fn scan_finds_delivered_messages_and_open_turn() {
-        let mut scan = Scan::default();
-        for v in [
-            serde_json::json!({"type":"turn_started","turn_id":"t1","message_ids":["msg_1","msg_2"]}),
-            serde_json::json!({"type":"result","turn_id":"t1"}),
-            serde_json::json!({"type":"turn_started","turn_id":"t2","message_ids":["msg_3"]}),
-        ] {
-            scan_event(&mut scan, &v);
-        }
-        assert_eq!(scan.delivered_through, 3);
-        assert_eq!(scan.open_turn.as_deref(), Some("t2"));
     }
 }

@@ -21,6 +21,7 @@ use super::{AppState, Owner, json_error, query_error};
 use crate::engine::session::SessionHandle;
 use crate::engine::{CreateSession, SessionView, UpdateSession, valid_session_id};
 use crate::error::ApiError;
+use crate::store::events::{Reservation, line_seq};
 
 fn check_id(id: &str) -> Result<(), ApiError> {
     if valid_session_id(id) {
@@ -187,7 +188,8 @@ pub async fn events(
     check_cursor(&h, q.after)?;
     let mut lines = poll(&h, q.after, limit, wait, st.shutdown.clone()).await?;
     lines.truncate(within_bytes(&lines, limits.max_poll_bytes));
-    let next = q.after + lines.len() as u64;
+    let next = lines.last().and_then(|l| line_seq(l)).unwrap_or(q.after);
+    reserve_seen(&h, next).await?;
     let mut body = String::with_capacity(32 + lines.iter().map(|l| l.len() + 1).sum::<usize>());
     body.push_str("{\"events\":[");
     for (i, l) in lines.iter().enumerate() {
@@ -219,6 +221,34 @@ fn within_bytes(lines: &[Arc<str>], max: usize) -> usize {
     lines.len()
 }
 
+/// Makes sure no seq up to `seq` can be reused after a power loss before a client is given it
+/// (see `store::mark`): usually nothing to do; once per few thousand events one small synced
+/// write, off the async workers.
+///
+/// # Errors
+/// 500 when the reservation cannot be written (the events are then not handed out).
+async fn reserve_seen(h: &Arc<SessionHandle>, seq: u64) -> Result<(), ApiError> {
+    let reserve = {
+        let h = h.clone();
+        move || h.events.reserve(seq)
+    };
+    match h.events.reservation(seq) {
+        Reservation::Covered => Ok(()),
+        Reservation::TopUp => {
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = reserve() {
+                    tracing::warn!(error = %e, "cannot extend the event seq reservation");
+                }
+            });
+            Ok(())
+        }
+        Reservation::Required => tokio::task::spawn_blocking(reserve)
+            .await
+            .map_err(|e| ApiError::internal(format!("reservation task failed: {e}")))?
+            .map_err(|e| ApiError::internal(format!("cannot record the events handed out: {e}"))),
+    }
+}
+
 /// A cursor past the session's last event (a client that kept one across a state-dir wipe, or
 /// made one up) would wait for events that may never come: refused instead.
 ///
@@ -242,7 +272,7 @@ fn check_cursor(h: &SessionHandle, after: u64) -> Result<(), ApiError> {
 /// 404 `session_not_found` as soon as the session is deleted (also while waiting); 500 when the
 /// log cannot be read.
 async fn poll(
-    h: &SessionHandle,
+    h: &Arc<SessionHandle>,
     after: u64,
     limit: usize,
     wait: Duration,
@@ -256,10 +286,18 @@ async fn poll(
         if *deleted.borrow_and_update() {
             return Err(ApiError::session_not_found(&h.key.id));
         }
-        let lines = h
-            .events
-            .read_after(after, limit)
-            .map_err(|e| ApiError::internal(format!("cannot read events: {e}")))?;
+        // Recent events come from memory; older ones are read from the file off the async
+        // workers (a slow disk or a large log never stalls other requests).
+        let lines = match h.events.read_tail(after, limit) {
+            Some(lines) => lines,
+            None => {
+                let h = h.clone();
+                tokio::task::spawn_blocking(move || h.events.read_after(after, limit))
+                    .await
+                    .map_err(|e| ApiError::internal(format!("read task failed: {e}")))?
+                    .map_err(|e| ApiError::internal(format!("cannot read events: {e}")))?
+            }
+        };
         if !lines.is_empty() {
             return Ok(lines);
         }
@@ -318,7 +356,12 @@ pub async fn stream(
                     return None;
                 }
                 if let Some(line) = buf.pop_front() {
-                    cursor += 1;
+                    cursor = line_seq(&line).unwrap_or(cursor + 1);
+                    if let Err(e) = reserve_seen(&h, cursor).await {
+                        let body = json!({"error": {"code": e.code, "message": e.message}});
+                        let ev = SseEvent::default().event("error").data(body.to_string());
+                        return Some((Ok(ev), (h, cursor, buf, shutdown, true)));
+                    }
                     let kind = serde_json::from_str::<serde_json::Value>(&line)
                         .ok()
                         .and_then(|v| v.get("type").and_then(|t| t.as_str()).map(str::to_owned))

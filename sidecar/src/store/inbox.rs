@@ -6,7 +6,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -46,11 +46,18 @@ pub struct Inbox {
     pending: VecDeque<QueuedMessage>,
     /// Idempotency key -> message id, for every message in the file that carried one.
     keys: HashMap<String, String>,
+    /// Why the file could not be read to its end (a bad line before its last one): the inbox
+    /// then accepts nothing, and the file is left as it is.
+    corruption: Option<String>,
 }
 
 impl Inbox {
     /// Opens (or creates) the inbox; messages with `n > delivered_through` are pending.
-    /// A torn last line is cut off (its message was never acknowledged).
+    ///
+    /// Only a torn tail is repaired: a last line without its newline (its message was never
+    /// acknowledged), or a tail of NUL bytes (a power loss), is cut off. A bad line before the
+    /// end leaves the file untouched and sets [`Inbox::corruption`] (the session is then
+    /// quarantined: nothing is re-run).
     ///
     /// # Errors
     /// Any I/O error.
@@ -64,21 +71,33 @@ impl Inbox {
         let mut keys = HashMap::new();
         let mut next_n = 1;
         let mut good_len = 0u64;
+        let mut corruption = None;
         {
             let mut reader = BufReader::new(&mut file);
-            let mut line = String::new();
+            let mut line = Vec::new();
             loop {
                 line.clear();
-                let read = reader.read_line(&mut line)?;
+                let read = reader.read_until(b'\n', &mut line)?;
                 if read == 0 {
                     break;
                 }
-                let Some(msg) = line
-                    .strip_suffix('\n')
-                    .and_then(|l| serde_json::from_str::<QueuedMessage>(l).ok())
+                if line.last() != Some(&b'\n') || line.iter().all(|&b| b == 0 || b == b'\n') {
+                    let mut rest = Vec::new();
+                    reader.read_to_end(&mut rest)?;
+                    if line.last() == Some(&b'\n') && !rest.iter().all(|&b| b == 0 || b == b'\n') {
+                        corruption = Some(format!("NUL bytes then more data at byte {good_len}"));
+                    } else {
+                        tracing::warn!(path = %path.display(), "inbox: cutting off a torn tail");
+                    }
+                    break;
+                }
+                let Some(msg) = serde_json::from_slice::<QueuedMessage>(&line[..read - 1])
+                    .ok()
                     .filter(|m| m.n == next_n)
                 else {
-                    tracing::warn!(path = %path.display(), "inbox: cutting off an incomplete line");
+                    corruption = Some(format!(
+                        "message line {next_n} (byte {good_len}) is not a valid message"
+                    ));
                     break;
                 };
                 good_len += read as u64;
@@ -91,7 +110,9 @@ impl Inbox {
                 }
             }
         }
-        if file.metadata()?.len() != good_len {
+        if let Some(c) = &corruption {
+            tracing::error!(path = %path.display(), problem = %c, "inbox: quarantined (nothing after the bad line is read or changed)");
+        } else if file.metadata()?.len() != good_len {
             file.set_len(good_len)?;
         }
         Ok(Inbox {
@@ -99,7 +120,13 @@ impl Inbox {
             next_n,
             pending,
             keys,
+            corruption,
         })
+    }
+
+    /// Why the inbox could not be read to its end, if so (see [`Inbox::open`]).
+    pub fn corruption(&self) -> Option<&str> {
+        self.corruption.as_deref()
     }
 
     /// Appends a message durably (write + fdatasync) and queues it. Returns it.
@@ -111,6 +138,9 @@ impl Inbox {
         text: String,
         idempotency_key: Option<String>,
     ) -> io::Result<QueuedMessage> {
+        if let Some(c) = &self.corruption {
+            return Err(io::Error::other(format!("the inbox is quarantined: {c}")));
+        }
         let n = self.next_n;
         let msg = QueuedMessage {
             n,
@@ -237,6 +267,46 @@ mod tests {
         // message 1 was delivered: its key still finds it
         let inbox = Inbox::open(&path, 1).expect("reopen");
         assert_eq!(inbox.find_key("k1"), Some("msg_1"));
+        assert_eq!(inbox.len(), 1);
+    }
+
+    #[test]
+    fn a_bad_line_in_the_middle_quarantines_without_cutting() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("m.jsonl");
+        {
+            let mut inbox = Inbox::open(&path, 0).expect("open");
+            for t in ["a", "b", "c", "d"] {
+                inbox.push(t.into(), None).expect("push");
+            }
+        }
+        let text = std::fs::read_to_string(&path).expect("read");
+        let mut lines: Vec<&str> = text.lines().collect();
+        lines[1] = "{\"n\":2,\"garbage";
+        let broken = lines.join("\n") + "\n";
+        std::fs::write(&path, &broken).expect("write");
+        let mut inbox = Inbox::open(&path, 0).expect("open");
+        assert!(inbox.corruption().is_some());
+        assert_eq!(std::fs::read_to_string(&path).expect("read"), broken);
+        assert!(inbox.push("e".into(), None).is_err());
+    }
+
+    #[test]
+    fn torn_utf8_tail_is_cut() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("m.jsonl");
+        Inbox::open(&path, 0)
+            .expect("open")
+            .push("a".into(), None)
+            .expect("push");
+        OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .expect("open")
+            .write_all(b"{\"n\":2,\"text\":\"\xe2\x82")
+            .expect("write");
+        let inbox = Inbox::open(&path, 0).expect("reopen");
+        assert_eq!(inbox.corruption(), None);
         assert_eq!(inbox.len(), 1);
     }
 }

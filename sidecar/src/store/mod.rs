@@ -3,4 +3,6 @@
 //! `messages.jsonl` ([`inbox`], every accepted message, fsynced before the API answers 202).
 pub mod events;
 pub mod inbox;
+pub mod log;
+pub mod mark;
 pub mod record;

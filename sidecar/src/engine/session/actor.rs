@@ -102,7 +102,11 @@ impl Actor {
             let has_work = self.want_compact || self.h.queued() > 0;
             // Draining: no new turn until it ends (which sends a Wake).
             let draining = self.ctx.draining.load(std::sync::atomic::Ordering::SeqCst);
-            let can_work = self.retry_at.is_none_or(|t| Instant::now() >= t) && !draining;
+            // A log the disk refused to extend: no turn starts until its events are written (the
+            // engine retries them and wakes the session).
+            let stalled = self.h.events.storage_fault().is_some();
+            let can_work =
+                self.retry_at.is_none_or(|t| Instant::now() >= t) && !draining && !stalled;
             if has_work && can_work && !self.evict_requested {
                 let busy = Busy::enter(&self.ctx);
                 if self.ctx.draining.load(std::sync::atomic::Ordering::SeqCst) {

@@ -62,7 +62,8 @@ pub enum SessionState {
     Running,
     /// The thread is being compacted.
     Compacting,
-    /// Codex could not be started for this session; retried with backoff and at the next message.
+    /// Codex could not be started for this session (retried with backoff and at the next
+    /// message), or the session is quarantined (`reason` says why; nothing runs).
     Failed,
 }
 
@@ -188,6 +189,8 @@ pub struct SessionHandle {
     turns: std::sync::atomic::AtomicU64,
     /// Messages in the inbox's queue; written only under the inbox lock.
     queued: std::sync::atomic::AtomicUsize,
+    /// Set when the session's files could not be read back (see [`SessionHandle::quarantine`]).
+    failure: std::sync::OnceLock<String>,
 }
 
 impl SessionHandle {
@@ -215,6 +218,7 @@ impl SessionHandle {
             save_lock: Mutex::new(()),
             turns: std::sync::atomic::AtomicU64::new(0),
             queued: std::sync::atomic::AtomicUsize::new(queued),
+            failure: std::sync::OnceLock::new(),
         };
         (Arc::new(h), rx)
     }
@@ -238,6 +242,19 @@ impl SessionHandle {
         ) {
             self.send(Command::Interrupt(n));
         }
+    }
+
+    /// Quarantines the session: its log or inbox could not be read to its end. It then shows
+    /// `state: "failed"` with `reason`, runs nothing (no actor is started for it) and accepts no
+    /// message; its events up to the bad line can still be read, and DELETE removes it.
+    pub fn quarantine(&self, reason: String) {
+        let _ = self.failure.set(reason);
+        self.update(|s| s.state = SessionState::Failed);
+    }
+
+    /// Why the session is quarantined, if it is.
+    pub fn failure(&self) -> Option<&str> {
+        self.failure.get().map(String::as_str)
     }
 
     /// Marks the session deleted (see the field's docs) and wakes everyone waiting on its events.
@@ -398,4 +415,3 @@ impl SessionHandle {
 pub fn session_dir(root: &Path, owner_key: &str, id: &str) -> PathBuf {
     root.join("sessions").join(owner_key).join(id)
 }
-

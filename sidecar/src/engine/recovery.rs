@@ -1,0 +1,301 @@
+//! Reloading sessions at start-up, and the two places a session directory can go instead of
+//! being reused: `<state>/quarantine/` (what cannot be read) and `<state>/trash/` (deleted).
+//!
+//! - A session whose `session.json` is missing or unreadable is not a session: its directory is
+//!   moved to `quarantine/<owner-key>/<id>-<unix ms>` (an error log line says so, `/v1/status`
+//!   counts it), so that a new session with its id never replays its old messages.
+//! - A session whose event log or inbox has a bad line before its end is loaded but
+//!   quarantined ([`SessionHandle::quarantine`]): `state: "failed"` with the reason, nothing is
+//!   re-run and nothing in its files is changed.
+//! - A turn that was running when the sidecar died is closed with `error {code:"turn_lost"}` and
+//!   a failed `result`; messages that never reached a turn are queued again.
+//! - DELETE renames a session directory into `trash/` (atomic, synced) before removing it, so a
+//!   session deleted half-way never comes back; start-up empties `trash/`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use super::Engine;
+use super::session::{Actor, SessionHandle, SessionKey};
+use crate::codex::home::{create_private_dir, sync_dir};
+use crate::store::events::{EventKind, EventLog, TurnStatus, Usage};
+use crate::store::inbox::{Inbox, message_n};
+use crate::store::record::SessionRecord;
+
+/// What recovery learned from one event log.
+#[derive(Default)]
+pub(super) struct Scan {
+    pub(super) delivered_through: u64,
+    pub(super) open_turn: Option<String>,
+    pub(super) open_compaction: bool,
+}
+
+pub(super) fn scan_event(scan: &mut Scan, v: &Value) {
+    match v.get("type").and_then(Value::as_str) {
+        Some("turn_started") => {
+            scan.open_turn = Some(
+                v.get("turn_id")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned(),
+            );
+            if let Some(ids) = v.get("message_ids").and_then(Value::as_array) {
+                for n in ids.iter().filter_map(Value::as_str).filter_map(message_n) {
+                    scan.delivered_through = scan.delivered_through.max(n);
+                }
+            }
+        }
+        Some("result") => scan.open_turn = None,
+        Some("compaction") => {
+            scan.open_compaction = v.get("phase").and_then(Value::as_str) == Some("started")
+        }
+        Some("error") if scan.open_compaction => scan.open_compaction = false,
+        _ => {}
+    }
+}
+
+/// Why a directory under `sessions/` is not a session.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum NotASession {
+    /// `session.json` is missing or unreadable.
+    #[error("session.json cannot be read: {0}")]
+    Record(std::io::Error),
+}
+
+/// The trash directory.
+pub(super) fn trash_root(state_dir: &Path) -> PathBuf {
+    state_dir.join("trash")
+}
+
+/// The quarantine directory.
+pub(super) fn quarantine_root(state_dir: &Path) -> PathBuf {
+    state_dir.join("quarantine")
+}
+
+fn unique_suffix() -> String {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or_default();
+    format!("{ms}-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Moves `dir` (a session directory `.../<owner-key>/<id>`) under `root`, atomically, and syncs
+/// both parents. Returns where it went.
+///
+/// # Errors
+/// Any I/O error (the directory then stays where it was).
+pub(super) fn move_aside(dir: &Path, root: &Path) -> std::io::Result<PathBuf> {
+    let name = |p: Option<&Path>| {
+        p.and_then(Path::file_name)
+            .and_then(|n| n.to_str())
+            .unwrap_or("x")
+            .to_owned()
+    };
+    let owner = name(dir.parent());
+    let id = name(Some(dir));
+    let dst_parent = root.join(&owner);
+    create_private_dir(&dst_parent)?;
+    let dst = dst_parent.join(format!("{id}-{}", unique_suffix()));
+    std::fs::rename(dir, &dst)?;
+    if let Some(parent) = dir.parent() {
+        sync_dir(parent)?;
+    }
+    sync_dir(&dst_parent)?;
+    Ok(dst)
+}
+
+/// Removes everything in the trash (sessions deleted before a restart cut their removal short).
+pub(super) fn empty_trash(state_dir: &Path) {
+    let root = trash_root(state_dir);
+    let Ok(entries) = std::fs::read_dir(&root) else {
+        return;
+    };
+    for owner in entries.flatten() {
+        if let Err(e) = std::fs::remove_dir_all(owner.path()) {
+            tracing::warn!(dir = %owner.path().display(), error = %e, "cannot empty the trash");
+        }
+    }
+}
+
+impl Engine {
+    /// Loads one session directory: a normal session (its actor starts), a quarantined one
+    /// (no actor), or not a session at all (the caller moves it aside).
+    ///
+    /// # Errors
+    /// [`NotASession`] when `session.json` cannot be read; I/O errors opening the log or inbox
+    /// are reported the same way (the directory is then not usable as a session).
+    pub(super) fn load(&self, dir: &Path) -> Result<(), NotASession> {
+        let record = SessionRecord::load(&dir.join("session.json")).map_err(NotASession::Record)?;
+        let mut scan = Scan::default();
+        let opened = EventLog::open(&dir.join("events.jsonl"), |v| scan_event(&mut scan, v))
+            .map_err(NotASession::Record)?;
+        let events = opened.log;
+        let inbox = Inbox::open(&dir.join("messages.jsonl"), scan.delivered_through)
+            .map_err(NotASession::Record)?;
+        let problem = match (&opened.corruption, inbox.corruption()) {
+            (Some(c), _) => Some(format!("events.jsonl {c}")),
+            (None, Some(c)) => Some(format!("messages.jsonl: {c}")),
+            (None, None) => None,
+        };
+        if problem.is_none()
+            && let Some(turn_id) = scan.open_turn.take()
+        {
+            // A full disk keeps these in memory until it has room (see `EventLog::append`):
+            // the session loads either way.
+            let closing = [
+                EventKind::Error {
+                    code: "turn_lost".into(),
+                    message: "the sidecar stopped while this turn was running; send the message again to retry".into(),
+                    retryable: true,
+                },
+                EventKind::Result {
+                    turn_id,
+                    status: TurnStatus::Failed,
+                    text: String::new(),
+                    usage: Usage::default(),
+                },
+            ];
+            for event in &closing {
+                if let Err(e) = events.append(event) {
+                    tracing::error!(dir = %dir.display(), error = %e, "cannot close a lost turn yet; it is kept until the disk has room");
+                }
+            }
+        }
+        let key = SessionKey {
+            owner: record.owner.clone(),
+            id: record.id.clone(),
+        };
+        let (h, rx) = SessionHandle::new(key.clone(), dir.to_path_buf(), events, inbox, record);
+        if let Some(reason) = problem {
+            tracing::error!(session = %key.id, dir = %dir.display(), %reason, "session quarantined: it is listed as failed and runs nothing");
+            h.quarantine(format!("session_corrupt: {reason}"));
+        } else {
+            self.ctx.setup.register_home(&h.codex_home());
+            let actor = Actor::new(h.clone(), self.ctx.clone(), rx)
+                .with_pending_compaction(scan.open_compaction);
+            tokio::spawn(actor.run());
+        }
+        if let Ok(mut s) = self.sessions.write() {
+            s.insert(key, h);
+        }
+        Ok(())
+    }
+
+    /// Loads every session under `<state>/sessions/`; moves aside what is not a session.
+    pub(super) fn load_all(&self) -> std::io::Result<()> {
+        let state = self.ctx.config.state_dir.clone();
+        empty_trash(&state);
+        let root = state.join("sessions");
+        create_private_dir(&root)?;
+        for owner_dir in std::fs::read_dir(&root)?.flatten() {
+            let entries = match std::fs::read_dir(owner_dir.path()) {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::error!(dir = %owner_dir.path().display(), error = %e, "cannot list an owner's sessions");
+                    self.note_quarantined();
+                    continue;
+                }
+            };
+            for dir in entries.flatten() {
+                let path = dir.path();
+                if let Err(e) = self.load(&path) {
+                    self.note_quarantined();
+                    match move_aside(&path, &quarantine_root(&state)) {
+                        Ok(to) => {
+                            tracing::error!(dir = %path.display(), moved_to = %to.display(), error = %e, "not a session: moved to the quarantine")
+                        }
+                        Err(m) => {
+                            tracing::error!(dir = %path.display(), error = %e, move_error = %m, "not a session, and it cannot be moved aside")
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn note_quarantined(&self) {
+        self.quarantined_dirs
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Moves a leftover directory at a new session's path aside before the session is created
+    /// there (a directory the engine does not hold is never reused).
+    pub(super) fn clear_leftover(&self, dir: &Path) -> std::io::Result<()> {
+        if !dir.exists() {
+            return Ok(());
+        }
+        let to = move_aside(dir, &quarantine_root(&self.ctx.config.state_dir))?;
+        tracing::error!(dir = %dir.display(), moved_to = %to.display(), "a directory no session held was in the way of a new session: moved to the quarantine");
+        self.note_quarantined();
+        Ok(())
+    }
+
+    /// Moves a deleted session's directory into the trash (atomic), then removes it.
+    pub(super) fn discard(&self, h: &Arc<SessionHandle>) {
+        let trash = trash_root(&self.ctx.config.state_dir);
+        match move_aside(&h.dir, &trash) {
+            Ok(to) => {
+                if let Err(e) = std::fs::remove_dir_all(&to) {
+                    tracing::warn!(dir = %to.display(), error = %e, "cannot remove a deleted session's files (start-up retries)");
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(dir = %h.dir.display(), error = %e, "cannot move a deleted session to the trash; removing it in place");
+                let _ = std::fs::remove_dir_all(&h.dir);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scan_finds_delivered_messages_and_open_turn() {
+        let mut scan = Scan::default();
+        for v in [
+            serde_json::json!({"type":"turn_started","turn_id":"t1","message_ids":["msg_1","msg_2"]}),
+            serde_json::json!({"type":"result","turn_id":"t1"}),
+            serde_json::json!({"type":"turn_started","turn_id":"t2","message_ids":["msg_3"]}),
+        ] {
+            scan_event(&mut scan, &v);
+        }
+        assert_eq!(scan.delivered_through, 3);
+        assert_eq!(scan.open_turn.as_deref(), Some("t2"));
+    }
+
+    #[test]
+    fn move_aside_keeps_owner_and_id_and_empties_the_source() {
+        let state = tempfile::tempdir().expect("tempdir");
+        let dir = state
+            .path()
+            .join("sessions")
+            .join("ownerkey")
+            .join("chat-1");
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        std::fs::write(dir.join("messages.jsonl"), "x").expect("write");
+        let to = move_aside(&dir, &quarantine_root(state.path())).expect("move");
+        assert!(!dir.exists());
+        assert!(to.starts_with(state.path().join("quarantine").join("ownerkey")));
+        assert!(
+            to.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("chat-1-"))
+        );
+        assert!(to.join("messages.jsonl").exists());
+        std::fs::create_dir_all(trash_root(state.path()).join("o").join("x")).expect("mkdir");
+        empty_trash(state.path());
+        assert!(
+            std::fs::read_dir(trash_root(state.path()))
+                .expect("ls")
+                .next()
+                .is_none()
+        );
+    }
+}

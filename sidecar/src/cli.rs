@@ -147,6 +147,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
         crate::auth::reload::spawn_watcher(auth.clone(), interval, metrics.clone())
     });
     let redactor = Arc::new(Redactor::new());
+    auth.feed_redactor(redactor.clone());
     let engine = Engine::open(config, metrics.clone(), redactor)
         .map_err(|e| format!("--state-dir: cannot load sessions: {e}"))?;
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);

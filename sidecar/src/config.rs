@@ -428,9 +428,24 @@ impl Config {
         }
     }
 
-    /// The URL `/readyz` probes to see that the model provider answers (`<base>/models`).
+    /// The URL `/readyz` probes to see that the model provider answers (`<base>/models`, with
+    /// the base URL's query string kept after the path).
     pub fn provider_probe_url(&self) -> String {
-        format!("{}/models", self.provider_base())
+        join_url(&self.provider_base(), "models")
+    }
+}
+
+/// `base` with `/<path>` appended to its path, its query string (an Azure-style
+/// `?api-version=...`) kept after it: `http://h/v1?x=1` + `models` = `http://h/v1/models?x=1`.
+/// A base that is not a URL gets `/<path>` appended as text.
+pub fn join_url(base: &str, path: &str) -> String {
+    match reqwest::Url::parse(base) {
+        Ok(mut url) => {
+            let joined = format!("{}/{path}", url.path().trim_end_matches('/'));
+            url.set_path(&joined);
+            url.to_string()
+        }
+        Err(_) => format!("{}/{path}", base.trim_end_matches('/')),
     }
 }
 

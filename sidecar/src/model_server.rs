@@ -291,7 +291,10 @@ fn list(st: &mut ModelServerStatus, names: &[String]) {
 
 async fn check_ollama(http: &Http<'_>, st: &mut ModelServerStatus) {
     let root = api_root(&st.base_url);
-    match http.get(&format!("{root}/api/version")).await {
+    match http
+        .get(&crate::config::join_url(&root, "api/version"))
+        .await
+    {
         Ok(v) => {
             st.reachable = Some(true);
             st.version = v.get("version").and_then(Value::as_str).map(str::to_owned);
@@ -303,7 +306,7 @@ async fn check_ollama(http: &Http<'_>, st: &mut ModelServerStatus) {
             }
         }
     }
-    match http.get(&format!("{root}/api/tags")).await {
+    match http.get(&crate::config::join_url(&root, "api/tags")).await {
         Ok(v) => match parse_ollama_tags(&v) {
             Some(names) => {
                 list(st, &names);
@@ -314,7 +317,7 @@ async fn check_ollama(http: &Http<'_>, st: &mut ModelServerStatus) {
             None => note(
                 st,
                 &CheckError::BadBody {
-                    url: format!("{root}/api/tags"),
+                    url: crate::config::join_url(&root, "api/tags"),
                 },
             ),
         },
@@ -327,7 +330,7 @@ async fn check_ollama(http: &Http<'_>, st: &mut ModelServerStatus) {
         match http
             .json(
                 reqwest::Method::POST,
-                &format!("{root}/api/show"),
+                &crate::config::join_url(&root, "api/show"),
                 Some(json!({"model": model})),
             )
             .await
@@ -340,7 +343,7 @@ async fn check_ollama(http: &Http<'_>, st: &mut ModelServerStatus) {
     let Some(model) = st.model.clone() else {
         return;
     };
-    match http.get(&format!("{root}/api/ps")).await {
+    match http.get(&crate::config::join_url(&root, "api/ps")).await {
         Ok(v) => match parse_ollama_ps(&v) {
             Some(running) => {
                 let entry = running.iter().find(|r| ollama_same_model(&r.name, &model));
@@ -355,7 +358,7 @@ async fn check_ollama(http: &Http<'_>, st: &mut ModelServerStatus) {
             None => note(
                 st,
                 &CheckError::BadBody {
-                    url: format!("{root}/api/ps"),
+                    url: crate::config::join_url(&root, "api/ps"),
                 },
             ),
         },
@@ -365,7 +368,7 @@ async fn check_ollama(http: &Http<'_>, st: &mut ModelServerStatus) {
 
 async fn check_lmstudio(http: &Http<'_>, st: &mut ModelServerStatus) {
     let root = api_root(&st.base_url);
-    let url = format!("{root}/api/v0/models");
+    let url = crate::config::join_url(&root, "api/v0/models");
     match http.get(&url).await {
         Ok(v) => {
             st.reachable = Some(true);
@@ -395,7 +398,7 @@ async fn check_lmstudio(http: &Http<'_>, st: &mut ModelServerStatus) {
 }
 
 async fn check_openai_compatible(http: &Http<'_>, st: &mut ModelServerStatus) {
-    let url = format!("{}/models", st.base_url);
+    let url = crate::config::join_url(&st.base_url, "models");
     match http.get(&url).await {
         Ok(v) => {
             st.reachable = Some(true);
@@ -426,8 +429,18 @@ async fn check_openai_compatible(http: &Http<'_>, st: &mut ModelServerStatus) {
 /// The server's root for its native API: the base URL without a trailing `/v1`
 /// (`http://127.0.0.1:11434/v1` -> `http://127.0.0.1:11434`).
 pub fn api_root(base_url: &str) -> String {
-    let base = base_url.trim_end_matches('/');
-    base.strip_suffix("/v1").unwrap_or(base).to_owned()
+    match reqwest::Url::parse(base_url) {
+        Ok(mut url) => {
+            let path = url.path().trim_end_matches('/');
+            let root = path.strip_suffix("/v1").unwrap_or(path).to_owned();
+            url.set_path(&root);
+            url.to_string().trim_end_matches('/').to_owned()
+        }
+        Err(_) => {
+            let base = base_url.trim_end_matches('/');
+            base.strip_suffix("/v1").unwrap_or(base).to_owned()
+        }
+    }
 }
 
 /// Whether two Ollama model names name the same model: equal, or equal once a missing tag is
@@ -607,6 +620,19 @@ mod tests {
         );
         assert_eq!(api_root("http://h:11434/v1/"), "http://h:11434");
         assert_eq!(api_root("http://h:8000"), "http://h:8000");
+        let root = api_root("http://h:1234/v1?api-version=2");
+        assert_eq!(
+            crate::config::join_url(&root, "api/v0/models"),
+            "http://h:1234/api/v0/models?api-version=2"
+        );
+        assert_eq!(
+            crate::config::join_url("http://h/v1/?api-version=2", "models"),
+            "http://h/v1/models?api-version=2"
+        );
+        assert_eq!(
+            crate::config::join_url("http://h:8000/v1", "models"),
+            "http://h:8000/v1/models"
+        );
     }
 
     #[test]

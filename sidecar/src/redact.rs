@@ -36,13 +36,44 @@ impl Redactor {
         }
     }
 
-    /// Adds every string value of a JSON document (used for auth.json: tokens, keys, ids).
+    /// Adds the secrets of a JSON credentials document (auth.json): every string under a key
+    /// that names a secret ([`is_secret_name`]: `access_token`, `refresh_token`, `id_token`,
+    /// `OPENAI_API_KEY`, ...) and every string that is a JWT, but not timestamps, modes or
+    /// account ids, which would otherwise be scrubbed from every answer that mentions them.
     pub fn add_json_strings(&self, value: &serde_json::Value) {
+        self.add_json_secrets(value, false);
+    }
+
+    fn add_json_secrets(&self, value: &serde_json::Value, under_secret_key: bool) {
         match value {
-            serde_json::Value::String(s) => self.add(s),
-            serde_json::Value::Array(a) => a.iter().for_each(|v| self.add_json_strings(v)),
-            serde_json::Value::Object(o) => o.values().for_each(|v| self.add_json_strings(v)),
+            serde_json::Value::String(s) if under_secret_key || looks_like_jwt(s) => self.add(s),
+            serde_json::Value::Array(a) => a
+                .iter()
+                .for_each(|v| self.add_json_secrets(v, under_secret_key)),
+            serde_json::Value::Object(o) => o.iter().for_each(|(k, v)| {
+                self.add_json_secrets(v, under_secret_key || is_secret_name(k));
+            }),
             _ => {}
+        }
+    }
+
+    /// Adds the value of each `-c key=value` override whose key names a secret (a header, a
+    /// token, a key...): `-c 'model_providers.x.http_headers.Authorization="Bearer ..."'`.
+    pub fn add_config_overrides(&self, overrides: &[String]) {
+        for kv in overrides {
+            if let Some((key, value)) = kv.split_once('=')
+                && is_secret_name(key)
+            {
+                let value = value.trim();
+                let unquoted = value
+                    .strip_prefix('"')
+                    .and_then(|v| v.strip_suffix('"'))
+                    .unwrap_or(value);
+                self.add(unquoted);
+                if let Some((_, token)) = unquoted.split_once(' ') {
+                    self.add(token);
+                }
+            }
         }
     }
 
@@ -79,6 +110,38 @@ impl Redactor {
         }
         out
     }
+}
+
+/// Whether a setting or JSON key names a secret: it contains `token`, `key`, `secret`,
+/// `password`, `passwd`, `auth`, `bearer`, `credential`, `cookie` or `header` (any case).
+pub fn is_secret_name(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    [
+        "token",
+        "key",
+        "secret",
+        "password",
+        "passwd",
+        "auth",
+        "bearer",
+        "credential",
+        "cookie",
+        "header",
+    ]
+    .iter()
+    .any(|w| n.contains(w))
+}
+
+/// Whether `s` is a compact JWS (`eyJ...` header, three base64url parts).
+fn looks_like_jwt(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('.').collect();
+    parts.len() == 3
+        && s.starts_with("eyJ")
+        && parts.iter().all(|p| {
+            !p.is_empty()
+                && p.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
 }
 
 /// Redacts a stream of text pieces (agent message deltas) whose secrets may be split across
@@ -224,5 +287,45 @@ mod url_tests {
             "http://127.0.0.1:11434/v1"
         );
         assert_eq!(display_url("not a url"), "(unparseable URL)");
+    }
+
+    #[test]
+    fn auth_json_secrets_are_scrubbed_but_not_its_timestamps() {
+        let r = Redactor::new();
+        r.add_json_strings(&serde_json::json!({
+            "OPENAI_API_KEY": null,
+            "auth_mode": "chatgpt-plus",
+            "last_refresh": "2026-12-01T10:00:00.000Z",
+            "tokens": {
+                "id_token": "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl",
+                "access_token": "opaque-access-1234",
+                "refresh_token": "rt_abcdefgh12345678",
+                "account_id": "acct-0000-1111"
+            }
+        }));
+        let text = "refreshed at 2026-12-01T10:00:00.000Z for acct-0000-1111 in chatgpt-plus";
+        assert_eq!(r.redact(text), text, "nothing secret in it");
+        for secret in [
+            "opaque-access-1234",
+            "rt_abcdefgh12345678",
+            "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl",
+        ] {
+            assert_eq!(
+                r.redact(&format!("x {secret} y")),
+                format!("x {REDACTED} y")
+            );
+        }
+    }
+
+    #[test]
+    fn secret_config_overrides_are_scrubbed() {
+        let r = Redactor::new();
+        r.add_config_overrides(&[
+            r#"model_providers.p.http_headers.Authorization="Bearer tok-1234567890""#.to_owned(),
+            r#"model="gpt-5-codex-mini""#.to_owned(),
+        ]);
+        assert_eq!(r.redact("Bearer tok-1234567890"), REDACTED);
+        assert_eq!(r.redact("sent tok-1234567890"), format!("sent {REDACTED}"));
+        assert_eq!(r.redact("gpt-5-codex-mini"), "gpt-5-codex-mini");
     }
 }

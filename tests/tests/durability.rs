@@ -318,7 +318,10 @@ async fn a_full_disk_refuses_new_work_with_507_and_loses_nothing() -> anyhow::Re
     // The sidecar keeps the turn's end in memory; once there is room it is written, in order.
     let deadline = Instant::now() + T;
     while status_counts(&sc).await["storage_faults"] != 1 {
-        assert!(Instant::now() < deadline, "the refused event appends are not reported");
+        assert!(
+            Instant::now() < deadline,
+            "the refused event appends are not reported"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let (status, body) = api

@@ -482,7 +482,7 @@ async fn approval_requests_are_answered_with_the_configured_decision() -> anyhow
         .is_empty();
         assert_eq!(
             found, expect_file,
-            "{decision}: the command ran only when accepted"
+            "{decision}: the command ran only when accepted: {events:?}"
         );
     }
     Ok(())

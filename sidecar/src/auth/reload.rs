@@ -35,6 +35,9 @@ pub struct KeyRing {
     overlap: Duration,
     keys: RwLock<Arc<Keys>>,
     failure: Mutex<Option<Failure>>,
+    /// Scrubs every HS256 secret this ring loads out of codex's output (see
+    /// [`KeyRing::feed_redactor`]).
+    redactor: std::sync::OnceLock<Arc<crate::redact::Redactor>>,
 }
 
 /// The key file and what to build from it.
@@ -153,6 +156,7 @@ impl KeyRing {
     ) -> Self {
         Self {
             source,
+            redactor: std::sync::OnceLock::new(),
             overlap,
             keys: RwLock::new(Arc::new(Keys {
                 current,
@@ -205,6 +209,25 @@ impl KeyRing {
         self.reload_at(Instant::now(), SystemTime::now())
     }
 
+    /// Makes the HS256 secret in use, and every one a reload brings, a secret `redactor` scrubs
+    /// (a model that `cat`s the key file never shows it in an event). Public keys are not secrets.
+    pub fn feed_redactor(&self, redactor: Arc<crate::redact::Redactor>) {
+        let _ = self.redactor.set(redactor);
+        if let Some(src) = &self.source
+            && let Ok(bytes) = super::read_key_file(src.flag, &src.path)
+        {
+            self.redact_secret(src, &bytes);
+        }
+    }
+
+    fn redact_secret(&self, src: &Source, bytes: &[u8]) {
+        if src.flag == super::SECRET_FLAG
+            && let Some(r) = self.redactor.get()
+        {
+            r.add(&String::from_utf8_lossy(super::trim_key(bytes)));
+        }
+    }
+
     /// [`Self::reload`] as of `now` (monotonic, for the overlap) and `wall` (for the status).
     pub fn reload_at(&self, now: Instant, wall: SystemTime) -> ReloadOutcome {
         let Some(src) = &self.source else {
@@ -228,6 +251,7 @@ impl KeyRing {
             Ok(auth) => auth,
             Err(error) => return self.failed(FailedOn::Content(digest), error),
         };
+        self.redact_secret(src, &bytes);
         let mut guard = self.keys.write().unwrap_or_else(PoisonError::into_inner);
         let mut previous: Vec<Previous> = Vec::with_capacity(MAX_PREVIOUS_KEYS);
         let mut previous_expires_at = None;

@@ -192,6 +192,10 @@ impl CodexSetup {
                     );
                 }
                 if !s.env.is_empty() {
+                    // An MCP server's environment holds its credentials.
+                    for v in s.env.values() {
+                        redactor.add(v);
+                    }
                     let env: toml::Table = s
                         .env
                         .iter()
@@ -208,6 +212,7 @@ impl CodexSetup {
             toml::to_string(&table).map_err(io::Error::other)?
         );
 
+        redactor.add_config_overrides(&config.codex_config);
         let (auth, api_key) = match &config.codex_auth {
             CodexAuth::AuthJson(src) => (
                 Some(AuthStore::init(&config.state_dir, src, redactor)?),

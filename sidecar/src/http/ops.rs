@@ -42,7 +42,7 @@ pub async fn healthz() -> Json<Value> {
 }
 
 /// `GET /readyz` -> 200 when `codex --version` runs, the provider's `/models` answers with any
-/// HTTP status below 500, and the model server does not say that it lacks the model
+/// HTTP status below 500 but 404 (a base URL without the model API), and the model server does not say that it lacks the model
 /// ([`crate::model_server::ModelServerStatus::served`] is not `false`); 503 otherwise. Body:
 /// `{"ready", "checks":{"codex":{...},"provider":{...},"model":{"ok","model","served","error"?}}}`.
 pub async fn readyz(State(st): State<AppState>) -> Response {
@@ -101,6 +101,12 @@ async fn probe(url: &str) -> Result<u16, String> {
         .build()
         .map_err(|e| e.to_string())?;
     match client.get(url).send().await {
+        // Something answers there, but not a model API: the base URL is wrong (a missing `/v1`).
+        Ok(r) if r.status().as_u16() == 404 => Err(
+            "HTTP 404: no model list at this URL; check --provider-base-url (it usually ends in /v1)"
+                .to_owned(),
+        ),
+        // 401/403 still prove a model API answers (the key is codex's business).
         Ok(r) if r.status().as_u16() < 500 => Ok(r.status().as_u16()),
         Ok(r) => Err(format!("HTTP {}", r.status().as_u16())),
         Err(e) if e.is_timeout() => Err("timed out after 3 s".to_owned()),

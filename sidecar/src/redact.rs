@@ -37,7 +37,7 @@ impl Redactor {
     }
 
     /// Adds the secrets of a JSON credentials document (auth.json): every string under a key
-    /// that names a secret ([`is_secret_name`]: `access_token`, `refresh_token`, `id_token`,
+    /// that names a secret (holds `token`, `key`, `secret` or `password`: `access_token`, `id_token`,
     /// `OPENAI_API_KEY`, ...) and every string that is a JWT, but not timestamps, modes or
     /// account ids, which would otherwise be scrubbed from every answer that mentions them.
     pub fn add_json_strings(&self, value: &serde_json::Value) {
@@ -51,7 +51,11 @@ impl Redactor {
                 .iter()
                 .for_each(|v| self.add_json_secrets(v, under_secret_key)),
             serde_json::Value::Object(o) => o.iter().for_each(|(k, v)| {
-                self.add_json_secrets(v, under_secret_key || is_secret_name(k));
+                let k = k.to_ascii_lowercase();
+                let secret = ["token", "key", "secret", "password"]
+                    .iter()
+                    .any(|w| k.contains(w));
+                self.add_json_secrets(v, under_secret_key || secret);
             }),
             _ => {}
         }

@@ -50,12 +50,13 @@ impl Redactor {
             serde_json::Value::Array(a) => a
                 .iter()
                 .for_each(|v| self.add_json_secrets(v, under_secret_key)),
+            // Decided by the value's own key: `tokens.account_id` is an id, not a token.
             serde_json::Value::Object(o) => o.iter().for_each(|(k, v)| {
                 let k = k.to_ascii_lowercase();
                 let secret = ["token", "key", "secret", "password"]
                     .iter()
                     .any(|w| k.contains(w));
-                self.add_json_secrets(v, under_secret_key || secret);
+                self.add_json_secrets(v, secret && !v.is_object());
             }),
             _ => {}
         }

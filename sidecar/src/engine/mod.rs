@@ -141,6 +141,11 @@ pub struct SessionView {
     pub compactions: u64,
     /// The seq the next event will get.
     pub next_seq: u64,
+    /// The running user turn's id (as in its `turn_started`), `null` when none runs.
+    pub current_turn_id: Option<String>,
+    /// When the running turn started (RFC 3339, its `turn_started` event's `time`), `null` when
+    /// none runs.
+    pub turn_started_at: Option<String>,
 }
 
 /// Counts for `/v1/status` and the metrics gauges.
@@ -497,6 +502,8 @@ impl Engine {
             context_tokens: snap.record.context_tokens,
             compactions: snap.record.compactions,
             next_seq: h.events.last_seq() + 1,
+            current_turn_id: snap.current_turn.as_ref().map(|t| t.turn_id.clone()),
+            turn_started_at: snap.current_turn.map(|t| t.started_at),
         }
     }
 
@@ -597,12 +604,13 @@ impl Engine {
         }
     }
 
-    /// Asks the session to interrupt its running turn.
+    /// Asks the session to interrupt its running turn and every message waiting for a turn (see
+    /// [`session::Command::Interrupt`]).
     ///
     /// # Errors
     /// 404.
     pub fn interrupt(&self, owner: &str, id: &str) -> Result<(), ApiError> {
-        self.get(owner, id)?.interrupt_running();
+        self.get(owner, id)?.interrupt();
         Ok(())
     }
 

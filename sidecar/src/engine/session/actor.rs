@@ -1,8 +1,10 @@
 //! The actor that owns one session's codex child: its loop, starting the child and loading the
 //! thread, and the bookkeeping shared by turns and compactions ([`turn`]).
 
+mod pending;
 mod turn;
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,6 +30,8 @@ struct Live {
     /// Digest of the developer instructions this child was started with (`thread/start` or
     /// `thread/resume`): what codex puts back into the thread's context when it compacts it.
     instructions_digest: String,
+    /// Whether this child resumed the thread (false: it started a new, empty one).
+    resumed: bool,
 }
 
 /// What a driven turn produced.
@@ -61,6 +65,15 @@ pub struct Actor {
     /// When the session last did something (a turn, a compaction, a start); the idle timeout
     /// counts from here, not from stray notifications of an idle child.
     idle_since: tokio::time::Instant,
+    /// Messages up to this position were interrupted (`POST .../interrupt`): one still waiting
+    /// is answered with an interrupted result instead of running.
+    interrupt_through: u64,
+    /// How many waiting messages go in the next turn.
+    batcher: Batcher,
+    /// `thread/resume` failures in a row (not counting a thread codex says is gone).
+    resume_failures: u32,
+    /// Commands read while waiting for a codex slot, handled before anything else.
+    deferred: VecDeque<Command>,
 }
 
 enum Flow {
@@ -87,6 +100,10 @@ impl Actor {
             backoff: Duration::from_secs(2),
             evict_requested: false,
             idle_since: tokio::time::Instant::now(),
+            interrupt_through: 0,
+            batcher: Batcher::default(),
+            resume_failures: 0,
+            deferred: VecDeque::new(),
         }
     }
 
@@ -99,6 +116,12 @@ impl Actor {
     /// Runs until the session is deleted or the sidecar stops.
     pub async fn run(mut self) {
         loop {
+            if let Some(cmd) = self.deferred.pop_front() {
+                if let Flow::Exit = self.idle_command(cmd).await {
+                    return;
+                }
+                continue;
+            }
             let has_work = self.want_compact || self.h.queued() > 0;
             // Draining: no new turn until it ends (which sends a Wake).
             let draining = self.ctx.draining.load(std::sync::atomic::Ordering::SeqCst);
@@ -156,7 +179,7 @@ impl Actor {
         match cmd {
             Command::Wake => self.retry_at = None,
             Command::Compact => self.want_compact = true,
-            Command::Interrupt(_) => {}
+            Command::Interrupt { through } => self.interrupt_waiting(through),
             Command::Evict => self.evict_requested = true,
             Command::Start(reply) => {
                 let r = self
@@ -201,15 +224,18 @@ impl Actor {
             // A thread with no turn yet is replaced by one started with the new instructions.
             self.stop_child("the session's instructions changed").await;
         }
-        if let Err(e) = self.ensure_thread(None).await {
-            self.emit(EventKind::Error {
-                code: "codex_unavailable".into(),
-                message: e.to_string(),
-                retryable: true,
-            });
-            self.set_state(SessionState::Failed);
-            self.retry_at = Some(Instant::now() + self.backoff);
-            self.backoff = (self.backoff * 2).min(Duration::from_secs(60));
+        match self.ensure_thread(None).await {
+            Ok(()) => {}
+            // The waiting work was interrupted (or a command needs the actor) while it waited
+            // for a slot: nothing failed.
+            Err(StartError::Cancelled) => return Flow::Continue,
+            Err(e) => {
+                self.unavailable(e.to_string());
+                return Flow::Continue;
+            }
+        }
+        if let Err(e) = self.recover_pending_turn().await {
+            self.unavailable(e);
             return Flow::Continue;
         }
         self.backoff = Duration::from_secs(2);
@@ -235,6 +261,60 @@ impl Actor {
         flow
     }
 
+    /// codex could not be started (or asked): says so and retries with backoff.
+    fn unavailable(&mut self, message: String) {
+        self.emit(EventKind::Error {
+            code: "codex_unavailable".into(),
+            message,
+            retryable: true,
+        });
+        self.set_state(SessionState::Failed);
+        self.retry_at = Some(Instant::now() + self.backoff);
+        self.backoff = (self.backoff * 2).min(Duration::from_secs(60));
+    }
+
+    /// Answers every waiting message accepted up to position `through` (and earlier interrupts')
+    /// with an interrupted result, as one turn that never reaches codex (`turn_started` with an
+    /// empty `turn_id`, then `result {status:"interrupted"}`).
+    fn interrupt_waiting(&mut self, through: u64) {
+        self.interrupt_through = self.interrupt_through.max(through);
+        let taken = self.h.take_through(self.interrupt_through);
+        if taken.is_empty() {
+            return;
+        }
+        let message_ids: Vec<String> = taken.iter().map(|m| m.message_id.clone()).collect();
+        self.emit(EventKind::TurnStarted {
+            turn_id: String::new(),
+            message_count: message_ids.len(),
+            message_ids,
+            queued: self.h.queued(),
+        });
+        self.emit(EventKind::Result {
+            turn_id: String::new(),
+            status: TurnStatus::Interrupted,
+            text: String::new(),
+            usage: Usage::default(),
+        });
+        self.ctx
+            .metrics
+            .turns
+            .get_or_create(&status_label(TurnStatus::Interrupted))
+            .inc();
+    }
+
+    /// Reads every command that arrived meanwhile without waiting: interrupts are applied, a
+    /// compaction request noted, anything else kept for the idle loop.
+    fn drain_commands(&mut self) {
+        while let Ok(cmd) = self.rx.try_recv() {
+            match cmd {
+                Command::Interrupt { through } => self.interrupt_waiting(through),
+                Command::Compact => self.want_compact = true,
+                Command::Wake => {}
+                other => self.deferred.push_back(other),
+            }
+        }
+    }
+
     /// Makes sure a child runs with this session's thread loaded. After a fresh start the
     /// session's auth.json is checked for tokens codex refreshed while starting.
     /// `slot_wait` bounds the wait for a free codex slot (None: wait as long as it takes).
@@ -254,19 +334,23 @@ impl Actor {
         slot_wait: Option<Duration>,
     ) -> Result<(), StartError> {
         let h = self.h.clone();
-        let acquire = self.ctx.pool.acquire(move || h.send(Command::Evict));
+        let pool = self.ctx.pool.clone();
+        let acquire = pool.acquire(move || h.send(Command::Evict));
         let lease = match slot_wait {
             // Cancelling the wait is safe: a slot is only taken when acquire returns.
             Some(limit) => tokio::time::timeout(limit, acquire)
                 .await
                 .map_err(|_| StartError::NoCapacity(self.ctx.config.max_live_sessions))?,
-            // Waiting for a turn elsewhere to end: keep the client's heartbeat going meanwhile.
+            // Waiting for a turn elsewhere to end: keep the client's heartbeat going meanwhile,
+            // and answer an interrupt of the waiting messages at once.
             None => {
                 tokio::pin!(acquire);
+                let mut beat = tokio::time::Instant::now() + HEARTBEAT;
                 loop {
-                    match tokio::time::timeout(HEARTBEAT, &mut acquire).await {
-                        Ok(lease) => break lease,
-                        Err(_) => {
+                    tokio::select! {
+                        lease = &mut acquire => break lease,
+                        () = tokio::time::sleep_until(beat) => {
+                            beat = tokio::time::Instant::now() + HEARTBEAT;
                             let mut detail = Map::new();
                             detail.insert("reason".into(), "waiting for a free codex slot".into());
                             self.emit(EventKind::Activity {
@@ -274,6 +358,22 @@ impl Actor {
                                 detail,
                             });
                         }
+                        cmd = self.rx.recv() => match cmd {
+                            Some(Command::Interrupt { through }) => {
+                                self.interrupt_waiting(through);
+                                if self.h.queued() == 0 && !self.want_compact {
+                                    return Err(StartError::Cancelled);
+                                }
+                            }
+                            Some(Command::Compact) => self.want_compact = true,
+                            Some(Command::Wake | Command::Evict) => {}
+                            Some(other) => {
+                                // Stop or Start: handled by the idle loop, without a slot.
+                                self.deferred.push_back(other);
+                                return Err(StartError::Cancelled);
+                            }
+                            None => return Err(StartError::Cancelled),
+                        },
                     }
                 }
             }
@@ -311,11 +411,12 @@ impl Actor {
                 .await
                 .map_err(|e| format!("API-key login failed: {e}"))?;
         }
-        let live = Live {
+        let mut live = Live {
             server,
             lease,
             total: TokenCounts::default(),
             instructions_digest: instructions_digest(self.h.settings().instructions.as_deref()),
+            resumed: false,
         };
         let first_event = self.h.events.last_seq() == 0;
         let resumable = self
@@ -337,6 +438,8 @@ impl Actor {
                 .await
             {
                 Ok(_) => {
+                    self.resume_failures = 0;
+                    live.resumed = true;
                     self.live = Some(live);
                     if first_event {
                         // A session created from an existing thread announces it once.
@@ -347,14 +450,33 @@ impl Actor {
                     }
                     return Ok(());
                 }
-                // Only a thread codex cannot find is replaced; any other error (overloaded, a
-                // config problem) is retried with backoff and keeps the thread.
+                // A thread codex cannot find is replaced at once; any other error (a damaged
+                // rollout, a config problem) is retried with backoff, up to --resume-attempts
+                // times in a row, and then the thread is replaced so that the session works again.
                 Err(RpcError::Server { message, .. }) if thread_is_gone(&message) => {
                     self.emit(EventKind::Progress {
                         message: format!("thread {thread_id} could not be resumed ({message}); starting a new thread"),
                     });
                 }
-                Err(e) => return Err(e.to_string()),
+                Err(e) if e.is_fatal() => return Err(e.to_string()),
+                Err(e) => {
+                    self.resume_failures += 1;
+                    let limit = self.ctx.config.resume_attempts;
+                    if self.resume_failures < limit {
+                        return Err(format!(
+                            "thread/resume failed ({} of {limit} attempts before the thread is replaced): {e}",
+                            self.resume_failures
+                        ));
+                    }
+                    self.resume_failures = 0;
+                    self.emit(EventKind::Error {
+                        code: "thread_replaced".into(),
+                        message: format!(
+                            "thread {thread_id} could not be resumed in {limit} attempts ({e}); it was replaced by a new thread, which does not hold the earlier conversation"
+                        ),
+                        retryable: false,
+                    });
+                }
             }
         } else if let Some(old) = self.record.thread_id.clone() {
             self.emit(EventKind::Progress {
@@ -497,9 +619,10 @@ impl Actor {
 
     /// Writes session.json (temp file, fsync, rename) on a blocking thread, so a slow disk never
     /// stalls the async workers that deliver events; the actor waits for it, so saves stay ordered.
-    async fn save_record(&self) {
+    /// False when it could not be written (logged).
+    async fn save_record(&self) -> bool {
         if self.h.is_deleted() {
-            return;
+            return true;
         }
         let record = self.record.clone();
         // The settings are the handle's (creation and PATCH set them), not the actor's copy.
@@ -513,12 +636,14 @@ impl Actor {
         let h = self.h.clone();
         let saved = tokio::task::spawn_blocking(move || h.save_snapshot_blocking()).await;
         match saved {
-            Ok(Ok(())) => {}
+            Ok(Ok(())) => true,
             Ok(Err(e)) => {
-                tracing::error!(session = %self.h.key.id, error = %e, "cannot write session.json")
+                tracing::error!(session = %self.h.key.id, error = %e, "cannot write session.json");
+                false
             }
             Err(e) => {
-                tracing::error!(session = %self.h.key.id, error = %e, "session.json writer failed")
+                tracing::error!(session = %self.h.key.id, error = %e, "session.json writer failed");
+                false
             }
         }
     }

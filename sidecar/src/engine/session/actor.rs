@@ -1,6 +1,9 @@
 //! The actor that owns one session's codex child: its loop, starting the child and loading the
 //! thread, and the bookkeeping shared by turns and compactions ([`turn`]).
 
+mod compact;
+mod instructions;
+mod interrupts;
 mod pending;
 mod turn;
 
@@ -20,6 +23,7 @@ use crate::store::events::{EventKind, TurnStatus, Usage};
 use crate::store::record::SessionRecord;
 
 use super::*;
+use instructions::instructions_digest;
 
 /// A live child and its pool slot.
 struct Live {
@@ -261,60 +265,6 @@ impl Actor {
         flow
     }
 
-    /// codex could not be started (or asked): says so and retries with backoff.
-    fn unavailable(&mut self, message: String) {
-        self.emit(EventKind::Error {
-            code: "codex_unavailable".into(),
-            message,
-            retryable: true,
-        });
-        self.set_state(SessionState::Failed);
-        self.retry_at = Some(Instant::now() + self.backoff);
-        self.backoff = (self.backoff * 2).min(Duration::from_secs(60));
-    }
-
-    /// Answers every waiting message accepted up to position `through` (and earlier interrupts')
-    /// with an interrupted result, as one turn that never reaches codex (`turn_started` with an
-    /// empty `turn_id`, then `result {status:"interrupted"}`).
-    fn interrupt_waiting(&mut self, through: u64) {
-        self.interrupt_through = self.interrupt_through.max(through);
-        let taken = self.h.take_through(self.interrupt_through);
-        if taken.is_empty() {
-            return;
-        }
-        let message_ids: Vec<String> = taken.iter().map(|m| m.message_id.clone()).collect();
-        self.emit(EventKind::TurnStarted {
-            turn_id: String::new(),
-            message_count: message_ids.len(),
-            message_ids,
-            queued: self.h.queued(),
-        });
-        self.emit(EventKind::Result {
-            turn_id: String::new(),
-            status: TurnStatus::Interrupted,
-            text: String::new(),
-            usage: Usage::default(),
-        });
-        self.ctx
-            .metrics
-            .turns
-            .get_or_create(&status_label(TurnStatus::Interrupted))
-            .inc();
-    }
-
-    /// Reads every command that arrived meanwhile without waiting: interrupts are applied, a
-    /// compaction request noted, anything else kept for the idle loop.
-    fn drain_commands(&mut self) {
-        while let Ok(cmd) = self.rx.try_recv() {
-            match cmd {
-                Command::Interrupt { through } => self.interrupt_waiting(through),
-                Command::Compact => self.want_compact = true,
-                Command::Wake => {}
-                other => self.deferred.push_back(other),
-            }
-        }
-    }
-
     /// Makes sure a child runs with this session's thread loaded. After a fresh start the
     /// session's auth.json is checked for tokens codex refreshed while starting.
     /// `slot_wait` bounds the wait for a free codex slot (None: wait as long as it takes).
@@ -513,65 +463,6 @@ impl Actor {
         Ok(())
     }
 
-    /// Whether the thread has been given the session's current instructions (a record from before
-    /// this was tracked counts as having them).
-    fn instructions_applied(&self) -> bool {
-        let want = instructions_digest(self.h.settings().instructions.as_deref());
-        self.record
-            .instructions_applied
-            .as_deref()
-            .is_none_or(|d| d == want)
-    }
-
-    /// Before a turn: when the session's instructions changed (`PATCH`) since the thread got them,
-    /// appends them to the thread as a developer message (`thread/inject_items`), so that this
-    /// turn follows them. codex applies `developerInstructions` only when a thread starts, not when
-    /// it is resumed. A failure is reported as `progress` and retried before the next turn.
-    async fn give_new_instructions(&mut self) {
-        if self.instructions_applied() || !self.record.thread_persisted {
-            return;
-        }
-        let (Some(live), Some(thread_id)) = (self.live.as_ref(), self.record.thread_id.clone())
-        else {
-            return;
-        };
-        let settings = self.h.settings();
-        let text = match &settings.instructions {
-            Some(i) => format!(
-                "The developer instructions of this session were changed. They replace all earlier developer instructions:\n\n{i}"
-            ),
-            None => "The developer instructions of this session were removed: earlier developer instructions no longer apply.".to_owned(),
-        };
-        let item = json!({
-            "type": "message",
-            "role": "developer",
-            "content": [{"type": "input_text", "text": text}],
-        });
-        match live
-            .server
-            .request(
-                "thread/inject_items",
-                json!({"threadId": thread_id, "items": [item]}),
-                DEFAULT_REQUEST_TIMEOUT,
-            )
-            .await
-        {
-            Ok(_) => {
-                self.record.instructions_applied =
-                    Some(instructions_digest(settings.instructions.as_deref()));
-                self.save_record().await;
-            }
-            Err(e) => {
-                tracing::warn!(session = %self.h.key.id, error = %e, "thread/inject_items failed");
-                self.emit(EventKind::Progress {
-                    message: format!(
-                        "the session's new instructions could not be given to codex yet: {e}"
-                    ),
-                });
-            }
-        }
-    }
-
     fn thread_params(&self) -> Map<String, Value> {
         let cfg = &self.ctx.config;
         let settings = self.h.settings();
@@ -657,19 +548,6 @@ impl Actor {
                 tracing::warn!(session = %h.key.id, error = %e, "cannot fsync the event log");
             }
         });
-    }
-}
-
-/// The SHA-256 (hex) of a session's instructions (`None`: no instructions), as recorded in
-/// [`SessionRecord::instructions_applied`].
-fn instructions_digest(instructions: Option<&str>) -> String {
-    use sha2::Digest as _;
-    match instructions {
-        Some(i) => sha2::Sha256::digest(i.as_bytes())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect(),
-        None => "none".to_owned(),
     }
 }
 

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 use tokio::sync::oneshot;
 
 use crate::codex::protocol::{
@@ -13,32 +13,12 @@ use crate::codex::protocol::{
 };
 use crate::codex::rpc::{DEFAULT_REQUEST_TIMEOUT, Incoming, RpcError};
 use crate::fault::{CrashPoint, crash_point};
-use crate::store::events::{CompactionPhase, EventKind, TurnStatus, Usage};
+use crate::store::events::{EventKind, TurnStatus, Usage};
 use crate::store::record::PendingTurn;
 
 use super::super::batch::is_input_too_large;
+use super::interrupts::Interrupting;
 use super::*;
-
-/// How soon a `turn/interrupt` codex did not take yet is tried again.
-const INTERRUPT_RETRY: Duration = Duration::from_millis(100);
-
-/// Where an interrupt of the running turn stands.
-#[derive(Debug, Default)]
-struct Interrupting {
-    /// codex answered `turn/interrupt` with success.
-    accepted: bool,
-    /// When to send it again.
-    repeat_at: Option<tokio::time::Instant>,
-    /// When to give up on codex and stop the child.
-    kill_at: Option<tokio::time::Instant>,
-}
-
-impl Interrupting {
-    /// An interrupt was asked for and codex has not taken it yet.
-    fn waiting_for_codex(&self) -> bool {
-        self.kill_at.is_some() && !self.accepted
-    }
-}
 
 impl Actor {
     pub(super) async fn turn(&mut self) -> Flow {
@@ -203,83 +183,9 @@ impl Actor {
         self.finish_stop(out.stop_requested.take()).await
     }
 
-    pub(super) async fn compact(&mut self) -> Flow {
-        self.want_compact = false;
-        let Some(thread_id) = self.record.thread_id.clone() else {
-            return Flow::Continue;
-        };
-        let Some(live) = self.live.as_ref() else {
-            return Flow::Continue;
-        };
-        self.h.begin_turn(SessionState::Compacting);
-        self.emit(EventKind::Compaction {
-            phase: CompactionPhase::Started,
-            context_tokens: self.record.context_tokens,
-        });
-        match live
-            .server
-            .request(
-                "thread/compact/start",
-                json!({"threadId": thread_id}),
-                DEFAULT_REQUEST_TIMEOUT,
-            )
-            .await
-        {
-            Ok(_) => {}
-            Err(e) if e.is_fatal() => {
-                self.want_compact = true;
-                self.child_died("before a compaction").await;
-                return Flow::Continue;
-            }
-            Err(e) => {
-                self.emit(EventKind::Error {
-                    code: "compaction_failed".into(),
-                    message: e.to_string(),
-                    retryable: true,
-                });
-                return Flow::Continue;
-            }
-        }
-        let mut out = self.drive(None, None).await;
-        self.record.usage.add(&out.usage);
-        if out.status == Some(TurnStatus::Completed) {
-            // The compacted context holds the instructions the child was started with, not the
-            // ones appended since: the next turn appends the session's again when they differ.
-            if let Some(live) = &self.live {
-                self.record.instructions_applied = Some(live.instructions_digest.clone());
-            }
-            self.record.compactions += 1;
-            self.record.turns_since_compaction = 0;
-            self.record.context_tokens = out.compacted_estimate.unwrap_or(0);
-            self.record.thread_persisted = true;
-            self.save_record().await;
-            self.ctx.metrics.compactions.inc();
-            self.emit(EventKind::Compaction {
-                phase: CompactionPhase::Completed,
-                context_tokens: self.record.context_tokens,
-            });
-        } else {
-            self.save_record().await;
-            let (code, message, retryable) = out.error.take().unwrap_or_else(|| {
-                (
-                    "compaction_failed".into(),
-                    "the compaction did not complete".into(),
-                    true,
-                )
-            });
-            self.emit(EventKind::Error {
-                code,
-                message,
-                retryable,
-            });
-        }
-        self.ctx.setup.sync_auth_from(&self.h.codex_home());
-        self.finish_stop(out.stop_requested.take()).await
-    }
-
     /// After a turn or compaction: when a Stop arrived during it, stops the child, answers it and
     /// ends the actor.
-    async fn finish_stop(&mut self, stop: Option<oneshot::Sender<()>>) -> Flow {
+    pub(super) async fn finish_stop(&mut self, stop: Option<oneshot::Sender<()>>) -> Flow {
         match stop {
             Some(reply) => {
                 self.stop_child("stopping").await;
@@ -314,7 +220,7 @@ impl Actor {
     /// Reads codex until the turn ends. `turn_id` is known for user turns; a compaction's turn id
     /// comes from its `turn/started`. `first_n` is the position of a user turn's first message
     /// (`None` for a compaction): an interrupt covering it interrupts the turn.
-    async fn drive(&mut self, turn_id: Option<String>, first_n: Option<u64>) -> Outcome {
+    pub(super) async fn drive(&mut self, turn_id: Option<String>, first_n: Option<u64>) -> Outcome {
         let compaction = first_n.is_none();
         let mut out = Outcome::default();
         let mut current = turn_id;
@@ -597,44 +503,6 @@ impl Actor {
             _ => {}
         }
         false
-    }
-
-    /// Asks codex to interrupt the turn (`turn/interrupt`). codex answers "no active turn to
-    /// interrupt" until the turn is active (its `turn/started`, about 250 ms after `turn/start`
-    /// answered, observed with codex 0.169.0): then it is sent again at that notification, or
-    /// after [`INTERRUPT_RETRY`]. Once codex took it, it is repeated every [`INTERRUPT_REPEAT`]
-    /// until the turn ends; [`INTERRUPT_GRACE`] after the first attempt the child is stopped.
-    async fn interrupt(&mut self, current: &Option<String>, stopping: &mut Interrupting) {
-        let now = tokio::time::Instant::now();
-        stopping.kill_at.get_or_insert(now + INTERRUPT_GRACE);
-        let (Some(live), Some(thread_id)) = (self.live.as_ref(), self.record.thread_id.clone())
-        else {
-            return;
-        };
-        let Some(turn_id) = current else {
-            // A compaction whose turn/started has not come yet: try again soon.
-            stopping.repeat_at = Some(now + INTERRUPT_RETRY);
-            return;
-        };
-        let r = live
-            .server
-            .request(
-                "turn/interrupt",
-                json!({"threadId": thread_id, "turnId": turn_id}),
-                INTERRUPT_GRACE,
-            )
-            .await;
-        match r {
-            Ok(_) => {
-                stopping.accepted = true;
-                stopping.repeat_at = Some(tokio::time::Instant::now() + INTERRUPT_REPEAT);
-            }
-            Err(e) => {
-                tracing::debug!(session = %self.h.key.id, error = %e, "turn/interrupt not taken yet");
-                stopping.accepted = false;
-                stopping.repeat_at = Some(tokio::time::Instant::now() + INTERRUPT_RETRY);
-            }
-        }
     }
 
     pub(super) async fn answer(&mut self, id: Value, method: &str) {

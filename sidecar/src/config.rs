@@ -143,9 +143,14 @@ pub struct Config {
     /// How long a replaced JWT key stays valid (`--jwt-key-overlap`).
     pub jwt_key_overlap: Duration,
     /// The HTTP server's limits (`--http-header-read-timeout`, `--http-max-connections`,
-    /// `--shutdown-drain`).
+    /// `--shutdown-drain`, `--http-write-timeout`).
     pub server: crate::http::server::ServerLimits,
+    /// `thread/resume` failures in a row before the thread is replaced (`--resume-attempts`).
+    pub resume_attempts: u32,
 }
+
+/// Default `--resume-attempts`.
+pub const DEFAULT_RESUME_ATTEMPTS: u32 = 5;
 
 /// A setting that cannot be used; the message names it.
 #[derive(Debug, thiserror::Error)]
@@ -187,6 +192,15 @@ fn server_limits(
             "between 1 and 65536",
         ));
     }
+    let write = p
+        .http_write_timeout
+        .unwrap_or(server::DEFAULT_WRITE_TIMEOUT.as_secs());
+    if !(1..=3600).contains(&write) {
+        return Err(bad(
+            format!("--http-write-timeout {write}"),
+            "between 1 and 3600 seconds",
+        ));
+    }
     let drain = p.shutdown_drain.unwrap_or(server::DEFAULT_DRAIN.as_secs());
     if drain > 300 {
         return Err(bad(
@@ -198,6 +212,7 @@ fn server_limits(
         header_read_timeout: Duration::from_secs(header),
         max_connections: conns,
         drain: Duration::from_secs(drain),
+        write_timeout: Duration::from_secs(write),
     })
 }
 
@@ -385,6 +400,13 @@ impl Config {
         if turn == 0 {
             return Err(bad("--turn-timeout 0", "must be at least 1 second"));
         }
+        let resume_attempts = p.resume_attempts.unwrap_or(DEFAULT_RESUME_ATTEMPTS);
+        if !(1..=100).contains(&resume_attempts) {
+            return Err(bad(
+                format!("--resume-attempts {resume_attempts}"),
+                "between 1 and 100",
+            ));
+        }
 
         let config = Config {
             listen,
@@ -411,6 +433,7 @@ impl Config {
             jwt_key_reload_interval: (reload_secs > 0).then(|| Duration::from_secs(reload_secs)),
             jwt_key_overlap,
             server,
+            resume_attempts,
         };
         Ok((config, authenticator))
     }

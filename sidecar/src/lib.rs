@@ -23,6 +23,8 @@ pub mod engine;
 #[cfg(feature = "server")]
 pub mod error;
 #[cfg(feature = "server")]
+pub mod fault;
+#[cfg(feature = "server")]
 pub mod gpu;
 #[cfg(feature = "server")]
 pub mod http;

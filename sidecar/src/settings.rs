@@ -379,6 +379,20 @@ pub struct PathSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shutdown_drain: Option<u64>,
 
+    /// `thread/resume` attempts in a row that may fail (with an error other than "no such
+    /// thread") before the session's thread is replaced by a new one (announced by `init` and
+    /// `error {code:"thread_replaced"}`), so that the session works again. Default 5; 1..=100.
+    #[arg(long, value_name = "N")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume_attempts: Option<u32>,
+
+    /// Seconds a response may stall (the client reads nothing while the sidecar has bytes to
+    /// send, e.g. an event stream nobody reads) before the connection is closed. Default 30;
+    /// 1..=3600.
+    #[arg(long, value_name = "SECS")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_write_timeout: Option<u64>,
+
     /// Serve `/v1/*` without authentication. Refused unless `--listen` is a loopback address.
     /// Only requests whose `Host` is loopback (`localhost`, `127.0.0.1`, `[::1]`) and that carry
     /// no `Origin` of another site are served then, so a web page cannot reach the sidecar
@@ -446,6 +460,8 @@ impl ServeSettings {
                     .or(f.http_header_read_timeout),
                 http_max_connections: fp.http_max_connections.or(f.http_max_connections),
                 shutdown_drain: fp.shutdown_drain.or(f.shutdown_drain),
+                resume_attempts: fp.resume_attempts.or(f.resume_attempts),
+                http_write_timeout: fp.http_write_timeout.or(f.http_write_timeout),
                 insecure_no_auth: fp.insecure_no_auth || f.insecure_no_auth,
             },
             agent: AgentSettings {

@@ -96,6 +96,7 @@ fn config(state_dir: &Path) -> Config {
         jwt_key_reload_interval: Some(POLL),
         jwt_key_overlap: Duration::from_secs(300),
         server: Default::default(),
+        resume_attempts: codex_sidecar::config::DEFAULT_RESUME_ATTEMPTS,
     }
 }
 

@@ -37,6 +37,7 @@ fn config(provider: ProviderKind, base: Option<&str>, idle: Option<u64>) -> Conf
         jwt_key_reload_interval: None,
         jwt_key_overlap: Duration::from_secs(300),
         server: Default::default(),
+        resume_attempts: codex_sidecar::config::DEFAULT_RESUME_ATTEMPTS,
     }
 }
 

@@ -224,6 +224,27 @@ impl Sidecar {
         }
     }
 
+    /// Sets (`Some`) or removes (`None`) an environment variable for the next (re)start.
+    pub fn set_env(&mut self, key: &str, value: Option<&str>) {
+        self.envs.retain(|(k, _)| k != key);
+        if let Some(v) = value {
+            self.envs.push((key.to_owned(), v.to_owned()));
+        }
+    }
+
+    /// Waits up to `limit` for the sidecar process to exit by itself (e.g. a test-only crash
+    /// point); true when it did.
+    pub async fn wait_exited(&mut self, limit: Duration) -> bool {
+        let Some(c) = self.child.as_mut() else {
+            return true;
+        };
+        let exited = tokio::time::timeout(limit, c.wait()).await.is_ok();
+        if exited {
+            self.child = None;
+        }
+        exited
+    }
+
     /// Starts the sidecar again on the same state dir (a new port).
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         self.kill9().await;

@@ -382,6 +382,8 @@ struct Shared {
     default_input_tokens: Mutex<Option<u64>>,
     catalog: Mutex<Catalog>,
     next_id: AtomicU64,
+    /// Compaction requests get `response.created` and then nothing (like `[[hang]]`).
+    hang_compactions: std::sync::atomic::AtomicBool,
     /// Becomes true on shutdown; open streams end when it does.
     shutdown: watch::Receiver<bool>,
 }
@@ -462,6 +464,7 @@ impl ScriptedModel {
             default_input_tokens: Mutex::new(None),
             catalog: Mutex::new(Catalog::default()),
             next_id: AtomicU64::new(1),
+            hang_compactions: Default::default(),
             shutdown: shutdown_rx.clone(),
         });
         let app = router(shared.clone());
@@ -523,6 +526,12 @@ impl ScriptedModel {
             .iter()
             .filter(|r| r.is_compaction)
             .count()
+    }
+
+    /// While `true`, compaction requests are answered like `[[hang]]`: `response.created`, then
+    /// nothing until the client goes away (a compaction that stays running).
+    pub fn set_hang_compactions(&self, hang: bool) {
+        self.shared.hang_compactions.store(hang, Ordering::SeqCst);
     }
 
     /// Sets the default `usage.input_tokens` for requests without a `[[tokens=N]]` directive
@@ -838,7 +847,7 @@ async fn responses(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: 
         reply,
         input_tokens,
         delay: directives.delay_ms.map(Duration::from_millis),
-        hang: directives.hang,
+        hang: directives.hang || (is_compaction && shared.hang_compactions.load(Ordering::SeqCst)),
         tool_call: match (&directives.exec, &tool_output) {
             (Some(cmd), None) if !is_compaction => Some(json!({"cmd": cmd}).to_string()),
             _ => None,

@@ -28,6 +28,18 @@ use crate::redact::Redactor;
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// How many stderr lines of a child are kept for error messages.
 const STDERR_TAIL_LINES: usize = 20;
+/// How long one line may take to go into a child's stdin. A child that stops reading (stuck,
+/// or stopped) fills the pipe and the write waits: past this it is [`RpcError::WriteTimeout`] and
+/// the child is treated as unresponsive.
+pub const STDIN_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// JSON-RPC error code codex answers when it is overloaded ("retry later"); see
+/// `shared/reference/codex-app-server.md`.
+pub const OVERLOADED: i64 = -32001;
+/// How often a request answered [`OVERLOADED`] is sent again (after 0.2, 0.4, 0.8, 1.6, 3.2 s)
+/// before the error is returned.
+const OVERLOAD_RETRIES: u32 = 5;
+/// The wait before the first retry of an overloaded request; doubled each time.
+const OVERLOAD_BACKOFF: Duration = Duration::from_millis(200);
 
 /// What can go wrong talking to a child.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +77,10 @@ pub enum RpcError {
     /// Writing to the child's stdin failed (it is gone).
     #[error("cannot write to codex app-server: {0}")]
     Write(std::io::Error),
+    /// A line could not be written to the child's stdin within [`STDIN_WRITE_TIMEOUT`]: it stopped
+    /// reading. The line may be half written: the child must be stopped.
+    #[error("codex app-server did not read its input for {} s", STDIN_WRITE_TIMEOUT.as_secs())]
+    WriteTimeout,
 }
 
 fn stderr_suffix(tail: &str) -> String {
@@ -80,9 +96,20 @@ impl RpcError {
     pub fn is_fatal(&self) -> bool {
         matches!(
             self,
-            Self::Closed { .. } | Self::Write(_) | Self::Spawn { .. }
+            Self::Closed { .. } | Self::Write(_) | Self::Spawn { .. } | Self::WriteTimeout
         )
     }
+
+    /// Whether codex said it is overloaded (retry later).
+    pub fn is_overloaded(&self) -> bool {
+        matches!(self, Self::Server { code, .. } if *code == OVERLOADED)
+    }
+}
+
+/// The wait before retry number `attempt` (0-based) of an overloaded request, or `None` when
+/// [`OVERLOAD_RETRIES`] are used up.
+fn overload_backoff(attempt: u32) -> Option<Duration> {
+    (attempt < OVERLOAD_RETRIES).then(|| OVERLOAD_BACKOFF * 2u32.pow(attempt))
 }
 
 /// A message from the child that is not a response to one of our requests.
@@ -282,6 +309,45 @@ impl AppServer {
         params: Value,
         timeout: Duration,
     ) -> Result<Value, RpcError> {
+        self.request_then(method, params, timeout, || {}).await
+    }
+
+    /// [`AppServer::request`], calling `written` once the request is in codex's stdin (the first
+    /// time). A request codex answers with [`OVERLOADED`] is sent again with backoff (bounded).
+    ///
+    /// # Errors
+    /// As [`AppServer::request`].
+    pub async fn request_then(
+        &self,
+        method: &str,
+        params: Value,
+        timeout: Duration,
+        written: impl FnOnce(),
+    ) -> Result<Value, RpcError> {
+        let mut written = Some(written);
+        let mut attempt = 0;
+        loop {
+            let r = self
+                .request_once(method, params.clone(), timeout, &mut written)
+                .await;
+            match (&r, overload_backoff(attempt)) {
+                (Err(e), Some(wait)) if e.is_overloaded() => {
+                    tracing::debug!(method, attempt, "codex is overloaded; retrying");
+                    tokio::time::sleep(wait).await;
+                    attempt += 1;
+                }
+                _ => return r,
+            }
+        }
+    }
+
+    async fn request_once(
+        &self,
+        method: &str,
+        params: Value,
+        timeout: Duration,
+        written: &mut Option<impl FnOnce()>,
+    ) -> Result<Value, RpcError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         if let Ok(mut p) = self.pending.lock() {
@@ -293,6 +359,9 @@ impl AppServer {
                 p.remove(&id);
             }
             return Err(e);
+        }
+        if let Some(f) = written.take() {
+            f();
         }
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(result)) => result,
@@ -382,18 +451,28 @@ impl AppServer {
     async fn write_line(&self, value: &Value) -> Result<(), RpcError> {
         let mut text = value.to_string();
         text.push('\n');
-        let mut guard = self.stdin.lock().await;
-        let stdin = guard.as_mut().ok_or_else(|| {
-            RpcError::Write(std::io::Error::new(
-                std::io::ErrorKind::BrokenPipe,
-                "stdin closed",
-            ))
-        })?;
-        stdin
-            .write_all(text.as_bytes())
-            .await
-            .map_err(RpcError::Write)?;
-        stdin.flush().await.map_err(RpcError::Write)
+        let write = async {
+            let mut guard = self.stdin.lock().await;
+            let stdin = guard.as_mut().ok_or_else(|| {
+                RpcError::Write(std::io::Error::new(
+                    std::io::ErrorKind::BrokenPipe,
+                    "stdin closed",
+                ))
+            })?;
+            let written = async {
+                stdin.write_all(text.as_bytes()).await?;
+                stdin.flush().await
+            };
+            match tokio::time::timeout(STDIN_WRITE_TIMEOUT, written).await {
+                Ok(r) => r.map_err(RpcError::Write),
+                Err(_) => {
+                    // Half a line may be in the pipe: nothing more may follow it.
+                    guard.take();
+                    Err(RpcError::WriteTimeout)
+                }
+            }
+        };
+        write.await
     }
 
     /// The redactor this child's output passes through.
@@ -489,4 +568,23 @@ pub async fn codex_version(bin: &Path) -> Result<String, String> {
         ));
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_overloaded_request_is_retried_a_bounded_number_of_times() {
+        let waits: Vec<_> = (0..).map_while(overload_backoff).collect();
+        assert_eq!(waits.len(), OVERLOAD_RETRIES as usize);
+        assert_eq!(waits[0], Duration::from_millis(200));
+        assert_eq!(waits[4], Duration::from_millis(3200));
+        let overloaded = RpcError::Server {
+            code: OVERLOADED,
+            message: "Server overloaded; retry later.".into(),
+        };
+        assert!(overloaded.is_overloaded() && !overloaded.is_fatal());
+        assert!(RpcError::WriteTimeout.is_fatal());
+    }
 }

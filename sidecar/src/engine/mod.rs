@@ -187,6 +187,11 @@ pub struct SessionView {
     /// `session_corrupt: events.jsonl line 5000 (byte 812345): not a JSON event`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The running user turn's id (as in its `turn_started`), `null` when none runs.
+    pub current_turn_id: Option<String>,
+    /// When the running turn started (RFC 3339, its `turn_started` event's `time`), `null` when
+    /// none runs.
+    pub turn_started_at: Option<String>,
 }
 
 /// Counts for `/v1/status` and the metrics gauges.
@@ -489,6 +494,8 @@ impl Engine {
             compactions: snap.record.compactions,
             next_seq: h.events.last_seq() + 1,
             reason: h.failure().map(str::to_owned),
+            current_turn_id: snap.current_turn.as_ref().map(|t| t.turn_id.clone()),
+            turn_started_at: snap.current_turn.map(|t| t.started_at),
         }
     }
 
@@ -590,12 +597,13 @@ impl Engine {
         }
     }
 
-    /// Asks the session to interrupt its running turn.
+    /// Asks the session to interrupt its running turn and every message waiting for a turn (see
+    /// [`session::Command::Interrupt`]).
     ///
     /// # Errors
     /// 404.
     pub fn interrupt(&self, owner: &str, id: &str) -> Result<(), ApiError> {
-        self.get(owner, id)?.interrupt_running();
+        self.get(owner, id)?.interrupt();
         Ok(())
     }
 

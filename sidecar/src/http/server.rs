@@ -13,6 +13,11 @@
 //!   accepted, open ones are asked to finish (long-polls and event streams end on the sidecar's
 //!   own shutdown signal), and whatever is still open after the drain time is dropped, so a
 //!   stalled client cannot keep the sidecar from stopping within Kubernetes' grace period.
+//! - **Write stall timeout** ([`ServerLimits::write_timeout`], `tokio-io-timeout` on the
+//!   socket): a write that makes no progress for that long (the client stopped reading, for
+//!   instance an event stream it no longer consumes, and the socket buffers are full) fails, and
+//!   the connection is closed, so a stalled reader holds neither a connection slot nor its
+//!   stream's task for ever. Nothing else waits on that connection meanwhile.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -34,6 +39,8 @@ pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
 /// Default [`ServerLimits::drain`].
 pub const DEFAULT_DRAIN: Duration = Duration::from_secs(5);
+/// Default [`ServerLimits::write_timeout`].
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Limits of the server loop.
 #[derive(Debug, Clone, Copy)]
@@ -45,6 +52,8 @@ pub struct ServerLimits {
     pub max_connections: usize,
     /// Longest wait for open connections after the shutdown signal.
     pub drain: Duration,
+    /// Longest time a write to a client may make no progress before its connection is closed.
+    pub write_timeout: Duration,
 }
 
 impl Default for ServerLimits {
@@ -53,6 +62,7 @@ impl Default for ServerLimits {
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             drain: DEFAULT_DRAIN,
+            write_timeout: DEFAULT_WRITE_TIMEOUT,
         }
     }
 }
@@ -93,6 +103,9 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
+        let mut stream = tokio_io_timeout::TimeoutStream::new(stream);
+        stream.set_write_timeout(Some(limits.write_timeout));
+        let stream = Box::pin(stream);
         let service = TowerToHyperService::new(
             app.clone()
                 .map_request(|r: hyper::Request<Incoming>| r.map(Body::new)),

@@ -74,8 +74,12 @@ pub enum EventKind {
     TurnStarted {
         /// Codex turn id.
         turn_id: String,
-        /// The messages (from `POST .../messages`) this turn carries.
+        /// The messages (from `POST .../messages`) this turn carries, oldest first.
         message_ids: Vec<String>,
+        /// How many messages this turn carries (`message_ids.len()`).
+        message_count: usize,
+        /// Messages still waiting after this turn took its own.
+        queued: usize,
     },
     /// Agent message text as it streams.
     Delta {

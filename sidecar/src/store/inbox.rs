@@ -183,6 +183,22 @@ impl Inbox {
         self.pending.is_empty()
     }
 
+    /// The waiting messages, oldest first.
+    pub fn pending(&self) -> impl Iterator<Item = &QueuedMessage> {
+        self.pending.iter()
+    }
+
+    /// The position of the last message accepted so far (0 before the first).
+    pub fn last_n(&self) -> u64 {
+        self.next_n - 1
+    }
+
+    /// Takes the waiting messages at positions up to `n` (oldest first).
+    pub fn take_through(&mut self, n: u64) -> Vec<QueuedMessage> {
+        let k = self.pending.iter().take_while(|m| m.n <= n).count();
+        self.pending.drain(..k).collect()
+    }
+
     /// Takes up to `max` waiting messages (oldest first) for one turn.
     pub fn take_batch(&mut self, max: usize) -> Vec<QueuedMessage> {
         let n = self.pending.len().min(max);

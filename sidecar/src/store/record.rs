@@ -42,6 +42,20 @@ pub struct SessionRecord {
     pub compactions: u64,
     /// User turns since the last compaction.
     pub turns_since_compaction: u64,
+    /// The turn the sidecar is starting, written (and fsynced) before `turn/start` and cleared
+    /// once the turn is recorded as started or refused: after a crash in between, whether codex
+    /// got the turn is read back from the thread's history (README, "Exactly-once turns").
+    pub pending_turn: Option<PendingTurn>,
+}
+
+/// A turn about to be started (see [`SessionRecord::pending_turn`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingTurn {
+    /// The `clientUserMessageId` sent with `turn/start`; codex keeps it in the thread's history
+    /// as the user message item's `clientId` (`thread/turns/list`).
+    pub client_id: String,
+    /// The messages the turn carries, oldest first.
+    pub message_ids: Vec<String>,
 }
 
 impl SessionRecord {

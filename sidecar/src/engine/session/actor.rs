@@ -1,8 +1,13 @@
 //! The actor that owns one session's codex child: its loop, starting the child and loading the
 //! thread, and the bookkeeping shared by turns and compactions ([`turn`]).
 
+mod compact;
+mod instructions;
+mod interrupts;
+mod pending;
 mod turn;
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,6 +23,7 @@ use crate::store::events::{EventKind, TurnStatus, Usage};
 use crate::store::record::SessionRecord;
 
 use super::*;
+use instructions::instructions_digest;
 
 /// A live child and its pool slot.
 struct Live {
@@ -28,6 +34,8 @@ struct Live {
     /// Digest of the developer instructions this child was started with (`thread/start` or
     /// `thread/resume`): what codex puts back into the thread's context when it compacts it.
     instructions_digest: String,
+    /// Whether this child resumed the thread (false: it started a new, empty one).
+    resumed: bool,
 }
 
 /// What a driven turn produced.
@@ -61,6 +69,15 @@ pub struct Actor {
     /// When the session last did something (a turn, a compaction, a start); the idle timeout
     /// counts from here, not from stray notifications of an idle child.
     idle_since: tokio::time::Instant,
+    /// Messages up to this position were interrupted (`POST .../interrupt`): one still waiting
+    /// is answered with an interrupted result instead of running.
+    interrupt_through: u64,
+    /// How many waiting messages go in the next turn.
+    batcher: Batcher,
+    /// `thread/resume` failures in a row (not counting a thread codex says is gone).
+    resume_failures: u32,
+    /// Commands read while waiting for a codex slot, handled before anything else.
+    deferred: VecDeque<Command>,
 }
 
 enum Flow {
@@ -87,6 +104,10 @@ impl Actor {
             backoff: Duration::from_secs(2),
             evict_requested: false,
             idle_since: tokio::time::Instant::now(),
+            interrupt_through: 0,
+            batcher: Batcher::default(),
+            resume_failures: 0,
+            deferred: VecDeque::new(),
         }
     }
 
@@ -99,6 +120,12 @@ impl Actor {
     /// Runs until the session is deleted or the sidecar stops.
     pub async fn run(mut self) {
         loop {
+            if let Some(cmd) = self.deferred.pop_front() {
+                if let Flow::Exit = self.idle_command(cmd).await {
+                    return;
+                }
+                continue;
+            }
             let has_work = self.want_compact || self.h.queued() > 0;
             // Draining: no new turn until it ends (which sends a Wake).
             let draining = self.ctx.draining.load(std::sync::atomic::Ordering::SeqCst);
@@ -160,7 +187,7 @@ impl Actor {
         match cmd {
             Command::Wake => self.retry_at = None,
             Command::Compact => self.want_compact = true,
-            Command::Interrupt(_) => {}
+            Command::Interrupt { through } => self.interrupt_waiting(through),
             Command::Evict => self.evict_requested = true,
             Command::Start(reply) => {
                 let r = self
@@ -205,15 +232,18 @@ impl Actor {
             // A thread with no turn yet is replaced by one started with the new instructions.
             self.stop_child("the session's instructions changed").await;
         }
-        if let Err(e) = self.ensure_thread(None).await {
-            self.emit(EventKind::Error {
-                code: "codex_unavailable".into(),
-                message: e.to_string(),
-                retryable: true,
-            });
-            self.set_state(SessionState::Failed);
-            self.retry_at = Some(Instant::now() + self.backoff);
-            self.backoff = (self.backoff * 2).min(Duration::from_secs(60));
+        match self.ensure_thread(None).await {
+            Ok(()) => {}
+            // The waiting work was interrupted (or a command needs the actor) while it waited
+            // for a slot: nothing failed.
+            Err(StartError::Cancelled) => return Flow::Continue,
+            Err(e) => {
+                self.unavailable(e.to_string());
+                return Flow::Continue;
+            }
+        }
+        if let Err(e) = self.recover_pending_turn().await {
+            self.unavailable(e);
             return Flow::Continue;
         }
         self.backoff = Duration::from_secs(2);
@@ -258,19 +288,23 @@ impl Actor {
         slot_wait: Option<Duration>,
     ) -> Result<(), StartError> {
         let h = self.h.clone();
-        let acquire = self.ctx.pool.acquire(move || h.send(Command::Evict));
+        let pool = self.ctx.pool.clone();
+        let acquire = pool.acquire(move || h.send(Command::Evict));
         let lease = match slot_wait {
             // Cancelling the wait is safe: a slot is only taken when acquire returns.
             Some(limit) => tokio::time::timeout(limit, acquire)
                 .await
                 .map_err(|_| StartError::NoCapacity(self.ctx.config.max_live_sessions))?,
-            // Waiting for a turn elsewhere to end: keep the client's heartbeat going meanwhile.
+            // Waiting for a turn elsewhere to end: keep the client's heartbeat going meanwhile,
+            // and answer an interrupt of the waiting messages at once.
             None => {
                 tokio::pin!(acquire);
+                let mut beat = tokio::time::Instant::now() + HEARTBEAT;
                 loop {
-                    match tokio::time::timeout(HEARTBEAT, &mut acquire).await {
-                        Ok(lease) => break lease,
-                        Err(_) => {
+                    tokio::select! {
+                        lease = &mut acquire => break lease,
+                        () = tokio::time::sleep_until(beat) => {
+                            beat = tokio::time::Instant::now() + HEARTBEAT;
                             let mut detail = Map::new();
                             detail.insert("reason".into(), "waiting for a free codex slot".into());
                             self.emit(EventKind::Activity {
@@ -278,6 +312,22 @@ impl Actor {
                                 detail,
                             });
                         }
+                        cmd = self.rx.recv() => match cmd {
+                            Some(Command::Interrupt { through }) => {
+                                self.interrupt_waiting(through);
+                                if self.h.queued() == 0 && !self.want_compact {
+                                    return Err(StartError::Cancelled);
+                                }
+                            }
+                            Some(Command::Compact) => self.want_compact = true,
+                            Some(Command::Wake | Command::Evict) => {}
+                            Some(other) => {
+                                // Stop or Start: handled by the idle loop, without a slot.
+                                self.deferred.push_back(other);
+                                return Err(StartError::Cancelled);
+                            }
+                            None => return Err(StartError::Cancelled),
+                        },
                     }
                 }
             }
@@ -315,11 +365,12 @@ impl Actor {
                 .await
                 .map_err(|e| format!("API-key login failed: {e}"))?;
         }
-        let live = Live {
+        let mut live = Live {
             server,
             lease,
             total: TokenCounts::default(),
             instructions_digest: instructions_digest(self.h.settings().instructions.as_deref()),
+            resumed: false,
         };
         let first_event = self.h.events.last_seq() == 0;
         let resumable = self
@@ -341,6 +392,8 @@ impl Actor {
                 .await
             {
                 Ok(_) => {
+                    self.resume_failures = 0;
+                    live.resumed = true;
                     self.live = Some(live);
                     if first_event {
                         // A session created from an existing thread announces it once.
@@ -351,14 +404,33 @@ impl Actor {
                     }
                     return Ok(());
                 }
-                // Only a thread codex cannot find is replaced; any other error (overloaded, a
-                // config problem) is retried with backoff and keeps the thread.
+                // A thread codex cannot find is replaced at once; any other error (a damaged
+                // rollout, a config problem) is retried with backoff, up to --resume-attempts
+                // times in a row, and then the thread is replaced so that the session works again.
                 Err(RpcError::Server { message, .. }) if thread_is_gone(&message) => {
                     self.emit(EventKind::Progress {
                         message: format!("thread {thread_id} could not be resumed ({message}); starting a new thread"),
                     });
                 }
-                Err(e) => return Err(e.to_string()),
+                Err(e) if e.is_fatal() => return Err(e.to_string()),
+                Err(e) => {
+                    self.resume_failures += 1;
+                    let limit = self.ctx.config.resume_attempts;
+                    if self.resume_failures < limit {
+                        return Err(format!(
+                            "thread/resume failed ({} of {limit} attempts before the thread is replaced): {e}",
+                            self.resume_failures
+                        ));
+                    }
+                    self.resume_failures = 0;
+                    self.emit(EventKind::Error {
+                        code: "thread_replaced".into(),
+                        message: format!(
+                            "thread {thread_id} could not be resumed in {limit} attempts ({e}); it was replaced by a new thread, which does not hold the earlier conversation"
+                        ),
+                        retryable: false,
+                    });
+                }
             }
         } else if let Some(old) = self.record.thread_id.clone() {
             self.emit(EventKind::Progress {
@@ -393,65 +465,6 @@ impl Actor {
             resumed: false,
         });
         Ok(())
-    }
-
-    /// Whether the thread has been given the session's current instructions (a record from before
-    /// this was tracked counts as having them).
-    fn instructions_applied(&self) -> bool {
-        let want = instructions_digest(self.h.settings().instructions.as_deref());
-        self.record
-            .instructions_applied
-            .as_deref()
-            .is_none_or(|d| d == want)
-    }
-
-    /// Before a turn: when the session's instructions changed (`PATCH`) since the thread got them,
-    /// appends them to the thread as a developer message (`thread/inject_items`), so that this
-    /// turn follows them. codex applies `developerInstructions` only when a thread starts, not when
-    /// it is resumed. A failure is reported as `progress` and retried before the next turn.
-    async fn give_new_instructions(&mut self) {
-        if self.instructions_applied() || !self.record.thread_persisted {
-            return;
-        }
-        let (Some(live), Some(thread_id)) = (self.live.as_ref(), self.record.thread_id.clone())
-        else {
-            return;
-        };
-        let settings = self.h.settings();
-        let text = match &settings.instructions {
-            Some(i) => format!(
-                "The developer instructions of this session were changed. They replace all earlier developer instructions:\n\n{i}"
-            ),
-            None => "The developer instructions of this session were removed: earlier developer instructions no longer apply.".to_owned(),
-        };
-        let item = json!({
-            "type": "message",
-            "role": "developer",
-            "content": [{"type": "input_text", "text": text}],
-        });
-        match live
-            .server
-            .request(
-                "thread/inject_items",
-                json!({"threadId": thread_id, "items": [item]}),
-                DEFAULT_REQUEST_TIMEOUT,
-            )
-            .await
-        {
-            Ok(_) => {
-                self.record.instructions_applied =
-                    Some(instructions_digest(settings.instructions.as_deref()));
-                self.save_record().await;
-            }
-            Err(e) => {
-                tracing::warn!(session = %self.h.key.id, error = %e, "thread/inject_items failed");
-                self.emit(EventKind::Progress {
-                    message: format!(
-                        "the session's new instructions could not be given to codex yet: {e}"
-                    ),
-                });
-            }
-        }
     }
 
     fn thread_params(&self) -> Map<String, Value> {
@@ -501,9 +514,10 @@ impl Actor {
 
     /// Writes session.json (temp file, fsync, rename) on a blocking thread, so a slow disk never
     /// stalls the async workers that deliver events; the actor waits for it, so saves stay ordered.
-    async fn save_record(&self) {
+    /// False when it could not be written (logged).
+    async fn save_record(&self) -> bool {
         if self.h.is_deleted() {
-            return;
+            return true;
         }
         let record = self.record.clone();
         // The settings are the handle's (creation and PATCH set them), not the actor's copy.
@@ -517,12 +531,14 @@ impl Actor {
         let h = self.h.clone();
         let saved = tokio::task::spawn_blocking(move || h.save_snapshot_blocking()).await;
         match saved {
-            Ok(Ok(())) => {}
+            Ok(Ok(())) => true,
             Ok(Err(e)) => {
-                tracing::error!(session = %self.h.key.id, error = %e, "cannot write session.json")
+                tracing::error!(session = %self.h.key.id, error = %e, "cannot write session.json");
+                false
             }
             Err(e) => {
-                tracing::error!(session = %self.h.key.id, error = %e, "session.json writer failed")
+                tracing::error!(session = %self.h.key.id, error = %e, "session.json writer failed");
+                false
             }
         }
     }
@@ -536,19 +552,6 @@ impl Actor {
                 tracing::warn!(session = %h.key.id, error = %e, "cannot fsync the event log");
             }
         });
-    }
-}
-
-/// The SHA-256 (hex) of a session's instructions (`None`: no instructions), as recorded in
-/// [`SessionRecord::instructions_applied`].
-fn instructions_digest(instructions: Option<&str>) -> String {
-    use sha2::Digest as _;
-    match instructions {
-        Some(i) => sha2::Sha256::digest(i.as_bytes())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect(),
-        None => "none".to_owned(),
     }
 }
 

@@ -20,10 +20,10 @@ use crate::store::inbox::{Inbox, QueuedMessage};
 use crate::store::record::SessionRecord;
 
 mod actor;
+mod batch;
+mod recover;
 pub use actor::Actor;
-
-/// Most messages sent together as one turn.
-const MAX_BATCH: usize = 32;
+use batch::Batcher;
 /// An `activity` heartbeat is emitted when a turn has been quiet this long (NanoClaw kills a
 /// container after 60 s without one; the issue asks for at least one every 20 s).
 const HEARTBEAT: Duration = Duration::from_secs(14);
@@ -81,9 +81,15 @@ pub struct SessionKey {
 pub enum Command {
     /// A message was queued.
     Wake,
-    /// Interrupt the running turn (`turn/interrupt`) if it is still turn number `.0` (see
-    /// [`SessionHandle::turn_number`]); a late interrupt never hits the next turn.
-    Interrupt(u64),
+    /// Interrupt everything accepted up to message position `through` (see
+    /// [`SessionHandle::interrupt`]): the running turn when it carries such a message
+    /// (`turn/interrupt`), and every such message still waiting (answered at once with an
+    /// interrupted result, never sent to codex). Messages accepted later are not affected, so a
+    /// late interrupt never hits the next turn.
+    Interrupt {
+        /// The position ([`QueuedMessage::n`]) of the last message accepted before the interrupt.
+        through: u64,
+    },
     /// Compact the thread before the next turn.
     Compact,
     /// The pool wants this session's child slot back.
@@ -109,6 +115,10 @@ pub enum StartError {
     /// Spawning codex or starting/resuming the thread failed.
     #[error("{0}")]
     Failed(String),
+    /// The wait for a slot ended with nothing left to do (the waiting messages were interrupted)
+    /// or with a command the actor must handle first (stop).
+    #[error("the wait for a codex slot was cancelled")]
+    Cancelled,
 }
 
 /// A session's per-session codex settings (`POST /v1/sessions`, `PATCH /v1/sessions/{id}`).
@@ -164,6 +174,17 @@ pub struct Snapshot {
     pub state: SessionState,
     /// The persisted record (thread id, usage, counters).
     pub record: SessionRecord,
+    /// The user turn running now (from its `turn_started` to its `result`).
+    pub current_turn: Option<CurrentTurn>,
+}
+
+/// The running user turn, as `GET /v1/sessions/{id}` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CurrentTurn {
+    /// codex's turn id (`turn/start`'s answer), as in `turn_started`.
+    pub turn_id: String,
+    /// When it started: the `time` of its `turn_started` event (RFC 3339).
+    pub started_at: String,
 }
 
 /// The part of a session shared between the HTTP layer and the actor.
@@ -212,6 +233,7 @@ impl SessionHandle {
             snapshot: Mutex::new(Snapshot {
                 state: SessionState::Idle,
                 record,
+                current_turn: None,
             }),
             cmd,
             deleted: tokio::sync::watch::channel(false).0,
@@ -233,15 +255,14 @@ impl SessionHandle {
         self.update(|s| s.state = state);
     }
 
-    /// Asks the actor to interrupt the turn running now, if any.
-    pub fn interrupt_running(&self) {
-        let n = self.turn_number();
-        if matches!(
-            self.snapshot().state,
-            SessionState::Running | SessionState::Compacting
-        ) {
-            self.send(Command::Interrupt(n));
-        }
+    /// Asks the actor to interrupt everything accepted so far: the running turn and the messages
+    /// still waiting (queued, or waiting for a codex slot). See [`Command::Interrupt`].
+    pub fn interrupt(&self) {
+        let through = match self.inbox.lock() {
+            Ok(inbox) => inbox.last_n(),
+            Err(p) => p.into_inner().last_n(),
+        };
+        self.send(Command::Interrupt { through });
     }
 
     /// Quarantines the session: its log or inbox could not be read to its end. It then shows
@@ -378,14 +399,37 @@ impl SessionHandle {
         Ok(Enqueued::New { msg, queued })
     }
 
-    fn take_batch(&self) -> Vec<QueuedMessage> {
+    /// Takes the next turn's messages (as many as `batcher` lets go together).
+    fn take_batch(&self, batcher: &Batcher) -> Vec<QueuedMessage> {
         let Ok(mut inbox) = self.inbox.lock() else {
             return Vec::new();
         };
-        let batch = inbox.take_batch(MAX_BATCH);
+        let n = batcher.batch_len(inbox.pending().map(|m| m.text.as_str()));
+        let batch = inbox.take_batch(n);
         self.queued
             .store(inbox.len(), std::sync::atomic::Ordering::SeqCst);
         batch
+    }
+
+    /// Takes the waiting messages at positions up to `n`.
+    fn take_through(&self, n: u64) -> Vec<QueuedMessage> {
+        let Ok(mut inbox) = self.inbox.lock() else {
+            return Vec::new();
+        };
+        let taken = inbox.take_through(n);
+        self.queued
+            .store(inbox.len(), std::sync::atomic::Ordering::SeqCst);
+        taken
+    }
+
+    /// Whether the oldest waiting messages are exactly `ids`, in order.
+    fn waiting_front_is(&self, ids: &[String]) -> bool {
+        let Ok(inbox) = self.inbox.lock() else {
+            return false;
+        };
+        !ids.is_empty()
+            && inbox.len() >= ids.len()
+            && inbox.pending().zip(ids).all(|(m, id)| &m.message_id == id)
     }
 
     fn requeue(&self, batch: Vec<QueuedMessage>) {

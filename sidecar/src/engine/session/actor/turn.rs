@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 use tokio::sync::oneshot;
 
 use crate::codex::protocol::{
@@ -12,97 +12,119 @@ use crate::codex::protocol::{
     TurnNotification, answer_server_request,
 };
 use crate::codex::rpc::{DEFAULT_REQUEST_TIMEOUT, Incoming, RpcError};
-use crate::store::events::{CompactionPhase, EventKind, TurnStatus, Usage};
+use crate::fault::{CrashPoint, crash_point};
+use crate::store::events::{EventKind, TurnStatus, Usage};
+use crate::store::record::PendingTurn;
 
+use super::super::batch::is_input_too_large;
+use super::interrupts::Interrupting;
 use super::*;
 
 impl Actor {
     pub(super) async fn turn(&mut self) -> Flow {
-        let batch = self.h.take_batch();
+        // An interrupt that came while the child started ends the messages it covers now.
+        self.drain_commands();
+        if !self.deferred.is_empty() {
+            return Flow::Continue;
+        }
+        let batch = self.h.take_batch(&self.batcher);
         if batch.is_empty() {
             return Flow::Continue;
         }
-        let Some(thread_id) = self.record.thread_id.clone() else {
-            self.h.requeue(batch);
-            return Flow::Continue;
-        };
-        let Some(live) = self.live.as_ref() else {
+        let (Some(thread_id), true) = (self.record.thread_id.clone(), self.live.is_some()) else {
             self.h.requeue(batch);
             return Flow::Continue;
         };
         self.h.begin_turn(SessionState::Running);
-        let input: Vec<Value> = batch
-            .iter()
-            .map(|m| json!({"type": "text", "text": m.text}))
-            .collect();
-        let mut params = json!({"threadId": thread_id, "input": input});
-        let settings = self.h.settings();
-        if let Some(effort) = settings.effort {
-            params["effort"] = effort.into();
-        }
-        // A turn's model stays in force for the turns after it: with the session's model cleared,
-        // the sidecar's own (--model) is named again.
-        if let Some(model) = settings.model.or_else(|| self.ctx.config.model.clone()) {
-            params["model"] = model.into();
-        }
         let message_ids: Vec<String> = batch.iter().map(|m| m.message_id.clone()).collect();
+        // The intent goes to disk before codex sees the turn: after a crash from here until
+        // `turn_started` is written, the thread's history says whether codex got it.
+        let client_id = format!("sidecar-{}", uuid::Uuid::new_v4());
+        let was_persisted = self.record.thread_persisted;
+        self.record.pending_turn = Some(PendingTurn {
+            client_id: client_id.clone(),
+            message_ids: message_ids.clone(),
+        });
+        // From turn/start on, codex may have written the thread's rollout.
+        self.record.thread_persisted = true;
+        if !self.save_record().await {
+            self.record.pending_turn = None;
+            self.record.thread_persisted = was_persisted;
+            self.h.requeue(batch);
+            self.unavailable("cannot record the turn in session.json; retrying".into());
+            return Flow::Continue;
+        }
+        crash_point(CrashPoint::IntentWritten);
+        let params = self.turn_params(&thread_id, &batch, &client_id);
         let started = Instant::now();
-        let turn_id = match live
+        let Some(live) = self.live.as_ref() else {
+            self.h.requeue(batch);
+            return Flow::Continue;
+        };
+        let answer = live
             .server
-            .request("turn/start", params, DEFAULT_REQUEST_TIMEOUT)
-            .await
-        {
+            .request_then("turn/start", params, DEFAULT_REQUEST_TIMEOUT, || {
+                crash_point(CrashPoint::StartSent)
+            })
+            .await;
+        let turn_id = match answer {
             Ok(v) => v
                 .pointer("/turn/id")
                 .and_then(Value::as_str)
                 .unwrap_or_default()
                 .to_owned(),
             Err(e) if e.is_fatal() => {
-                // The child died before the turn began: the messages were never delivered.
+                // The child died, or stopped reading its input: it may or may not have the turn.
+                // The messages wait again and the intent stays, so that the next child reads the
+                // thread's history before anything else (recover_pending_turn).
                 self.h.requeue(batch);
-                self.child_died("before a turn").await;
+                if matches!(e, RpcError::WriteTimeout) {
+                    tracing::warn!(session = %self.h.key.id, "codex stopped reading its input; stopping it");
+                    self.ctx.metrics.codex_restarts.inc();
+                    self.stop_child("unresponsive: stopped reading its input")
+                        .await;
+                } else {
+                    self.child_died("before a turn").await;
+                }
+                return Flow::Continue;
+            }
+            Err(e) if is_input_too_large(&e) && self.batcher.refused(batch.len()) => {
+                tracing::info!(session = %self.h.key.id, messages = batch.len(), "codex refused the batch for its size; splitting it");
+                self.record.pending_turn = None;
+                self.record.thread_persisted = was_persisted;
+                self.save_record().await;
+                self.h.requeue(batch);
                 return Flow::Continue;
             }
             Err(e) => {
                 // codex refused the turn, or never answered: report it against these messages so
                 // none waits forever. An unresponsive child is stopped (restarted at the next need).
-                let unresponsive = matches!(e, RpcError::Timeout { .. });
-                self.emit(EventKind::TurnStarted {
-                    turn_id: String::new(),
-                    message_ids,
-                });
-                self.emit(EventKind::Error {
-                    code: if unresponsive {
-                        "codex_unresponsive"
-                    } else {
-                        "turn_rejected"
-                    }
-                    .into(),
-                    message: e.to_string(),
-                    retryable: unresponsive,
-                });
-                if unresponsive {
-                    self.stop_child("unresponsive to turn/start").await;
-                }
-                self.emit(EventKind::Result {
-                    turn_id: String::new(),
-                    status: TurnStatus::Failed,
-                    text: String::new(),
-                    usage: Usage::default(),
-                });
-                self.ctx
-                    .metrics
-                    .turns
-                    .get_or_create(&status_label(TurnStatus::Failed))
-                    .inc();
+                self.record.pending_turn = None;
+                self.record.thread_persisted = was_persisted;
+                self.save_record().await;
+                self.turn_not_started(message_ids, e).await;
                 return Flow::Continue;
             }
         };
+        crash_point(CrashPoint::StartAnswered);
+        self.batcher.accepted();
+        let first_n = batch.first().map_or(0, |m| m.n);
         self.emit(EventKind::TurnStarted {
             turn_id: turn_id.clone(),
+            message_count: message_ids.len(),
             message_ids,
+            queued: self.h.queued(),
         });
-        let mut out = self.drive(Some(turn_id.clone()), false).await;
+        let current = CurrentTurn {
+            turn_id: turn_id.clone(),
+            started_at: crate::store::events::now_rfc3339(),
+        };
+        self.h.update(|s| s.current_turn = Some(current));
+        crash_point(CrashPoint::StartedWritten);
+        // `turn_started` now records the delivery; the record is saved after the turn.
+        self.record.pending_turn = None;
+        let mut out = self.drive(Some(turn_id.clone()), Some(first_n)).await;
+        crash_point(CrashPoint::Completed);
         let rest = out.deltas.finish(&self.ctx.redactor);
         if !rest.is_empty() {
             self.emit(EventKind::Delta { text: rest });
@@ -139,6 +161,8 @@ impl Actor {
             text: std::mem::take(&mut out.text),
             usage: out.usage,
         });
+        self.h.update(|s| s.current_turn = None);
+        crash_point(CrashPoint::ResultWritten);
         self.sync_events_in_background();
         self.ctx
             .metrics
@@ -159,83 +183,9 @@ impl Actor {
         self.finish_stop(out.stop_requested.take()).await
     }
 
-    pub(super) async fn compact(&mut self) -> Flow {
-        self.want_compact = false;
-        let Some(thread_id) = self.record.thread_id.clone() else {
-            return Flow::Continue;
-        };
-        let Some(live) = self.live.as_ref() else {
-            return Flow::Continue;
-        };
-        self.h.begin_turn(SessionState::Compacting);
-        self.emit(EventKind::Compaction {
-            phase: CompactionPhase::Started,
-            context_tokens: self.record.context_tokens,
-        });
-        match live
-            .server
-            .request(
-                "thread/compact/start",
-                json!({"threadId": thread_id}),
-                DEFAULT_REQUEST_TIMEOUT,
-            )
-            .await
-        {
-            Ok(_) => {}
-            Err(e) if e.is_fatal() => {
-                self.want_compact = true;
-                self.child_died("before a compaction").await;
-                return Flow::Continue;
-            }
-            Err(e) => {
-                self.emit(EventKind::Error {
-                    code: "compaction_failed".into(),
-                    message: e.to_string(),
-                    retryable: true,
-                });
-                return Flow::Continue;
-            }
-        }
-        let mut out = self.drive(None, true).await;
-        self.record.usage.add(&out.usage);
-        if out.status == Some(TurnStatus::Completed) {
-            // The compacted context holds the instructions the child was started with, not the
-            // ones appended since: the next turn appends the session's again when they differ.
-            if let Some(live) = &self.live {
-                self.record.instructions_applied = Some(live.instructions_digest.clone());
-            }
-            self.record.compactions += 1;
-            self.record.turns_since_compaction = 0;
-            self.record.context_tokens = out.compacted_estimate.unwrap_or(0);
-            self.record.thread_persisted = true;
-            self.save_record().await;
-            self.ctx.metrics.compactions.inc();
-            self.emit(EventKind::Compaction {
-                phase: CompactionPhase::Completed,
-                context_tokens: self.record.context_tokens,
-            });
-        } else {
-            self.save_record().await;
-            let (code, message, retryable) = out.error.take().unwrap_or_else(|| {
-                (
-                    "compaction_failed".into(),
-                    "the compaction did not complete".into(),
-                    true,
-                )
-            });
-            self.emit(EventKind::Error {
-                code,
-                message,
-                retryable,
-            });
-        }
-        self.ctx.setup.sync_auth_from(&self.h.codex_home());
-        self.finish_stop(out.stop_requested.take()).await
-    }
-
     /// After a turn or compaction: when a Stop arrived during it, stops the child, answers it and
     /// ends the actor.
-    async fn finish_stop(&mut self, stop: Option<oneshot::Sender<()>>) -> Flow {
+    pub(super) async fn finish_stop(&mut self, stop: Option<oneshot::Sender<()>>) -> Flow {
         match stop {
             Some(reply) => {
                 self.stop_child("stopping").await;
@@ -268,17 +218,16 @@ impl Actor {
     }
 
     /// Reads codex until the turn ends. `turn_id` is known for user turns; a compaction's turn id
-    /// comes from its `turn/started`.
-    async fn drive(&mut self, turn_id: Option<String>, compaction: bool) -> Outcome {
+    /// comes from its `turn/started`. `first_n` is the position of a user turn's first message
+    /// (`None` for a compaction): an interrupt covering it interrupts the turn.
+    pub(super) async fn drive(&mut self, turn_id: Option<String>, first_n: Option<u64>) -> Outcome {
+        let compaction = first_n.is_none();
         let mut out = Outcome::default();
         let mut current = turn_id;
         let mut last_emit = Instant::now();
         let timeout = self.ctx.config.turn_timeout;
         let deadline = tokio::time::Instant::now() + timeout;
-        let mut kill_at: Option<tokio::time::Instant> = None;
-        // codex can miss a turn/interrupt that arrives before the turn's first model request:
-        // it is sent again every INTERRUPT_REPEAT until the turn ends (or kill_at).
-        let mut repeat_at: Option<tokio::time::Instant> = None;
+        let mut stopping = Interrupting::default();
         let mut timed_out = false;
         let mut heartbeat = tokio::time::interval(Duration::from_secs(1));
         let mut agent_text = String::new();
@@ -304,6 +253,7 @@ impl Actor {
                             last_emit = Instant::now();
                         }
                         Incoming::Notification { method, params } => {
+                            let began = method == "turn/started";
                             if self.on_notification(&method, params, &mut current, compaction, &mut out, &mut agent_text, &mut last_emit) {
                                 if timed_out {
                                     out.status = Some(TurnStatus::Failed);
@@ -311,15 +261,21 @@ impl Actor {
                                 if out.text.is_empty() { out.text = self.ctx.redactor.redact(&agent_text).into_owned(); }
                                 return out;
                             }
+                            if began && stopping.waiting_for_codex() {
+                                // codex takes a turn/interrupt only once the turn is active.
+                                self.interrupt(&current, &mut stopping).await;
+                            }
                         }
                     }
                 }
                 cmd = self.rx.recv() => match cmd {
-                    Some(Command::Interrupt(n)) if n == self.h.turn_number() => {
-                        self.interrupt(&current, &mut kill_at).await;
-                        repeat_at = Some(tokio::time::Instant::now() + INTERRUPT_REPEAT);
+                    Some(Command::Interrupt { through }) => {
+                        // Waiting messages it covers end now; the running turn when it carries one.
+                        self.interrupt_waiting(through);
+                        if first_n.is_some_and(|n| n <= through) {
+                            self.interrupt(&current, &mut stopping).await;
+                        }
                     }
-                    Some(Command::Interrupt(_)) => {}
                     Some(Command::Compact) => self.want_compact = true,
                     Some(Command::Wake) | None => {}
                     Some(Command::Evict) => self.evict_requested = false,
@@ -334,8 +290,7 @@ impl Actor {
                                 true,
                             ));
                         }
-                        self.interrupt(&current, &mut kill_at).await;
-                        repeat_at = Some(tokio::time::Instant::now() + INTERRUPT_REPEAT);
+                        self.interrupt(&current, &mut stopping).await;
                     }
                 },
                 _ = heartbeat.tick() => {
@@ -351,14 +306,12 @@ impl Actor {
                         format!("the turn ran past --turn-timeout ({} s) and was interrupted", timeout.as_secs()),
                         true,
                     ));
-                    self.interrupt(&current, &mut kill_at).await;
-                    repeat_at = Some(tokio::time::Instant::now() + INTERRUPT_REPEAT);
+                    self.interrupt(&current, &mut stopping).await;
                 }
-                () = sleep_opt(repeat_at) => {
-                    self.interrupt(&current, &mut kill_at).await;
-                    repeat_at = Some(tokio::time::Instant::now() + INTERRUPT_REPEAT);
+                () = sleep_opt(stopping.repeat_at) => {
+                    self.interrupt(&current, &mut stopping).await;
                 }
-                () = sleep_opt(kill_at) => {
+                () = sleep_opt(stopping.kill_at) => {
                     // codex did not end the turn after turn/interrupt: stop the child.
                     tracing::warn!(session = %self.h.key.id, "codex did not end an interrupted turn; killing it");
                     self.stop_child("unresponsive after turn/interrupt").await;
@@ -550,33 +503,6 @@ impl Actor {
             _ => {}
         }
         false
-    }
-
-    async fn interrupt(
-        &mut self,
-        current: &Option<String>,
-        kill_at: &mut Option<tokio::time::Instant>,
-    ) {
-        let (Some(live), Some(thread_id)) = (self.live.as_ref(), self.record.thread_id.clone())
-        else {
-            return;
-        };
-        if let Some(turn_id) = current {
-            let r = live
-                .server
-                .request(
-                    "turn/interrupt",
-                    json!({"threadId": thread_id, "turnId": turn_id}),
-                    Duration::from_secs(10),
-                )
-                .await;
-            if let Err(e) = r {
-                tracing::warn!(session = %self.h.key.id, error = %e, "turn/interrupt failed");
-            }
-        }
-        if kill_at.is_none() {
-            *kill_at = Some(tokio::time::Instant::now() + INTERRUPT_GRACE);
-        }
     }
 
     pub(super) async fn answer(&mut self, id: Value, method: &str) {

@@ -144,9 +144,15 @@ impl Sidecar {
             .create(true)
             .append(true)
             .open(&self.log_path)?;
+        // A HOME of its own, so that the login shells codex runs commands in read no profile of
+        // the machine's user (a stale pyenv rehash lock in root's .bashrc made every command
+        // wait 60 s); a test may still set HOME itself.
+        let home = self.log_path.with_file_name("home");
+        std::fs::create_dir_all(&home)?;
         let mut cmd = Command::new(sidecar_bin());
         cmd.args(&self.args)
             .args(["--listen", &format!("127.0.0.1:{port}")])
+            .env("HOME", &home)
             .envs(self.envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env(
                 "RUST_LOG",

@@ -156,7 +156,13 @@ export class Sidecar {
       '--provider-base-url', this.modelUrl,
       '--model', 'scripted',
     ];
-    this.child = spawn(sidecarBin(), args, { stdio: ['ignore', log, log], env: { ...process.env, RUST_LOG: 'info' } });
+    // A HOME of its own: the login shells codex runs commands in read no profile of the machine's user.
+    const home = path.join(this.dir, 'home');
+    fs.mkdirSync(home, { recursive: true });
+    this.child = spawn(sidecarBin(), args, {
+      stdio: ['ignore', log, log],
+      env: { ...process.env, HOME: home, RUST_LOG: 'info' },
+    });
     fs.closeSync(log);
     const deadline = Date.now() + 60_000;
     while (Date.now() < deadline) {

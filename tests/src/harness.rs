@@ -70,6 +70,8 @@ pub struct Sidecar {
     log_path: PathBuf,
     /// The JWT secret file.
     pub secret_file: PathBuf,
+    /// `RLIMIT_NOFILE` (soft and hard) for the next (re)start, if set.
+    open_files_limit: Option<u64>,
 }
 
 impl Sidecar {
@@ -132,6 +134,7 @@ impl Sidecar {
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect(),
             secret_file,
+            open_files_limit: None,
         };
         s.spawn().await?;
         Ok(s)
@@ -162,6 +165,22 @@ impl Sidecar {
             .stdout(log.try_clone()?)
             .stderr(log)
             .kill_on_drop(true);
+        if let Some(n) = self.open_files_limit {
+            // SAFETY: setrlimit is async-signal-safe and touches only the child being spawned.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let lim = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
         let child = cmd.spawn().context("spawn the sidecar")?;
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -228,6 +247,12 @@ impl Sidecar {
                 bail!("sidecar still running {limit:?} after SIGTERM")
             }
         }
+    }
+
+    /// Sets the sidecar's open-files limit (soft and hard, so it cannot raise it) for the next
+    /// (re)start; `None` inherits the harness's.
+    pub fn set_open_files_limit(&mut self, n: Option<u64>) {
+        self.open_files_limit = n;
     }
 
     /// Sets (`Some`) or removes (`None`) an environment variable for the next (re)start.

@@ -377,3 +377,75 @@ async fn a_full_disk_refuses_new_work_with_507_and_loses_nothing() -> anyhow::Re
     drop(disk);
     Ok(())
 }
+
+fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let dst = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &dst)?;
+        } else {
+            std::fs::copy(entry.path(), dst)?;
+        }
+    }
+    Ok(())
+}
+
+/// Issue 8.14: known sessions hold no file descriptor, so a small open-files limit skips none of
+/// them at start-up (each used to hold its log and inbox open: at 1024, 495 of 1,000 were lost).
+#[tokio::test]
+async fn every_session_loads_under_a_small_open_files_limit() -> anyhow::Result<()> {
+    const SESSIONS: usize = 300;
+    const LIMIT: u64 = 128;
+    let model = ScriptedModel::start().await?;
+    let mut sc = Sidecar::start(&model.base_url(), &["--max-live-sessions", "2"]).await?;
+    let api = sc.api("alice");
+    assert_eq!(api.create(json!({"id": "s0"})).await.0, 201);
+    assert_eq!(api.send("s0", "hello").await.0, 202);
+    api.until_results("s0", 0, 1, T).await?;
+    sc.terminate(Duration::from_secs(30)).await?;
+    // 299 more sessions of alice's: copies of s0 under other ids.
+    let src = session_file(&sc.state_dir, "session.json", "s0");
+    let src = src.parent().expect("session dir");
+    for i in 1..SESSIONS {
+        let id = format!("s{i}");
+        let dst = src.with_file_name(&id);
+        copy_dir(src, &dst)?;
+        let path = dst.join("session.json");
+        let mut record: Value = serde_json::from_slice(&std::fs::read(&path)?)?;
+        record["id"] = json!(id);
+        std::fs::write(&path, serde_json::to_vec(&record)?)?;
+    }
+    sc.set_open_files_limit(Some(LIMIT));
+    sc.restart().await?;
+    let api = sc.api("alice");
+    let (code, listed) = api.call("GET", "/v1/sessions", None).await;
+    assert_eq!(code, 200, "{listed}");
+    assert_eq!(
+        listed["sessions"].as_array().map(Vec::len),
+        Some(SESSIONS),
+        "every session is served: {} sessions listed; status {}",
+        listed["sessions"].as_array().map_or(0, Vec::len),
+        status_counts(&sc).await
+    );
+    let counts = status_counts(&sc).await;
+    assert_eq!(counts["sessions"], SESSIONS, "{counts}");
+    assert_eq!(counts["quarantined"], 0, "nothing moved aside: {counts}");
+    let fds = std::fs::read_dir(format!("/proc/{}/fd", sc.pid().expect("pid")))?.count();
+    assert!(
+        fds < 64,
+        "idle sessions hold no file descriptors: {fds} open"
+    );
+    // And the last one still works (codex can be spawned: descriptors are left for it).
+    let last = format!("s{}", SESSIONS - 1);
+    assert_eq!(api.send(&last, "still here").await.0, 202);
+    let events = api.until_results(&last, 0, 2, T).await?;
+    assert_eq!(
+        events.last().map(|e| e["status"].clone()),
+        Some(json!("completed")),
+        "{events:?}"
+    );
+    sc.kill9().await;
+    Ok(())
+}

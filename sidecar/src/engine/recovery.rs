@@ -56,12 +56,35 @@ pub(super) fn scan_event(scan: &mut Scan, v: &Value) {
     }
 }
 
-/// Why a directory under `sessions/` is not a session.
+/// Why a directory under `sessions/` could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub(super) enum NotASession {
-    /// `session.json` is missing or unreadable.
+    /// `session.json` is missing or not a session record: the directory is not a session.
     #[error("session.json cannot be read: {0}")]
     Record(std::io::Error),
+    /// Reading failed for a reason that says nothing about the files (too many open files, an
+    /// I/O error, no permission): the directory stays where it is and a restart tries again.
+    #[error("cannot be read now: {0}")]
+    Io(std::io::Error),
+}
+
+impl NotASession {
+    /// Sorts an error reading `session.json`.
+    fn record(e: std::io::Error) -> NotASession {
+        match e.kind() {
+            std::io::ErrorKind::NotFound | std::io::ErrorKind::InvalidData => {
+                NotASession::Record(e)
+            }
+            _ => NotASession::Io(e),
+        }
+    }
+
+    /// Whether the process is out of a resource (file descriptors, memory): loading the rest
+    /// would fail the same way, so start-up stops with this error instead.
+    fn is_exhaustion(&self) -> bool {
+        // EMFILE (24), ENFILE (23), ENOMEM (12) on Linux.
+        matches!(self, NotASession::Io(e) if matches!(e.raw_os_error(), Some(24 | 23 | 12)))
+    }
 }
 
 /// The trash directory.
@@ -125,16 +148,16 @@ impl Engine {
     /// (no actor), or not a session at all (the caller moves it aside).
     ///
     /// # Errors
-    /// [`NotASession`] when `session.json` cannot be read; I/O errors opening the log or inbox
-    /// are reported the same way (the directory is then not usable as a session).
+    /// [`NotASession::Record`] when `session.json` is missing or not a record;
+    /// [`NotASession::Io`] for any other error reading it, its log or its inbox.
     pub(super) fn load(&self, dir: &Path) -> Result<(), NotASession> {
-        let record = SessionRecord::load(&dir.join("session.json")).map_err(NotASession::Record)?;
+        let record = SessionRecord::load(&dir.join("session.json")).map_err(NotASession::record)?;
         let mut scan = Scan::default();
         let opened = EventLog::open(&dir.join("events.jsonl"), |v| scan_event(&mut scan, v))
-            .map_err(NotASession::Record)?;
+            .map_err(NotASession::Io)?;
         let events = opened.log;
         let inbox = Inbox::open(&dir.join("messages.jsonl"), scan.delivered_through)
-            .map_err(NotASession::Record)?;
+            .map_err(NotASession::Io)?;
         let problem = match (&opened.corruption, inbox.corruption()) {
             (Some(c), _) => Some(format!("events.jsonl {c}")),
             (None, Some(c)) => Some(format!("messages.jsonl: {c}")),
@@ -201,14 +224,29 @@ impl Engine {
             };
             for dir in entries.flatten() {
                 let path = dir.path();
-                if let Err(e) = self.load(&path) {
-                    self.note_quarantined();
-                    match move_aside(&path, &quarantine_root(&state)) {
-                        Ok(to) => {
-                            tracing::error!(dir = %path.display(), moved_to = %to.display(), error = %e, "not a session: moved to the quarantine")
-                        }
-                        Err(m) => {
-                            tracing::error!(dir = %path.display(), error = %e, move_error = %m, "not a session, and it cannot be moved aside")
+                match self.load(&path) {
+                    Ok(()) => continue,
+                    Err(e) if e.is_exhaustion() => {
+                        return Err(std::io::Error::other(format!(
+                            "{}: {e} (no session is skipped: raise the limit and start again)",
+                            path.display()
+                        )));
+                    }
+                    Err(e @ NotASession::Io(_)) => {
+                        // Left in place, counted and logged: a restart tries again.
+                        self.note_quarantined();
+                        tracing::error!(dir = %path.display(), error = %e, "a session cannot be loaded now; it is left where it is and not served until a restart reads it");
+                        continue;
+                    }
+                    Err(e @ NotASession::Record(_)) => {
+                        self.note_quarantined();
+                        match move_aside(&path, &quarantine_root(&state)) {
+                            Ok(to) => {
+                                tracing::error!(dir = %path.display(), moved_to = %to.display(), error = %e, "not a session: moved to the quarantine")
+                            }
+                            Err(m) => {
+                                tracing::error!(dir = %path.display(), error = %e, move_error = %m, "not a session, and it cannot be moved aside")
+                            }
                         }
                     }
                 }

@@ -5,9 +5,9 @@
 //! the state needed to rebuild the queue on restart.
 
 use std::collections::{HashMap, VecDeque};
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -41,7 +41,9 @@ pub fn message_n(id: &str) -> Option<u64> {
 /// The open inbox and its pending queue.
 #[derive(Debug)]
 pub struct Inbox {
-    file: File,
+    /// `messages.jsonl`, opened only for each [`Inbox::push`] (a known session holds no file
+    /// descriptor while nothing arrives).
+    path: PathBuf,
     next_n: u64,
     pending: VecDeque<QueuedMessage>,
     /// Idempotency key -> message id, for every message in the file that carried one.
@@ -116,7 +118,7 @@ impl Inbox {
             file.set_len(good_len)?;
         }
         Ok(Inbox {
-            file,
+            path: path.to_path_buf(),
             next_n,
             pending,
             keys,
@@ -151,13 +153,13 @@ impl Inbox {
         };
         let mut line = serde_json::to_string(&msg).map_err(io::Error::other)?;
         line.push('\n');
-        let before = self.file.metadata()?.len();
-        let written = self
-            .file
+        let mut file = OpenOptions::new().append(true).open(&self.path)?;
+        let before = file.metadata()?.len();
+        let written = file
             .write_all(line.as_bytes())
-            .and_then(|()| self.file.sync_data());
+            .and_then(|()| file.sync_data());
         if let Err(e) = written {
-            let _ = self.file.set_len(before);
+            let _ = file.set_len(before);
             return Err(e);
         }
         self.next_n += 1;

@@ -68,7 +68,11 @@ impl std::fmt::Display for Corruption {
 }
 
 struct LogInner {
-    file: File,
+    /// `events.jsonl`.
+    path: PathBuf,
+    /// Open for appending while a session writes; closed by [`EventLog::sync`] (after a turn),
+    /// so that an idle session holds no file descriptor. Opened again by the next append.
+    file: Option<File>,
     len: u64,
     next_seq: u64,
     lines: u64,
@@ -235,7 +239,9 @@ impl EventLog {
         let log = EventLog {
             path: path.to_path_buf(),
             inner: Mutex::new(LogInner {
-                file,
+                path: path.to_path_buf(),
+                // Closed: the next append opens it again.
+                file: None,
                 len: offset,
                 next_seq,
                 lines,
@@ -332,12 +338,18 @@ impl EventLog {
         (!inner.pending.is_empty()).then(|| inner.fault.clone().unwrap_or_default())
     }
 
-    /// Flushes the log to stable storage (`fdatasync`).
+    /// Flushes the log to stable storage (`fdatasync`) and closes its file descriptor until the
+    /// next append (an idle session holds none).
     ///
     /// # Errors
     /// Any I/O error.
     pub fn sync(&self) -> io::Result<()> {
-        self.lock()?.file.sync_data()
+        let mut inner = self.lock()?;
+        let Some(file) = inner.file.take() else {
+            return Ok(());
+        };
+        // Kept open (and synced again next time) when the sync fails.
+        file.sync_data().inspect_err(|_| inner.file = Some(file))
     }
 
     /// Whether a reader may hand out events up to `seq` now (see [`super::mark`]).
@@ -380,7 +392,9 @@ impl EventLog {
         if inner.read_only {
             return Ok(());
         }
-        inner.file.sync_data()?;
+        if let Some(file) = &inner.file {
+            file.sync_data()?;
+        }
         let last = inner.next_seq - 1;
         let mut reserved = self.reserved.lock().map_err(|_| poisoned())?;
         if *reserved > last {
@@ -473,9 +487,15 @@ impl LogInner {
         })
         .map_err(io::Error::other)?;
         line.push('\n');
-        if let Err(e) = self.file.write_all(line.as_bytes()) {
-            let len = self.len;
-            let _ = self.file.set_len(len);
+        let len = self.len;
+        let file = match &mut self.file {
+            Some(f) => f,
+            None => self
+                .file
+                .insert(OpenOptions::new().append(true).open(&self.path)?),
+        };
+        if let Err(e) = file.write_all(line.as_bytes()) {
+            let _ = file.set_len(len);
             return Err(e);
         }
         if self.lines.is_multiple_of(INDEX_STRIDE) {

@@ -449,3 +449,71 @@ async fn every_session_loads_under_a_small_open_files_limit() -> anyhow::Result<
     sc.kill9().await;
     Ok(())
 }
+
+/// Issue 8.15: the API listens and serves while a long history is still being read: start-up
+/// reads each `session.json` only; event logs are read in the background, and a request for a
+/// session not read yet reads that one first.
+#[tokio::test]
+async fn a_long_history_does_not_hold_up_start_up_or_other_sessions() -> anyhow::Result<()> {
+    use std::io::Write;
+    const EXTRA: u64 = 1_000_000;
+    let model = ScriptedModel::start().await?;
+    let mut sc = Sidecar::start(&model.base_url(), &[]).await?;
+    let api = sc.api("alice");
+    for id in ["big", "small"] {
+        assert_eq!(api.create(json!({"id": id})).await.0, 201);
+        assert_eq!(api.send(id, "hello").await.0, 202);
+        api.until_results(id, 0, 1, T).await?;
+    }
+    let (_, before) = api.call("GET", "/v1/sessions/big", None).await;
+    let first_new = before["next_seq"].as_u64().expect("next_seq");
+    sc.terminate(Duration::from_secs(30)).await?;
+    // A million more events in big's log (about 100 MB).
+    let log = session_file(&sc.state_dir, "events.jsonl", "big");
+    let mut w = std::io::BufWriter::new(std::fs::OpenOptions::new().append(true).open(&log)?);
+    for seq in first_new..first_new + EXTRA {
+        writeln!(
+            w,
+            r#"{{"seq":{seq},"time":"2026-12-01T00:00:00.000000000Z","type":"delta","text":"a line of history that makes the log long"}}"#
+        )?;
+    }
+    w.flush()?;
+    drop(w);
+    sc.restart().await?;
+    let api = sc.api("alice");
+    let counts = status_counts(&sc).await;
+    assert_eq!(counts["sessions"], 2, "{counts}");
+    assert!(
+        counts["loading"].as_u64().is_some_and(|n| n >= 1),
+        "the API answers while the long log is still being read: {counts}"
+    );
+    // The small session works meanwhile.
+    assert_eq!(api.send("small", "meanwhile").await.0, 202);
+    let events = api.until_results("small", 0, 2, T).await?;
+    assert_eq!(
+        events.last().map(|e| e["status"].clone()),
+        Some(json!("completed"))
+    );
+    // A request for the big one waits for its own log and sees all of it.
+    let (code, big) = api.call("GET", "/v1/sessions/big", None).await;
+    assert_eq!(code, 200, "{big}");
+    assert_eq!(big["next_seq"], first_new + EXTRA, "{big}");
+    let (_, page) = api
+        .call(
+            "GET",
+            &format!(
+                "/v1/sessions/big/events?after={}&wait=0",
+                first_new + EXTRA - 2
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(page["events"][0]["seq"], first_new + EXTRA - 1, "{page}");
+    let deadline = Instant::now() + T;
+    while status_counts(&sc).await["loading"] != 0 {
+        assert!(Instant::now() < deadline, "every log is read in the end");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    sc.kill9().await;
+    Ok(())
+}

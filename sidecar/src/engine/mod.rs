@@ -2,10 +2,12 @@
 //! children. The HTTP layer calls [`Engine`]; each session's work happens in its actor
 //! ([`session::Actor`]).
 //!
-//! On start-up [`Engine::open`] reloads every session from the state dir: the event log gives the
-//! next seq and which messages a `turn_started` already carried; a turn that was running when the
-//! sidecar died is closed with an `error {code:"turn_lost"}` and a failed `result`; messages that
-//! never reached a turn are queued again and run.
+//! On start-up [`Engine::open`] finds every session in the state dir (its `session.json`) before
+//! the API listens, then reads their event logs in the background (a request for a session not
+//! read yet reads it first): the event log gives the next seq and which messages a
+//! `turn_started` already carried; a turn that was running when the sidecar died is closed with
+//! an `error {code:"turn_lost"}` and a failed `result`; messages that never reached a turn are
+//! queued again and run.
 
 pub mod pool;
 mod recovery;
@@ -210,6 +212,9 @@ pub struct Counts {
     pub quarantined: usize,
     /// Sessions whose events wait in memory because the disk refused them.
     pub storage_faults: usize,
+    /// Sessions found at start-up whose event logs are still being read (included in
+    /// `sessions`; a request for one reads it first).
+    pub loading: usize,
 }
 
 /// All sessions.
@@ -223,6 +228,9 @@ pub struct Engine {
     key_locks: std::sync::Mutex<HashMap<SessionKey, Arc<tokio::sync::Mutex<()>>>>,
     /// Session directories moved to the quarantine since start-up (see [`recovery`]).
     quarantined_dirs: std::sync::atomic::AtomicUsize,
+    /// Sessions found at start-up whose event logs are not read yet, and their directories
+    /// (see [`Engine::ensure_loaded`]).
+    unloaded: std::sync::Mutex<HashMap<SessionKey, PathBuf>>,
 }
 
 /// `sha256(owner)` in hex, shortened: the owner's directory name (safe whatever `sub` holds).
@@ -250,11 +258,13 @@ pub fn valid_session_id(id: &str) -> bool {
 }
 
 impl Engine {
-    /// Loads every session under the state dir and starts their actors.
+    /// Finds every session under the state dir (their `session.json`) and starts reading their
+    /// event logs in the background (each session's actor starts when its log is read); a
+    /// request for a session not read yet reads it first. Call it inside a Tokio runtime.
     ///
     /// # Errors
     /// I/O errors on the state dir. A session that cannot be read is never skipped quietly: it
-    /// is quarantined (see [`recovery`]).
+    /// is quarantined, or left in place and counted (see [`recovery`]).
     pub fn open(
         config: Config,
         metrics: Arc<Metrics>,
@@ -276,8 +286,10 @@ impl Engine {
             sessions: RwLock::default(),
             key_locks: Default::default(),
             quarantined_dirs: Default::default(),
+            unloaded: Default::default(),
         });
-        engine.load_all()?;
+        engine.discover()?;
+        engine.load_in_background();
         engine.clone().watch_storage();
         Ok(engine)
     }
@@ -348,13 +360,16 @@ impl Engine {
     }
 
     async fn create_locked(
-        &self,
+        self: &Arc<Self>,
         key: SessionKey,
         req: CreateSession,
     ) -> Result<(bool, SessionView, bool), ApiError> {
         let (owner, id) = (key.owner.as_str(), key.id.clone());
-        if let Some(h) = self.handle(&key) {
+        if let Some(h) = self.ensure_loaded_locked(&key).await? {
             return Ok((false, self.view(&h), true));
+        }
+        if req.thread_id.is_some() {
+            self.ensure_owner_loaded(owner).await;
         }
         let rollout = match &req.thread_id {
             Some(tid) => Some(self.find_rollout(owner, tid).ok_or_else(|| {
@@ -472,13 +487,20 @@ impl Engine {
     /// The session `id` of `owner`.
     ///
     /// # Errors
-    /// 404 `session_not_found` (also for another owner's session).
-    pub fn get(&self, owner: &str, id: &str) -> Result<Arc<SessionHandle>, ApiError> {
-        self.handle(&SessionKey {
+    /// 404 `session_not_found` (also for another owner's session), 503 `session_unavailable`
+    /// when its files cannot be read now.
+    pub async fn get(
+        self: &Arc<Self>,
+        owner: &str,
+        id: &str,
+    ) -> Result<Arc<SessionHandle>, ApiError> {
+        let key = SessionKey {
             owner: owner.to_owned(),
             id: id.to_owned(),
-        })
-        .ok_or_else(|| ApiError::session_not_found(id))
+        };
+        self.ensure_loaded(&key)
+            .await?
+            .ok_or_else(|| ApiError::session_not_found(id))
     }
 
     /// The API view of a session.
@@ -500,7 +522,8 @@ impl Engine {
     }
 
     /// Every session of `owner`, by id.
-    pub fn list(&self, owner: &str) -> Vec<SessionView> {
+    pub async fn list(self: &Arc<Self>, owner: &str) -> Vec<SessionView> {
+        self.ensure_owner_loaded(owner).await;
         let mut handles: Vec<_> = self
             .sessions
             .read()
@@ -521,7 +544,7 @@ impl Engine {
     /// # Errors
     /// 404, 400 `field_too_long`, 500 when session.json cannot be written.
     pub async fn configure(
-        &self,
+        self: &Arc<Self>,
         owner: &str,
         id: &str,
         req: UpdateSession,
@@ -531,7 +554,7 @@ impl Engine {
             req.model.as_ref().and_then(Option::as_deref),
             req.effort.as_ref().and_then(Option::as_deref),
         )?;
-        let h = self.get(owner, id)?;
+        let h = self.get(owner, id).await?;
         let patch = session::SettingsPatch {
             instructions: req.instructions,
             model: req.model,
@@ -552,7 +575,7 @@ impl Engine {
     /// 404, 400 `empty_text` / `invalid_idempotency_key`, 413 `text_too_large`, 429 `queue_full`,
     /// 500 when the inbox cannot be written.
     pub async fn send(
-        &self,
+        self: &Arc<Self>,
         owner: &str,
         id: &str,
         text: String,
@@ -579,7 +602,7 @@ impl Engine {
                 ),
             ));
         }
-        let h = self.get(owner, id)?;
+        let h = self.get(owner, id).await?;
         refuse_work(&h)?;
         let cap = limits.queued_messages;
         let r = tokio::task::spawn_blocking(move || h.enqueue_blocking(text, idempotency_key, cap))
@@ -602,8 +625,8 @@ impl Engine {
     ///
     /// # Errors
     /// 404.
-    pub fn interrupt(&self, owner: &str, id: &str) -> Result<(), ApiError> {
-        self.get(owner, id)?.interrupt();
+    pub async fn interrupt(self: &Arc<Self>, owner: &str, id: &str) -> Result<(), ApiError> {
+        self.get(owner, id).await?.interrupt();
         Ok(())
     }
 
@@ -611,8 +634,8 @@ impl Engine {
     ///
     /// # Errors
     /// 404.
-    pub fn compact(&self, owner: &str, id: &str) -> Result<(), ApiError> {
-        self.get(owner, id)?.send(Command::Compact);
+    pub async fn compact(self: &Arc<Self>, owner: &str, id: &str) -> Result<(), ApiError> {
+        self.get(owner, id).await?.send(Command::Compact);
         Ok(())
     }
 
@@ -622,7 +645,7 @@ impl Engine {
     /// # Errors
     /// 404.
     pub async fn delete(self: &Arc<Self>, owner: &str, id: &str) -> Result<(), ApiError> {
-        let key = self.get(owner, id)?.key.clone();
+        let key = self.get(owner, id).await?.key.clone();
         let engine = self.clone();
         tokio::spawn(async move {
             let _guard = engine.lock_key(&key).await;
@@ -695,8 +718,10 @@ impl Engine {
             .read()
             .map(|s| s.values().cloned().collect())
             .unwrap_or_default();
+        let loading = self.unloaded_count();
         let mut c = Counts {
-            sessions: handles.len(),
+            sessions: handles.len() + loading,
+            loading,
             live: self.ctx.pool.live(),
             quarantined: self
                 .quarantined_dirs
@@ -753,6 +778,10 @@ impl Engine {
 
     /// Stops every child (graceful shutdown); sessions stay on disk.
     pub async fn shutdown(&self) {
+        // Sessions not read yet stay as they are on disk (the next start reads them).
+        if let Ok(mut u) = self.unloaded.lock() {
+            u.clear();
+        }
         let handles: Vec<_> = self
             .sessions
             .read()

@@ -1,4 +1,6 @@
-//! Reloading sessions at start-up, and the two places a session directory can go instead of
+//! Reloading sessions at start-up (every `session.json` before the API listens, each event log
+//! in the background or when a request first needs it, so that start-up does not grow with
+//! history), and the two places a session directory can go instead of
 //! being reused: `<state>/quarantine/` (what cannot be read) and `<state>/trash/` (deleted).
 //!
 //! - A session whose `session.json` is missing or unreadable is not a session: its directory is
@@ -17,9 +19,12 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+use axum::http::StatusCode;
+
 use super::Engine;
 use super::session::{Actor, SessionHandle, SessionKey};
 use crate::codex::home::{create_private_dir, sync_dir};
+use crate::error::ApiError;
 use crate::store::events::{EventKind, EventLog, TurnStatus, Usage};
 use crate::store::inbox::{Inbox, message_n};
 use crate::store::record::SessionRecord;
@@ -207,12 +212,20 @@ impl Engine {
         Ok(())
     }
 
-    /// Loads every session under `<state>/sessions/`; moves aside what is not a session.
-    pub(super) fn load_all(&self) -> std::io::Result<()> {
+    /// Start-up, before the API listens: empties the trash and reads every `session.json` under
+    /// `<state>/sessions/` (one small file per session, whatever the history length), so that
+    /// every session is known; their logs are read later ([`Engine::load_in_background`], or on
+    /// a request's demand through [`Engine::ensure_loaded`]). Moves aside what is not a session.
+    ///
+    /// # Errors
+    /// The state dir cannot be listed, or the process is out of file descriptors or memory (no
+    /// session is skipped quietly).
+    pub(super) fn discover(&self) -> std::io::Result<()> {
         let state = self.ctx.config.state_dir.clone();
         empty_trash(&state);
         let root = state.join("sessions");
         create_private_dir(&root)?;
+        let mut found = Vec::new();
         for owner_dir in std::fs::read_dir(&root)?.flatten() {
             let entries = match std::fs::read_dir(owner_dir.path()) {
                 Ok(e) => e,
@@ -224,35 +237,164 @@ impl Engine {
             };
             for dir in entries.flatten() {
                 let path = dir.path();
-                match self.load(&path) {
-                    Ok(()) => continue,
-                    Err(e) if e.is_exhaustion() => {
-                        return Err(std::io::Error::other(format!(
-                            "{}: {e} (no session is skipped: raise the limit and start again)",
-                            path.display()
-                        )));
-                    }
-                    Err(e @ NotASession::Io(_)) => {
-                        // Left in place, counted and logged: a restart tries again.
-                        self.note_quarantined();
-                        tracing::error!(dir = %path.display(), error = %e, "a session cannot be loaded now; it is left where it is and not served until a restart reads it");
-                        continue;
-                    }
-                    Err(e @ NotASession::Record(_)) => {
-                        self.note_quarantined();
-                        match move_aside(&path, &quarantine_root(&state)) {
-                            Ok(to) => {
-                                tracing::error!(dir = %path.display(), moved_to = %to.display(), error = %e, "not a session: moved to the quarantine")
-                            }
-                            Err(m) => {
-                                tracing::error!(dir = %path.display(), error = %e, move_error = %m, "not a session, and it cannot be moved aside")
-                            }
-                        }
-                    }
+                match SessionRecord::load(&path.join("session.json")).map_err(NotASession::record) {
+                    Ok(record) => found.push((
+                        SessionKey {
+                            owner: record.owner,
+                            id: record.id,
+                        },
+                        path,
+                    )),
+                    Err(e) => self.not_loaded(&path, e)?,
                 }
             }
         }
+        if let Ok(mut u) = self.unloaded.lock() {
+            u.extend(found);
+        }
         Ok(())
+    }
+
+    /// What start-up or a later load does with a directory that did not load.
+    ///
+    /// # Errors
+    /// The process is out of file descriptors or memory.
+    fn not_loaded(&self, path: &Path, e: NotASession) -> std::io::Result<()> {
+        let state = &self.ctx.config.state_dir;
+        match e {
+            e if e.is_exhaustion() => Err(std::io::Error::other(format!(
+                "{}: {e} (no session is skipped: raise the limit and start again)",
+                path.display()
+            ))),
+            e @ NotASession::Io(_) => {
+                // Left in place, counted and logged: a later request or a restart tries again.
+                self.note_quarantined();
+                tracing::error!(dir = %path.display(), error = %e, "a session cannot be loaded now; it is left where it is");
+                Ok(())
+            }
+            e @ NotASession::Record(_) => {
+                self.note_quarantined();
+                match move_aside(path, &quarantine_root(state)) {
+                    Ok(to) => {
+                        tracing::error!(dir = %path.display(), moved_to = %to.display(), error = %e, "not a session: moved to the quarantine")
+                    }
+                    Err(m) => {
+                        tracing::error!(dir = %path.display(), error = %e, move_error = %m, "not a session, and it cannot be moved aside")
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Reads the logs of every session [`Engine::discover`] found, one after another, while the
+    /// API serves (a request for a session not read yet reads it first). A turn that was running
+    /// is closed and waiting messages run as each session loads.
+    pub(super) fn load_in_background(self: &Arc<Self>) {
+        let engine = self.clone();
+        tokio::spawn(async move {
+            let t0 = std::time::Instant::now();
+            let keys: Vec<SessionKey> = engine
+                .unloaded
+                .lock()
+                .map(|u| u.keys().cloned().collect())
+                .unwrap_or_default();
+            let n = keys.len();
+            for key in keys {
+                if let Err(e) = engine.ensure_loaded(&key).await {
+                    tracing::error!(session = %key.id, error = %e.message, "a session could not be loaded; a request for it tries again");
+                }
+            }
+            tracing::info!(
+                sessions = n,
+                elapsed_ms = t0.elapsed().as_millis() as u64,
+                "every session's log is read"
+            );
+        });
+    }
+
+    /// The session with `key`, reading its log first when start-up has not yet (`None` when
+    /// there is no such session, or it turned out not to be one).
+    ///
+    /// # Errors
+    /// 503 `session_unavailable` when its files cannot be read now (the next request tries
+    /// again).
+    pub(super) async fn ensure_loaded(
+        self: &Arc<Self>,
+        key: &SessionKey,
+    ) -> Result<Option<Arc<SessionHandle>>, ApiError> {
+        if let Some(h) = self.handle(key) {
+            return Ok(Some(h));
+        }
+        if !self.unloaded.lock().is_ok_and(|u| u.contains_key(key)) {
+            return Ok(None);
+        }
+        let _guard = self.lock_key(key).await;
+        let result = self.ensure_loaded_locked(key).await;
+        self.unlock_key(key);
+        result
+    }
+
+    /// [`Engine::ensure_loaded`] with the key's lock held.
+    pub(super) async fn ensure_loaded_locked(
+        self: &Arc<Self>,
+        key: &SessionKey,
+    ) -> Result<Option<Arc<SessionHandle>>, ApiError> {
+        if let Some(h) = self.handle(key) {
+            return Ok(Some(h));
+        }
+        let Some(dir) = self.unloaded.lock().ok().and_then(|u| u.get(key).cloned()) else {
+            return Ok(None);
+        };
+        let engine = self.clone();
+        let loaded = tokio::task::spawn_blocking(move || {
+            let r = engine.load(&dir);
+            (dir, r)
+        })
+        .await;
+        let (dir, result) =
+            loaded.map_err(|e| ApiError::internal(format!("session loader failed: {e}")))?;
+        match result {
+            Ok(()) => {
+                if let Ok(mut u) = self.unloaded.lock() {
+                    u.remove(key);
+                }
+                Ok(self.handle(key))
+            }
+            Err(e @ NotASession::Record(_)) => {
+                if let Ok(mut u) = self.unloaded.lock() {
+                    u.remove(key);
+                }
+                let _ = self.not_loaded(&dir, e);
+                Ok(None)
+            }
+            Err(e) => {
+                tracing::error!(dir = %dir.display(), error = %e, "a session cannot be loaded now; it is left where it is");
+                Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "session_unavailable",
+                    format!("the session's files cannot be read now ({e}); try again"),
+                ))
+            }
+        }
+    }
+
+    /// Reads every session of `owner` that start-up has not read yet (for listing and thread
+    /// lookups).
+    pub(super) async fn ensure_owner_loaded(self: &Arc<Self>, owner: &str) {
+        let keys: Vec<SessionKey> = self
+            .unloaded
+            .lock()
+            .map(|u| u.keys().filter(|k| k.owner == owner).cloned().collect())
+            .unwrap_or_default();
+        for key in keys {
+            let _ = self.ensure_loaded(&key).await;
+        }
+    }
+
+    /// Sessions found at start-up whose logs are not read yet.
+    pub(super) fn unloaded_count(&self) -> usize {
+        self.unloaded.lock().map(|u| u.len()).unwrap_or_default()
     }
 
     fn note_quarantined(&self) {

@@ -56,7 +56,7 @@ pub async fn create(
 
 /// `GET /v1/sessions` -> `{"sessions":[...]}`.
 pub async fn list(State(st): State<AppState>, Owner(owner): Owner) -> Json<serde_json::Value> {
-    Json(json!({"sessions": st.engine.list(&owner)}))
+    Json(json!({"sessions": st.engine.list(&owner).await}))
 }
 
 /// `GET /v1/sessions/{id}`.
@@ -66,7 +66,7 @@ pub async fn get_one(
     Path(id): Path<String>,
 ) -> Result<Json<SessionView>, ApiError> {
     check_id(&id)?;
-    let h = st.engine.get(&owner, &id)?;
+    let h = st.engine.get(&owner, &id).await?;
     Ok(Json(st.engine.view(&h)))
 }
 
@@ -142,7 +142,7 @@ pub async fn interrupt(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     check_id(&id)?;
-    st.engine.interrupt(&owner, &id)?;
+    st.engine.interrupt(&owner, &id).await?;
     Ok((StatusCode::ACCEPTED, Json(json!({"accepted": true}))).into_response())
 }
 
@@ -153,7 +153,7 @@ pub async fn compact(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     check_id(&id)?;
-    st.engine.compact(&owner, &id)?;
+    st.engine.compact(&owner, &id).await?;
     Ok((StatusCode::ACCEPTED, Json(json!({"accepted": true}))).into_response())
 }
 
@@ -184,7 +184,7 @@ pub async fn events(
     let limits = st.engine.ctx().config.limits;
     let limit = q.limit.unwrap_or(500).clamp(1, limits.max_events_per_poll);
     let wait = Duration::from_secs(q.wait.min(limits.max_wait_secs));
-    let h = st.engine.get(&owner, &id)?;
+    let h = st.engine.get(&owner, &id).await?;
     check_cursor(&h, q.after)?;
     let mut lines = poll(&h, q.after, limit, wait, st.shutdown.clone()).await?;
     lines.truncate(within_bytes(&lines, limits.max_poll_bytes));
@@ -339,7 +339,7 @@ pub async fn stream(
             })?,
         None => q.after,
     };
-    let h = st.engine.get(&owner, &id)?;
+    let h = st.engine.get(&owner, &id).await?;
     check_cursor(&h, after)?;
     let state = (
         h,

@@ -41,6 +41,11 @@ pub const DEFAULT_JWT_KEY_OVERLAP_SECS: u64 = 300;
 /// Largest `--jwt-key-overlap` in seconds (seven days).
 pub const MAX_JWT_KEY_OVERLAP_SECS: u64 = 7 * 86_400;
 
+/// Default `--max-sessions-per-owner`.
+pub const DEFAULT_SESSIONS_PER_OWNER: usize = 1000;
+/// Default `--max-polls-per-owner`.
+pub const DEFAULT_POLLS_PER_OWNER: usize = 64;
+
 /// Input bounds of the HTTP API.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -57,6 +62,11 @@ pub struct Limits {
     /// Most bytes of events returned by one poll (at least one event is always returned, so an
     /// event larger than this still gets through alone).
     pub max_poll_bytes: usize,
+    /// Most sessions one owner holds (429 `too_many_sessions`; `--max-sessions-per-owner`).
+    pub sessions_per_owner: usize,
+    /// Most long-polls (`wait` > 0) and event streams one owner has open at once (429
+    /// `too_many_polls`; `--max-polls-per-owner`).
+    pub polls_per_owner: usize,
 }
 
 impl Default for Limits {
@@ -68,6 +78,8 @@ impl Default for Limits {
             max_wait_secs: 120,
             max_events_per_poll: 1000,
             max_poll_bytes: 1024 * 1024,
+            sessions_per_owner: DEFAULT_SESSIONS_PER_OWNER,
+            polls_per_owner: DEFAULT_POLLS_PER_OWNER,
         }
     }
 }
@@ -167,6 +179,20 @@ fn bad(setting: impl Into<String>, message: impl Into<String>) -> ConfigError {
         setting: setting.into(),
         message: message.into(),
     }
+}
+
+/// A per-owner cap from its setting: `default` when unset, else 1..=`max`.
+fn per_owner(
+    flag: &str,
+    value: Option<u32>,
+    default: usize,
+    max: usize,
+) -> Result<usize, ConfigError> {
+    let n = value.map_or(default, |n| n as usize);
+    if !(1..=max).contains(&n) {
+        return Err(bad(format!("{flag} {n}"), format!("between 1 and {max}")));
+    }
+    Ok(n)
 }
 
 /// The HTTP server's limits from the settings, each checked against its range.
@@ -428,7 +454,21 @@ impl Config {
             idle_timeout: Duration::from_secs(idle),
             turn_timeout: Duration::from_secs(turn),
             mcp_servers: a.mcp_servers,
-            limits: Limits::default(),
+            limits: Limits {
+                sessions_per_owner: per_owner(
+                    "--max-sessions-per-owner",
+                    p.max_sessions_per_owner,
+                    DEFAULT_SESSIONS_PER_OWNER,
+                    1_000_000,
+                )?,
+                polls_per_owner: per_owner(
+                    "--max-polls-per-owner",
+                    p.max_polls_per_owner,
+                    DEFAULT_POLLS_PER_OWNER,
+                    65_536,
+                )?,
+                ..Limits::default()
+            },
             insecure_no_auth: p.insecure_no_auth,
             jwt_key_reload_interval: (reload_secs > 0).then(|| Duration::from_secs(reload_secs)),
             jwt_key_overlap,

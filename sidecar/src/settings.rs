@@ -373,6 +373,18 @@ pub struct PathSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http_max_connections: Option<u32>,
 
+    /// Most sessions one owner (JWT `sub`) may hold; a create beyond it answers 429
+    /// `too_many_sessions`. Default 1000; 1..=1000000.
+    #[arg(long, value_name = "N")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_sessions_per_owner: Option<u32>,
+
+    /// Most long-polls (`wait` > 0) and event streams one owner may have open at once; one more
+    /// answers 429 `too_many_polls`. Default 64; 1..=65536.
+    #[arg(long, value_name = "N")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_polls_per_owner: Option<u32>,
+
     /// Seconds open connections get to finish after SIGTERM before the sidecar stops its codex
     /// children anyway. Default 5; at most 300 (keep the total under the pod's grace period).
     #[arg(long, value_name = "SECS")]
@@ -459,6 +471,8 @@ impl ServeSettings {
                     .http_header_read_timeout
                     .or(f.http_header_read_timeout),
                 http_max_connections: fp.http_max_connections.or(f.http_max_connections),
+                max_sessions_per_owner: fp.max_sessions_per_owner.or(f.max_sessions_per_owner),
+                max_polls_per_owner: fp.max_polls_per_owner.or(f.max_polls_per_owner),
                 shutdown_drain: fp.shutdown_drain.or(f.shutdown_drain),
                 resume_attempts: fp.resume_attempts.or(f.resume_attempts),
                 http_write_timeout: fp.http_write_timeout.or(f.http_write_timeout),

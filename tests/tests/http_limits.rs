@@ -339,3 +339,102 @@ async fn status_and_readiness_never_show_url_credentials() -> anyhow::Result<()>
     );
     Ok(())
 }
+
+/// Issue 8.18: one owner cannot hold more than `--max-sessions-per-owner` sessions or keep more
+/// than `--max-polls-per-owner` long-polls and event streams open; other owners are unaffected,
+/// and a slot given back (DELETE, a poll whose client left) can be used again.
+#[tokio::test]
+async fn sessions_and_long_polls_are_capped_per_owner() -> anyhow::Result<()> {
+    let model = ScriptedModel::start().await?;
+    let sc = Sidecar::start(
+        &model.base_url(),
+        &[
+            "--max-sessions-per-owner",
+            "2",
+            "--max-polls-per-owner",
+            "2",
+        ],
+    )
+    .await?;
+    let (alice, bob) = (sc.api("alice"), sc.api("bob"));
+    for id in ["a1", "a2"] {
+        assert_eq!(alice.create(serde_json::json!({"id": id})).await.0, 201);
+    }
+    let (code, body) = alice.create(serde_json::json!({"id": "a3"})).await;
+    assert_eq!(code, 429, "{body}");
+    assert_eq!(body["error"]["code"], "too_many_sessions", "{body}");
+    assert_eq!(
+        alice.create(serde_json::json!({"id": "a1"})).await.0,
+        200,
+        "an existing session is still answered"
+    );
+    assert_eq!(bob.create(serde_json::json!({"id": "b1"})).await.0, 201);
+    assert_eq!(alice.call("DELETE", "/v1/sessions/a2", None).await.0, 204);
+    assert_eq!(alice.create(serde_json::json!({"id": "a3"})).await.0, 201);
+
+    // Two long-polls of alice's wait; a third is refused; bob's and a poll that does not wait
+    // are served.
+    let poll = |api: Api, id: &'static str| {
+        tokio::spawn(async move {
+            api.call(
+                "GET",
+                &format!("/v1/sessions/{id}/events?after=1&wait=60"),
+                None,
+            )
+            .await
+        })
+    };
+    let waiting = [poll(sc.api("alice"), "a1"), poll(sc.api("alice"), "a1")];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, status) = alice.call("GET", "/v1/status", None).await;
+        if status["counts"]["polls"] == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "two polls wait: {status}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let refused = alice
+        .call("GET", "/v1/sessions/a1/events?after=1&wait=1", None)
+        .await;
+    assert_eq!(refused.0, 429, "{}", refused.1);
+    assert_eq!(
+        refused.1["error"]["code"], "too_many_polls",
+        "{}",
+        refused.1
+    );
+    assert_eq!(
+        alice
+            .call("GET", "/v1/sessions/a1/events?after=0", None)
+            .await
+            .0,
+        200,
+        "a poll that does not wait needs no slot"
+    );
+    let (code, _) = bob
+        .call("GET", "/v1/sessions/b1/events?after=1&wait=1", None)
+        .await;
+    assert_eq!(code, 200, "bob has slots of his own");
+    // A client that gives up frees its slot.
+    for w in &waiting {
+        w.abort();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (code, _) = alice
+            .call("GET", "/v1/sessions/a1/events?after=1&wait=1", None)
+            .await;
+        if code == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "slots come back when clients leave"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, status) = alice.call("GET", "/v1/status", None).await;
+    assert_eq!(status["limits"]["sessions_per_owner"], 2, "{status}");
+    assert_eq!(status["limits"]["polls_per_owner"], 2, "{status}");
+    Ok(())
+}

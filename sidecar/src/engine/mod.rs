@@ -10,6 +10,7 @@
 //! queued again and run.
 
 pub mod pool;
+pub mod quota;
 mod recovery;
 pub mod session;
 
@@ -215,6 +216,8 @@ pub struct Counts {
     /// Sessions found at start-up whose event logs are still being read (included in
     /// `sessions`; a request for one reads it first).
     pub loading: usize,
+    /// Long-polls (`wait` > 0) and event streams open, all owners.
+    pub polls: usize,
 }
 
 /// All sessions.
@@ -231,6 +234,11 @@ pub struct Engine {
     /// Sessions found at start-up whose event logs are not read yet, and their directories
     /// (see [`Engine::ensure_loaded`]).
     unloaded: std::sync::Mutex<HashMap<SessionKey, PathBuf>>,
+    /// Sessions being created, per owner (counted against `--max-sessions-per-owner` with
+    /// those it holds).
+    creating: quota::OwnerCounts,
+    /// Long-polls and event streams open, per owner (`--max-polls-per-owner`).
+    polls: quota::OwnerCounts,
 }
 
 /// `sha256(owner)` in hex, shortened: the owner's directory name (safe whatever `sub` holds).
@@ -287,6 +295,8 @@ impl Engine {
             key_locks: Default::default(),
             quarantined_dirs: Default::default(),
             unloaded: Default::default(),
+            creating: Default::default(),
+            polls: Default::default(),
         });
         engine.discover()?;
         engine.load_in_background();
@@ -371,6 +381,11 @@ impl Engine {
         if req.thread_id.is_some() {
             self.ensure_owner_loaded(owner).await;
         }
+        let cap = self.ctx.config.limits.sessions_per_owner;
+        let _slot = self
+            .creating
+            .take(owner, self.owner_sessions(owner), cap)
+            .ok_or_else(|| quota::too_many_sessions(cap))?;
         let rollout = match &req.thread_id {
             Some(tid) => Some(self.find_rollout(owner, tid).ok_or_else(|| {
                 ApiError::new(
@@ -478,6 +493,32 @@ impl Engine {
             }
         }
         None
+    }
+
+    /// Sessions `owner` holds (read or not yet read).
+    fn owner_sessions(&self, owner: &str) -> usize {
+        let loaded = self
+            .sessions
+            .read()
+            .map(|s| s.keys().filter(|k| k.owner == owner).count())
+            .unwrap_or_default();
+        let unloaded = self
+            .unloaded
+            .lock()
+            .map(|u| u.keys().filter(|k| k.owner == owner).count())
+            .unwrap_or_default();
+        loaded + unloaded
+    }
+
+    /// A permit for one long-poll or event stream of `owner`, held while it is open.
+    ///
+    /// # Errors
+    /// 429 `too_many_polls` when `owner` already has `--max-polls-per-owner` open.
+    pub fn poll_permit(&self, owner: &str) -> Result<quota::Permit, ApiError> {
+        let cap = self.ctx.config.limits.polls_per_owner;
+        self.polls
+            .take(owner, 0, cap)
+            .ok_or_else(|| quota::too_many_polls(cap))
     }
 
     fn handle(&self, key: &SessionKey) -> Option<Arc<SessionHandle>> {
@@ -722,6 +763,7 @@ impl Engine {
         let mut c = Counts {
             sessions: handles.len() + loading,
             loading,
+            polls: self.polls.total(),
             live: self.ctx.pool.live(),
             quarantined: self
                 .quarantined_dirs

@@ -203,6 +203,8 @@ pub async fn status(State(st): State<AppState>, Owner(_owner): Owner) -> Json<Va
             "body_bytes": cfg.limits.body_bytes,
             "text_bytes": cfg.limits.text_bytes,
             "queued_messages": cfg.limits.queued_messages,
+            "sessions_per_owner": cfg.limits.sessions_per_owner,
+            "polls_per_owner": cfg.limits.polls_per_owner,
         },
         "counts": st.engine.counts(),
         "draining": st.engine.draining(),

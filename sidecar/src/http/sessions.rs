@@ -184,6 +184,12 @@ pub async fn events(
     let limits = st.engine.ctx().config.limits;
     let limit = q.limit.unwrap_or(500).clamp(1, limits.max_events_per_poll);
     let wait = Duration::from_secs(q.wait.min(limits.max_wait_secs));
+    // A poll that may wait holds one of the owner's long-poll permits while it is open.
+    let _permit = if wait.is_zero() {
+        None
+    } else {
+        Some(st.engine.poll_permit(&owner)?)
+    };
     let h = st.engine.get(&owner, &id).await?;
     check_cursor(&h, q.after)?;
     let mut lines = poll(&h, q.after, limit, wait, st.shutdown.clone()).await?;
@@ -339,6 +345,7 @@ pub async fn stream(
             })?,
         None => q.after,
     };
+    let permit = st.engine.poll_permit(&owner)?;
     let h = st.engine.get(&owner, &id).await?;
     check_cursor(&h, after)?;
     let state = (
@@ -387,5 +394,10 @@ pub async fn stream(
             }
         },
     );
+    // The stream holds the owner's long-poll permit until it ends or its client goes away.
+    let s = futures::StreamExt::map(s, move |ev| {
+        let _held = &permit;
+        ev
+    });
     Ok(Sse::new(s).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }

@@ -69,15 +69,24 @@ pub struct TokenArgs {
 /// codex child (`supervise`) runs single-threaded, with no async runtime (it forks codex and
 /// applies Landlock between fork and exec); everything else runs on a tokio runtime.
 pub fn main() -> i32 {
-    match Cli::parse().command {
-        Cmd::Supervise(args) => crate::codex::supervise::run(args),
-        command => match tokio::runtime::Runtime::new() {
-            Ok(rt) => rt.block_on(run(command)),
-            Err(e) => {
-                eprintln!("codex-sidecar: error: cannot start the async runtime: {e}");
-                2
-            }
-        },
+    let command = Cli::parse().command;
+    if let Cmd::Supervise(args) = command {
+        return crate::codex::supervise::run(args);
+    }
+    // SAFETY: the process has one thread: the runtime (and its workers) starts below.
+    let scrubbed = matches!(command, Cmd::Serve(_))
+        .then(|| unsafe { crate::codex::isolation::scrub_environ_block() });
+    if let Some(Err(e)) = scrubbed {
+        eprintln!(
+            "codex-sidecar: warning: /proc/<pid>/environ still shows the start-up environment: {e}"
+        );
+    }
+    match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt.block_on(run(command)),
+        Err(e) => {
+            eprintln!("codex-sidecar: error: cannot start the async runtime: {e}");
+            2
+        }
     }
 }
 

@@ -60,6 +60,53 @@ pub fn landlock_abi() -> Option<u32> {
     u32::try_from(abi).ok().filter(|&v| v > 0)
 }
 
+/// Wipes the sidecar's original environment block, the memory `/proc/<pid>/environ` shows to
+/// any process of the same user (Landlock does not cover that file), after moving every
+/// variable to the heap, where the sidecar itself still reads them: the API keys and passwords
+/// the sidecar was started with are then not in that file. Gives up (wiping nothing) when some
+/// variable cannot be moved. Returns how many bytes were wiped.
+///
+/// # Safety
+/// Changes the environment: call it while the process has a single thread.
+pub unsafe fn scrub_environ_block() -> Result<usize, String> {
+    unsafe extern "C" {
+        static environ: *const *const libc::c_char;
+    }
+    let stat = std::fs::read_to_string("/proc/self/stat").map_err(|e| e.to_string())?;
+    let (_, rest) = stat.rsplit_once(')').ok_or("unreadable /proc/self/stat")?;
+    // After the command name, field 3 (state) comes first: env_start is field 50, env_end 51.
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<usize>().ok());
+    let (Some(start), Some(end)) = (field(50), field(51)) else {
+        return Err("no env_start/env_end in /proc/self/stat".to_owned());
+    };
+    if end <= start {
+        return Ok(0);
+    }
+    for (k, v) in std::env::vars_os().collect::<Vec<_>>() {
+        let key = k.as_encoded_bytes();
+        if key.is_empty() || key.contains(&b'=') || key.contains(&0) {
+            continue;
+        }
+        // SAFETY: single-threaded (the caller's promise); glibc copies `k=v` to the heap.
+        unsafe { std::env::set_var(&k, &v) };
+    }
+    // SAFETY: `environ` is libc's NULL-terminated array of the process's variables; only read.
+    unsafe {
+        let mut p = environ;
+        while !p.is_null() && !(*p).is_null() {
+            let at = *p as usize;
+            if (start..end).contains(&at) {
+                return Err("a variable still lives in the original block".to_owned());
+            }
+            p = p.add(1);
+        }
+        // No variable points into the block any more; it is this process's own stack memory.
+        std::ptr::write_bytes(start as *mut u8, 0, end - start);
+    }
+    Ok(end - start)
+}
+
 /// What `/v1/status` shows as `isolation`.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct IsolationStatus {

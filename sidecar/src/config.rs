@@ -420,8 +420,7 @@ impl Config {
         protected.extend(std::env::var_os("CODEX_HOME").map(PathBuf::from));
         protected.extend(std::env::var_os("HOME").map(|h| Path::new(&h).join(".codex")));
         let isolation = crate::codex::isolation::Isolation::resolve(
-            p.isolation
-                .unwrap_or(crate::settings::IsolationMode::Auto),
+            p.isolation.unwrap_or(crate::settings::IsolationMode::Auto),
             p.allow_shared_owners,
             &codex_bin,
             &protected,

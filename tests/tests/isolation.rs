@@ -22,9 +22,11 @@ const BOB_TEXT: &str = "bob-private-message-canary-59";
 /// The output codex sent back to the model for the command whose message held `marker`.
 fn command_output(model: &ScriptedModel, marker: &str) -> String {
     let requests = model.requests();
-    let asked = requests
-        .iter()
-        .position(|r| r.last_user_text.as_deref().is_some_and(|t| t.contains(marker)));
+    let asked = requests.iter().position(|r| {
+        r.last_user_text
+            .as_deref()
+            .is_some_and(|t| t.contains(marker))
+    });
     requests
         .iter()
         .skip(asked.unwrap_or(usize::MAX))
@@ -175,9 +177,11 @@ fn processes_with(needle: &str) -> Vec<u32> {
     dir.flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| String::from_utf8_lossy(&c).replace('\0', " ").contains(needle))
-                && codex_e2e::harness::alive(*pid)
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                String::from_utf8_lossy(&c)
+                    .replace('\0', " ")
+                    .contains(needle)
+            }) && codex_e2e::harness::alive(*pid)
         })
         .collect()
 }

@@ -320,7 +320,10 @@ impl Isolation {
                 Err(format!(
                     "codex did not start under the Landlock ruleset ({}): {}",
                     out.status,
-                    line.unwrap_or("no output").chars().take(400).collect::<String>()
+                    line.unwrap_or("no output")
+                        .chars()
+                        .take(400)
+                        .collect::<String>()
                 ))
             }
             Ok(Err(e)) => Err(format!("the supervisor could not start: {e}")),

@@ -98,7 +98,10 @@ fn ruleset(args: &SuperviseArgs) -> Result<landlock::RulesetCreated, SuperviseEr
             AccessFs::from_read(abi),
         ))
         .map_err(err)?
-        .add_rules(path_beneath_rules(existing(&args.write), AccessFs::from_all(abi)))
+        .add_rules(path_beneath_rules(
+            existing(&args.write),
+            AccessFs::from_all(abi),
+        ))
         .map_err(err)
 }
 

@@ -455,9 +455,8 @@ impl Engine {
         if self.ctx.config.isolation.serves_many_owners() {
             return Ok(());
         }
-        let other = |s: &HashMap<SessionKey, Arc<SessionHandle>>| {
-            s.keys().any(|k| k.owner != owner)
-        };
+        let other =
+            |s: &HashMap<SessionKey, Arc<SessionHandle>>| s.keys().any(|k| k.owner != owner);
         let taken = match sessions {
             Some(s) => other(s),
             None => self.sessions.read().map(|s| other(&s)).unwrap_or(false),

@@ -31,6 +31,10 @@ pub enum Cmd {
     Serve(Box<ServeArgs>),
     /// Print an HS256 API token signed with --jwt-secret-file (for curl and scripts).
     Token(TokenArgs),
+    /// Run one codex child under supervision (started by `serve`; see
+    /// [`crate::codex::supervise`]).
+    #[command(hide = true)]
+    Supervise(crate::codex::supervise::SuperviseArgs),
 }
 
 /// `codex-sidecar serve`.
@@ -61,10 +65,35 @@ pub struct TokenArgs {
     pub ttl: u64,
 }
 
-/// Parses the command line and runs; returns the process exit code.
-pub async fn main() -> i32 {
-    let cli = Cli::parse();
-    match cli.command {
+/// Parses the command line and runs; returns the process exit code. The supervisor of one
+/// codex child (`supervise`) runs single-threaded, with no async runtime (it forks codex and
+/// applies Landlock between fork and exec); everything else runs on a tokio runtime.
+pub fn main() -> i32 {
+    let command = Cli::parse().command;
+    if let Cmd::Supervise(args) = command {
+        return crate::codex::supervise::run(args);
+    }
+    // SAFETY: the process has one thread: the runtime (and its workers) starts below.
+    let scrubbed = matches!(command, Cmd::Serve(_))
+        .then(|| unsafe { crate::codex::isolation::scrub_environ_block() });
+    if let Some(Err(e)) = scrubbed {
+        eprintln!(
+            "codex-sidecar: warning: /proc/<pid>/environ still shows the start-up environment: {e}"
+        );
+    }
+    match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt.block_on(run(command)),
+        Err(e) => {
+            eprintln!("codex-sidecar: error: cannot start the async runtime: {e}");
+            2
+        }
+    }
+}
+
+/// Runs a parsed subcommand; returns the process exit code.
+pub async fn run(command: Cmd) -> i32 {
+    match command {
+        Cmd::Supervise(args) => crate::codex::supervise::run(args),
         Cmd::Serve(args) => match serve(*args).await {
             Ok(()) => 0,
             Err(message) => {
@@ -128,11 +157,15 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
         }
         None => args.settings,
     };
-    let (config, auth) = Config::resolve(settings).await.map_err(|e| e.to_string())?;
+    let (mut config, auth) = Config::resolve_with(settings, args.config.as_deref())
+        .await
+        .map_err(|e| e.to_string())?;
+    check_isolation(&mut config).await?;
     let sandbox = crate::codex::sandbox::check(
         &config.codex_bin,
         config.sandbox,
         &config.state_dir.join(".sandbox-check"),
+        config.isolation.enforced(),
     )
     .await;
     if let (Some(error), Some(hint)) = (&sandbox.error, &sandbox.hint) {
@@ -195,6 +228,40 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
     }
     tracing::info!("stopping codex children");
     engine.shutdown().await;
+    Ok(())
+}
+
+/// Probes the Landlock ruleset (codex must start under it) and says at start-up what isolation
+/// holds; under `--isolation auto` a failed probe turns isolation off.
+///
+/// # Errors
+/// The probe's failure under `--isolation landlock`.
+async fn check_isolation(config: &mut Config) -> Result<(), String> {
+    let scratch = config.state_dir.join(".isolation-check");
+    if let Err(e) = config.isolation.probe(&config.codex_bin, &scratch).await {
+        if config.isolation.status().requested == "landlock" {
+            return Err(format!("--isolation landlock: {e}"));
+        }
+        config.isolation.disable(e);
+    }
+    let st = config.isolation.status();
+    if st.enforced {
+        tracing::info!(
+            abi = st.abi,
+            "isolation: landlock (each session's commands read only the system and that session's workspace, CODEX_HOME and tmp)"
+        );
+    } else {
+        tracing::warn!(
+            reason = st.reason.as_deref().unwrap_or(""),
+            allow_shared_owners = st.allow_shared_owners,
+            "isolation: off: every session's commands can read what this user can (other sessions, keys, auth.json); {}",
+            if st.allow_shared_owners {
+                "serving every owner anyway (--allow-shared-owners)"
+            } else {
+                "only one owner is served (--allow-shared-owners to serve more)"
+            }
+        );
+    }
     Ok(())
 }
 

@@ -159,6 +159,9 @@ pub struct Config {
     pub server: crate::http::server::ServerLimits,
     /// `thread/resume` failures in a row before the thread is replaced (`--resume-attempts`).
     pub resume_attempts: u32,
+    /// How sessions are kept out of each other's files (`--isolation`,
+    /// `--allow-shared-owners`).
+    pub isolation: crate::codex::isolation::Isolation,
 }
 
 /// Default `--resume-attempts`.
@@ -249,6 +252,18 @@ impl Config {
     /// # Errors
     /// A [`ConfigError`] naming the first bad setting.
     pub async fn resolve(s: ServeSettings) -> Result<(Config, KeyRing), ConfigError> {
+        Self::resolve_with(s, None).await
+    }
+
+    /// [`Config::resolve`] for settings read from `config_file` (which, like every key file, no
+    /// session may read).
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the first bad setting.
+    pub async fn resolve_with(
+        s: ServeSettings,
+        config_file: Option<&Path>,
+    ) -> Result<(Config, KeyRing), ConfigError> {
         let p = s.paths;
         let a = s.agent;
         let server = server_limits(&p)?;
@@ -412,6 +427,31 @@ impl Config {
             }
         }
 
+        // What no session may read: the whole state dir (each session is given back only its
+        // own workspace, CODEX_HOME and tmp), every key and credential file, the config file and
+        // the codex login of the sidecar's own user.
+        let mut protected: Vec<PathBuf> = vec![state_dir.clone()];
+        protected.extend(
+            [
+                &p.jwt_secret_file,
+                &p.jwt_public_key_file,
+                &p.auth_json,
+                &p.openai_api_key_file,
+            ]
+            .into_iter()
+            .flatten()
+            .cloned(),
+        );
+        protected.extend(config_file.map(Path::to_path_buf));
+        protected.extend(std::env::var_os("CODEX_HOME").map(PathBuf::from));
+        protected.extend(std::env::var_os("HOME").map(|h| Path::new(&h).join(".codex")));
+        let isolation = crate::codex::isolation::Isolation::resolve(
+            p.isolation.unwrap_or(crate::settings::IsolationMode::Auto),
+            p.allow_shared_owners,
+            &codex_bin,
+            &protected,
+        )
+        .map_err(|e| bad("--isolation landlock", e.0))?;
         let codex_auth = resolve_codex_auth(p.auth_json, p.openai_api_key_file, provider)?;
 
         let max_live = a.max_live_sessions.unwrap_or(DEFAULT_MAX_LIVE_SESSIONS);
@@ -474,6 +514,7 @@ impl Config {
             jwt_key_overlap,
             server,
             resume_attempts,
+            isolation,
         };
         Ok((config, authenticator))
     }

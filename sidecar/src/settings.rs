@@ -115,6 +115,31 @@ impl SandboxMode {
     }
 }
 
+/// How the sidecar keeps one session's commands out of other sessions' files (`--isolation`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum IsolationMode {
+    /// Landlock where the kernel has it, else none (said at start-up and in `/v1/status`).
+    Auto,
+    /// Landlock, or the sidecar refuses to start.
+    Landlock,
+    /// None: every session's commands can read what the sidecar's user can.
+    Off,
+}
+
+impl IsolationMode {
+    /// The lowercase name used in flags, files and `/v1/status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Landlock => "landlock",
+            Self::Off => "off",
+        }
+    }
+}
+
 /// One MCP server codex may start, written to the session's config.toml as
 /// `[mcp_servers.<name>]` (codex's stdio MCP transport).
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
@@ -405,6 +430,24 @@ pub struct PathSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http_write_timeout: Option<u64>,
 
+    /// How each session's codex and commands are confined to that session's files: `auto`
+    /// (default: Landlock where the kernel has it, else none), `landlock` (refuse to start
+    /// without it) or `off`. See the README's "Security model".
+    #[arg(long, value_enum, value_name = "MODE")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub isolation: Option<IsolationMode>,
+
+    /// Serve more than one owner (JWT `sub`) even when sessions are not isolated from each
+    /// other (`/v1/status` `isolation.enforced` false). Without it a second owner's create is
+    /// refused with 409 `isolation_unavailable` there.
+    #[arg(long)]
+    #[serde(
+        default,
+        skip_serializing_if = "std::ops::Not::not",
+        alias = "allow-shared-owners"
+    )]
+    pub allow_shared_owners: bool,
+
     /// Serve `/v1/*` without authentication. Refused unless `--listen` is a loopback address.
     /// Only requests whose `Host` is loopback (`localhost`, `127.0.0.1`, `[::1]`) and that carry
     /// no `Origin` of another site are served then, so a web page cannot reach the sidecar
@@ -477,6 +520,8 @@ impl ServeSettings {
                 resume_attempts: fp.resume_attempts.or(f.resume_attempts),
                 http_write_timeout: fp.http_write_timeout.or(f.http_write_timeout),
                 insecure_no_auth: fp.insecure_no_auth || f.insecure_no_auth,
+                isolation: fp.isolation.or(f.isolation),
+                allow_shared_owners: fp.allow_shared_owners || f.allow_shared_owners,
             },
             agent: AgentSettings {
                 model: fa.model.or(a.model),

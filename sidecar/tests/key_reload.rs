@@ -97,6 +97,7 @@ fn config(state_dir: &Path) -> Config {
         jwt_key_overlap: Duration::from_secs(300),
         server: Default::default(),
         resume_attempts: codex_sidecar::config::DEFAULT_RESUME_ATTEMPTS,
+        isolation: codex_sidecar::codex::isolation::Isolation::off(),
     }
 }
 
@@ -123,6 +124,7 @@ fn server(key_file: &Path, overlap: Duration) -> Server {
             ok: true,
             error: None,
             hint: None,
+            enforced_by: "none",
         }),
         ready: Arc::new(ReadyCache::default()),
         started: Instant::now(),

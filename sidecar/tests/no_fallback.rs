@@ -38,6 +38,7 @@ fn config(provider: ProviderKind, base: Option<&str>, idle: Option<u64>) -> Conf
         jwt_key_overlap: Duration::from_secs(300),
         server: Default::default(),
         resume_attempts: codex_sidecar::config::DEFAULT_RESUME_ATTEMPTS,
+        isolation: codex_sidecar::codex::isolation::Isolation::off(),
     }
 }
 

@@ -511,6 +511,15 @@ pub fn child_pids(parent: u32) -> Vec<u32> {
         .collect()
 }
 
+/// The pids of the `codex app-server` processes of a sidecar: the children of its children (each
+/// codex runs under a `codex-sidecar supervise` process).
+pub fn codex_pids(sidecar: u32) -> Vec<u32> {
+    child_pids(sidecar)
+        .into_iter()
+        .flat_map(child_pids)
+        .collect()
+}
+
 /// Whether `pid` exists and is not a zombie.
 pub fn alive(pid: u32) -> bool {
     proc_stat_fields(pid).is_some_and(|rest| !rest.trim_start().starts_with('Z'))

@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use codex_e2e::harness::{Api, Sidecar, child_pids, files_under, mint, of_type};
+use codex_e2e::harness::{Api, Sidecar, codex_pids, files_under, mint, of_type};
 use codex_e2e::model::ScriptedModel;
 use codex_sidecar::fault::CrashPoint;
 use serde_json::{Value, json};
@@ -536,7 +536,7 @@ async fn a_codex_that_stops_reading_its_input_is_replaced_and_the_message_runs()
     api.send("w", "first").await;
     let first = api.until_results("w", 0, 1, T).await?;
     // codex stops reading (SIGSTOP): a turn/start bigger than the pipe cannot be written
-    let children = child_pids(sc.pid().expect("pid"));
+    let children = codex_pids(sc.pid().expect("pid"));
     assert!(!children.is_empty());
     for &pid in &children {
         // SAFETY: signals a codex child of the sidecar under test.

@@ -127,6 +127,8 @@ pub struct CodexSetup {
     env: Vec<(String, String)>,
     auth: Option<AuthStore>,
     api_key: Option<String>,
+    isolation: crate::codex::isolation::Isolation,
+    sandbox: crate::settings::SandboxMode,
 }
 
 impl CodexSetup {
@@ -231,6 +233,8 @@ impl CodexSetup {
             env,
             auth,
             api_key,
+            isolation: config.isolation.clone(),
+            sandbox: config.sandbox,
         })
     }
 
@@ -277,14 +281,19 @@ impl CodexSetup {
         }
     }
 
-    /// How to spawn this session's child.
+    /// How to spawn this session's child; `home` and `cwd` are the `codex-home` and `workspace`
+    /// of the session directory that also holds its `tmp` (and, under isolation, the Landlock
+    /// ruleset that confines it to those three).
     pub fn spawn_spec(&self, home: &Path, cwd: &Path) -> SpawnSpec {
+        let dir = home.parent().unwrap_or(home);
         SpawnSpec {
             bin: self.bin.clone(),
             codex_home: home.to_path_buf(),
             cwd: cwd.to_path_buf(),
             config_overrides: self.overrides.clone(),
             env: self.env.clone(),
+            landlock: self.isolation.session_rules(dir, self.sandbox),
+            tmp_dir: Some(dir.join(crate::codex::isolation::SESSION_TMP_DIR)),
         }
     }
 

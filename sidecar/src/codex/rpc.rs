@@ -7,8 +7,11 @@
 //!
 //! [`AppServer::spawn`] starts the child and two tasks: a reader that routes responses to the
 //! waiting [`AppServer::request`] and everything else to [`AppServer::incoming`], and a stderr
-//! drain that keeps the last lines (redacted) for error reports. The child runs in its own process
-//! group, which is killed when the [`AppServer`] is dropped.
+//! drain that keeps the last lines (redacted) for error reports. The child is the supervisor
+//! (`codex-sidecar supervise`, [`crate::codex::supervise`]) with codex under it: it confines codex
+//! with Landlock when isolation is on and ends every process the session started (also orphaned
+//! `setsid` ones) when codex exits, when it gets SIGTERM (the [`AppServer`] is dropped or shut
+//! down) or when the sidecar dies.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -191,6 +194,38 @@ pub struct SpawnSpec {
     /// The child's variables besides [`INHERITED_ENV`] and `CODEX_HOME`: the provider key
     /// variable (`env_key`) codex reads.
     pub env: Vec<(String, String)>,
+    /// The Landlock ruleset, `(read, write)` paths, when isolation is on.
+    pub landlock: Option<(Vec<PathBuf>, Vec<PathBuf>)>,
+    /// The session's private temporary directory (`TMPDIR` of codex and its commands).
+    pub tmp_dir: Option<PathBuf>,
+}
+
+/// The program started as the supervisor of each codex child: this very executable (through
+/// `/proc/self/exe`, so a binary replaced on disk meanwhile does not matter).
+pub const SUPERVISOR_EXE: &str = "/proc/self/exe";
+/// How long a supervisor told to stop (SIGTERM) has to end its descendants before the whole
+/// process group is killed.
+const SUPERVISOR_STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// The supervisor's command line for `spec`: `codex-sidecar supervise [--landlock --read P..
+/// --write P..] -- <codex> app-server -c ...`.
+fn supervised_command(spec: &SpawnSpec) -> Command {
+    let mut cmd = Command::new(SUPERVISOR_EXE);
+    cmd.arg("supervise");
+    if let Some((read, write)) = &spec.landlock {
+        cmd.arg("--landlock");
+        for p in read {
+            cmd.arg("--read").arg(p);
+        }
+        for p in write {
+            cmd.arg("--write").arg(p);
+        }
+    }
+    cmd.arg("--").arg(&spec.bin).arg("app-server");
+    for kv in &spec.config_overrides {
+        cmd.arg("-c").arg(kv);
+    }
+    cmd
 }
 
 /// A live `codex app-server` child.
@@ -212,10 +247,12 @@ impl AppServer {
     /// # Errors
     /// [`RpcError::Spawn`] when the binary cannot run; any error of the `initialize` request.
     pub async fn spawn(spec: &SpawnSpec, redactor: Arc<Redactor>) -> Result<Self, RpcError> {
-        let mut cmd = Command::new(&spec.bin);
-        cmd.arg("app-server");
-        for kv in &spec.config_overrides {
-            cmd.arg("-c").arg(kv);
+        let mut cmd = supervised_command(spec);
+        if let Some(tmp) = &spec.tmp_dir {
+            std::fs::create_dir_all(tmp).map_err(|source| RpcError::Spawn {
+                bin: tmp.clone(),
+                source,
+            })?;
         }
         clear_env(&mut cmd)
             .env("CODEX_HOME", &spec.codex_home)
@@ -224,8 +261,13 @@ impl AppServer {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .kill_on_drop(true)
+            // Not killed on drop: SIGKILL would stop the supervisor before it ends the session's
+            // processes; Drop sends it SIGTERM instead.
+            .kill_on_drop(false)
             .process_group(0);
+        if let Some(tmp) = &spec.tmp_dir {
+            cmd.env("TMPDIR", tmp);
+        }
         let mut child = cmd.spawn().map_err(|source| RpcError::Spawn {
             bin: spec.bin.clone(),
             source,
@@ -423,17 +465,36 @@ impl AppServer {
             .unwrap_or_default()
     }
 
-    /// Closes stdin (codex exits 0 when it does), waits up to `grace`, then kills the whole
-    /// process group: commands and MCP servers codex started must not outlive it.
+    /// Closes stdin (codex exits 0 when it does, and the supervisor then ends every other
+    /// process of the session), waits up to `grace`; then tells the supervisor to stop
+    /// (SIGTERM: it kills codex and all its descendants) and, past [`SUPERVISOR_STOP_GRACE`],
+    /// kills the whole process group.
     pub async fn shutdown(mut self, grace: Duration) {
         self.stdin.lock().await.take();
-        let exited = tokio::time::timeout(grace, self.child.wait()).await.is_ok();
-        self.kill_group();
+        let mut exited = tokio::time::timeout(grace, self.child.wait()).await.is_ok();
         if !exited {
+            self.signal(libc::SIGTERM);
+            exited = tokio::time::timeout(SUPERVISOR_STOP_GRACE, self.child.wait())
+                .await
+                .is_ok();
+        }
+        if !exited {
+            self.kill_group();
             let _ = self.child.wait().await;
         }
-        // The group is gone; Drop must not signal a pid that may be reused.
+        // The child is reaped; Drop must not signal a pid that may be reused.
         self.pid = None;
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        if let Some(pid) = self.pid
+            && let Ok(pid) = i32::try_from(pid)
+        {
+            // SAFETY: kill only sends a signal to the supervisor this AppServer started.
+            unsafe {
+                libc::kill(pid, sig);
+            }
+        }
     }
 
     fn kill_group(&mut self) {
@@ -483,8 +544,10 @@ impl AppServer {
 
 impl Drop for AppServer {
     fn drop(&mut self) {
-        // Also when the leader already exited: other members of its group may still run.
-        self.kill_group();
+        // The supervisor ends codex and every process it started, then exits (tokio reaps it).
+        if self.pid.is_some() && !matches!(self.child.try_wait(), Ok(Some(_))) {
+            self.signal(libc::SIGTERM);
+        }
     }
 }
 

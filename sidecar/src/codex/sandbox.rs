@@ -33,18 +33,34 @@ pub struct SandboxCheck {
     /// What to do about it, when `ok` is false.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hint: Option<String>,
+    /// What enforces the mode: `codex` (its own sandbox, bubblewrap), `landlock` (the sidecar's
+    /// ruleset, under `--isolation`: codex is then told `danger-full-access`), or `none` for
+    /// `danger-full-access` without isolation.
+    pub enforced_by: &'static str,
 }
 
 /// Runs `codex sandbox -- true` with `CODEX_HOME` set to `scratch` (an empty directory the
-/// caller owns) unless `mode` is `danger-full-access`, which uses no sandbox.
-pub async fn check(codex_bin: &Path, mode: SandboxMode, scratch: &Path) -> SandboxCheck {
+/// caller owns) unless `mode` is `danger-full-access`, which uses no sandbox, or `landlock` is
+/// true (isolation enforces the mode; codex's own sandbox is not used).
+pub async fn check(
+    codex_bin: &Path,
+    mode: SandboxMode,
+    scratch: &Path,
+    landlock: bool,
+) -> SandboxCheck {
     let mut result = SandboxCheck {
         mode: mode.as_str(),
         ok: true,
         error: None,
         hint: None,
+        enforced_by: "codex",
     };
+    if landlock {
+        result.enforced_by = "landlock";
+        return result;
+    }
     if mode == SandboxMode::DangerFullAccess {
+        result.enforced_by = "none";
         return result;
     }
     let _ = std::fs::create_dir_all(scratch);

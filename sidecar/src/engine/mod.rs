@@ -381,6 +381,7 @@ impl Engine {
         if req.thread_id.is_some() {
             self.ensure_owner_loaded(owner).await;
         }
+        self.refuse_second_owner(owner, None)?;
         let cap = self.ctx.config.limits.sessions_per_owner;
         let _slot = self
             .creating
@@ -458,10 +459,49 @@ impl Engine {
             self.remove(&h).await;
             return Err(err);
         }
-        if let Ok(mut s) = self.sessions.write() {
-            s.insert(key, h.clone());
+        // Checked again where sessions are added, so two owners racing cannot both get in.
+        let admitted = match self.sessions.write() {
+            Ok(mut s) => self.refuse_second_owner(owner, Some(&s)).map(|()| {
+                s.insert(key, h.clone());
+            }),
+            Err(_) => Ok(()),
+        };
+        if let Err(e) = admitted {
+            self.remove(&h).await;
+            return Err(e);
         }
         Ok((true, self.view(&h), rollout.is_some()))
+    }
+
+    /// 409 `isolation_unavailable` when sessions are not isolated from each other (and
+    /// `--allow-shared-owners` is not given) and a session of another owner exists: without
+    /// isolation one owner's commands could read another's files. `sessions` is the map when
+    /// the caller holds its lock.
+    fn refuse_second_owner(
+        &self,
+        owner: &str,
+        sessions: Option<&HashMap<SessionKey, Arc<SessionHandle>>>,
+    ) -> Result<(), ApiError> {
+        if self.ctx.config.isolation.serves_many_owners() {
+            return Ok(());
+        }
+        let other =
+            |s: &HashMap<SessionKey, Arc<SessionHandle>>| s.keys().any(|k| k.owner != owner);
+        let taken = match sessions {
+            Some(s) => other(s),
+            None => self.sessions.read().map(|s| other(&s)).unwrap_or(false),
+        } || self
+            .unloaded
+            .lock()
+            .is_ok_and(|u| u.keys().any(|k| k.owner != owner));
+        if taken {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "isolation_unavailable",
+                "this sidecar serves another owner, and its sessions are not isolated from each other here (see /v1/status isolation); start it with --allow-shared-owners to serve several owners anyway",
+            ));
+        }
+        Ok(())
     }
 
     /// The CODEX_HOME and rollout path (relative to it) of `thread_id`, among `owner`'s sessions.

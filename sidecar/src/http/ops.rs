@@ -174,7 +174,8 @@ fn set_draining(st: &AppState, owner: &Owner, on: bool) -> Result<Json<Value>, A
 }
 
 /// `GET /v1/status` (authenticated) -> versions, provider, model, sandbox (and whether it
-/// works here: `sandbox_check`), `auth` (the accepted `alg`, or `none`), `auth_key` (the key
+/// works here, and what enforces it: `sandbox_check`), `isolation` (whether sessions are kept
+/// out of each other's files: [`crate::codex::isolation::IsolationStatus`]), `auth` (the accepted `alg`, or `none`), `auth_key` (the key
 /// file, when its key was loaded, until when a replaced key is still accepted, the last reload
 /// error: [`crate::auth::reload::KeyStatus`]; `null` without authentication), limits, counts,
 /// GPU ([`crate::gpu::GpuStatus`]) and `model_server` (what the model server serves, asked now:
@@ -193,6 +194,7 @@ pub async fn status(State(st): State<AppState>, Owner(_owner): Owner) -> Json<Va
         "approval_policy": cfg.approval_policy.as_str(),
         "sandbox": cfg.sandbox.as_str(),
         "sandbox_check": *st.sandbox,
+        "isolation": cfg.isolation.status(),
         "auth": st.auth.algorithm().unwrap_or("none"),
         "auth_key": st.auth.status(),
         "limits": {

@@ -1,8 +1,7 @@
 //! The sidecar as the end-to-end tests run it: the same entry point as `codex-sidecar`, plus the
 //! test-only fault injection (`codex_sidecar::fault`), which the production binary never enables.
 
-#[tokio::main]
-async fn main() {
+fn main() {
     codex_sidecar::fault::enable_from_env();
-    std::process::exit(codex_sidecar::cli::main().await);
+    std::process::exit(codex_sidecar::cli::main());
 }

@@ -476,7 +476,12 @@ impl Actor {
             self.h.workspace().display().to_string().into(),
         );
         p.insert("approvalPolicy".into(), cfg.approval_policy.as_str().into());
-        p.insert("sandbox".into(), cfg.sandbox.as_str().into());
+        // Under isolation the Landlock ruleset enforces the configured sandbox (codex's own
+        // cannot run inside it).
+        p.insert(
+            "sandbox".into(),
+            cfg.isolation.codex_sandbox(cfg.sandbox).as_str().into(),
+        );
         if let Some(m) = settings.model {
             p.insert("model".into(), m.into());
         }

@@ -7,6 +7,7 @@
 //! sidecar died is closed with an `error {code:"turn_lost"}` and a failed `result`; messages that
 //! never reached a turn are queued again and run.
 
+pub mod images;
 pub mod pool;
 mod recovery;
 pub mod session;
@@ -545,17 +546,20 @@ impl Engine {
         Ok(self.view(&h))
     }
 
-    /// Queues a message durably; returns `(message_id, queued, duplicate)`: `duplicate` when a
-    /// message with the same idempotency key was accepted before (nothing new is queued).
+    /// Queues a message (its text and its images, `data:` URLs) durably; returns
+    /// `(message_id, queued, duplicate)`: `duplicate` when a message with the same idempotency
+    /// key was accepted before (nothing new is queued).
     ///
     /// # Errors
-    /// 404, 400 `empty_text` / `invalid_idempotency_key`, 413 `text_too_large`, 429 `queue_full`,
-    /// 500 when the inbox cannot be written.
+    /// 404, 400 `empty_text` (no text and no image) / `invalid_idempotency_key` and the image
+    /// codes of [`images::decode`], 413 `text_too_large` and the image size codes, 429
+    /// `queue_full`, 500 when the inbox cannot be written.
     pub async fn send(
         &self,
         owner: &str,
         id: &str,
         text: String,
+        image_urls: Vec<String>,
         idempotency_key: Option<String>,
     ) -> Result<(String, usize, bool), ApiError> {
         let limits = self.ctx.config.limits;
@@ -566,8 +570,11 @@ impl Engine {
                 format!("`text` is longer than {} bytes", limits.text_bytes),
             ));
         }
-        if text.trim().is_empty() {
-            return Err(ApiError::bad_request("empty_text", "`text` is empty"));
+        if text.trim().is_empty() && image_urls.is_empty() {
+            return Err(ApiError::bad_request(
+                "empty_text",
+                "`text` is empty and the message has no image",
+            ));
         }
         if let Some(k) = &idempotency_key
             && !valid_idempotency_key(k)
@@ -582,10 +589,13 @@ impl Engine {
         let h = self.get(owner, id)?;
         refuse_work(&h)?;
         let cap = limits.queued_messages;
-        let r = tokio::task::spawn_blocking(move || h.enqueue_blocking(text, idempotency_key, cap))
-            .await
-            .map_err(|e| ApiError::internal(format!("inbox task failed: {e}")))?
-            .map_err(|e| storage_error("cannot store the message", &e))?;
+        let r = tokio::task::spawn_blocking(move || {
+            let images = images::decode(&image_urls, &limits)?;
+            h.enqueue_blocking(text, &images, idempotency_key, cap)
+                .map_err(|e| storage_error("cannot store the message", &e))
+        })
+        .await
+        .map_err(|e| ApiError::internal(format!("inbox task failed: {e}")))??;
         match r {
             session::Enqueued::New { msg, queued } => Ok((msg.message_id, queued, false)),
             session::Enqueued::Duplicate { message_id, queued } => Ok((message_id, queued, true)),

@@ -103,6 +103,7 @@ pub fn query_error(r: QueryRejection) -> ApiError {
 /// The whole API.
 pub fn router(state: AppState) -> Router {
     let body_limit = state.engine.ctx().config.limits.body_bytes;
+    let message_body_limit = state.engine.ctx().config.limits.message_body_bytes;
     Router::new()
         .route("/v1/sessions", post(sessions::create).get(sessions::list))
         .route(
@@ -111,7 +112,10 @@ pub fn router(state: AppState) -> Router {
                 .patch(sessions::update)
                 .delete(sessions::delete),
         )
-        .route("/v1/sessions/{id}/messages", post(sessions::send))
+        .route(
+            "/v1/sessions/{id}/messages",
+            post(sessions::send).layer(DefaultBodyLimit::max(message_body_limit)),
+        )
         .route("/v1/sessions/{id}/events", get(sessions::events))
         .route("/v1/sessions/{id}/events/stream", get(sessions::stream))
         .route("/v1/sessions/{id}/interrupt", post(sessions::interrupt))

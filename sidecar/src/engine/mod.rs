@@ -86,7 +86,9 @@ pub const MAX_EFFORT_BYTES: usize = 64;
 /// Longest message `idempotency_key`, in bytes.
 pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 128;
 
-/// 400 `field_too_long` when one of the settings is longer than its limit.
+/// 400 `field_too_long` when one of the settings is longer than its limit; 400 `empty_field`
+/// when `model` or `effort` is empty or blank (codex takes an empty model as none and then fails
+/// to start the thread, 502 before this check; `null` is how a setting is cleared).
 fn check_settings_lengths(
     instructions: Option<&str>,
     model: Option<&str>,
@@ -101,6 +103,12 @@ fn check_settings_lengths(
             return Err(ApiError::bad_request(
                 "field_too_long",
                 format!("`{field}` is longer than {max} bytes"),
+            ));
+        }
+        if field != "instructions" && value.is_some_and(|v| v.trim().is_empty()) {
+            return Err(ApiError::bad_request(
+                "empty_field",
+                format!("`{field}` is empty; leave it out or send null for the default"),
             ));
         }
     }
@@ -806,6 +814,20 @@ fn find_file_containing(dir: &Path, needle: &str) -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn empty_model_or_effort_is_refused() {
+        let code = |m: Option<&str>, e: Option<&str>| {
+            check_settings_lengths(Some(""), m, e)
+                .err()
+                .map_or("ok", |e| e.code)
+        };
+        assert_eq!(code(None, None), "ok", "empty instructions are fine");
+        assert_eq!(code(Some("gpt"), Some("low")), "ok");
+        assert_eq!(code(Some(""), None), "empty_field");
+        assert_eq!(code(None, Some("  ")), "empty_field");
+        assert_eq!(code(Some(&"m".repeat(257)), None), "field_too_long");
+    }
 
     #[test]
     fn session_ids_are_strict() {

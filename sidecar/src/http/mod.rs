@@ -1,7 +1,8 @@
 //! The HTTP API (axum): routing, authentication of `/v1/*`, and mapping of bad input to
 //! `{"error":{"code","message"}}`. Handlers live in [`sessions`] (the session API) and [`ops`]
-//! (health, readiness, metrics, status).
+//! (health, readiness, metrics, status); [`openapi`] serves the API's OpenAPI document.
 
+pub mod openapi;
 pub mod ops;
 pub mod origin;
 pub mod server;
@@ -122,6 +123,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/sessions/{id}/compact", post(sessions::compact))
         .route("/v1/status", get(ops::status))
         .route("/v1/drain", post(ops::drain).delete(ops::undrain))
+        .route("/v1/openapi.json", get(openapi::document))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))

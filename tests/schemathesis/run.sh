@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Checks the running sidecar against its own OpenAPI document (sidecar/openapi.json, served at
-# /v1/openapi.json) with schemathesis (PyPI, pinned below): examples, then generated and mutated
-# bodies, query parameters and path parameters for every operation, with the checks
-#   not_a_server_error, status_code_conformance, content_type_conformance,
-#   response_headers_conformance, response_schema_conformance
-# (no 5xx, every status, content type and body as documented). The sidecar runs against the
-# tests' scripted model with the real codex (CODEX_BIN, as tests/run.sh sets it) and a JWT.
+# /v1/openapi.json) with schemathesis (PyPI, pinned below): its examples, coverage, fuzzing and
+# stateful phases (generated and mutated bodies, query, header and path parameters for every
+# operation, and sequences following the links it infers), with every check but
+# positive_data_acceptance: no 5xx; every status, content type, header and body as documented;
+# invalid input refused with a 4xx; auth really enforced (ignored_auth); 405 for undocumented
+# methods. positive_data_acceptance is left out because valid input is refused by design where
+# the schema cannot say why (a generated session id names no session: 404; /v1/drain is the
+# operator's: 403). The sidecar runs against the tests' scripted model with the real codex
+# (CODEX_BIN, as tests/run.sh sets it) and a JWT.
 #
 # Left out: `GET .../events/stream`, an event stream that never ends by design (schemathesis
 # reads a response whole; the e2e suites test the stream). `wait` is fixed to 0 so a cursor that
@@ -17,8 +20,12 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$root"
 version=4.32.5
-if ! command -v python3 >/dev/null 2>&1 || ! python3 -m venv --help >/dev/null 2>&1; then
-  echo "NOTICE: skipping the schemathesis check: python3 with venv is missing (apt-get install python3-venv)"
+if ! command -v python3 >/dev/null 2>&1 || ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+  echo "NOTICE: skipping the schemathesis check: python3 with venv and pip is missing (apt-get install python3-venv)"
+  exit 0
+fi
+if ! command -v curl >/dev/null 2>&1; then
+  echo "NOTICE: skipping the schemathesis check: curl is missing (apt-get install curl)"
   exit 0
 fi
 venv="$root/target/schemathesis-venv"
@@ -71,7 +78,7 @@ TOML
 status=0
 "$venv/bin/st" --no-color --config-file "$work/schemathesis.toml" run "$base/v1/openapi.json" \
   --header "$auth" \
-  --checks not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance \
+  --checks all --exclude-checks positive_data_acceptance \
   --exclude-path '/v1/sessions/{id}/events/stream' \
   --max-examples "${SCHEMATHESIS_MAX_EXAMPLES:-30}" \
   --request-timeout 60 --seed 1 || status=$?

@@ -253,3 +253,46 @@ async fn every_bad_image_is_refused_with_its_code_and_nothing_accepted_is_lost()
     assert_eq!(images_of(&sc).len(), 1, "{:?}", images_of(&sc));
     Ok(())
 }
+
+#[tokio::test]
+async fn an_accepted_image_survives_kill_9_and_reaches_the_model_after_the_restart()
+-> anyhow::Result<()> {
+    let model = ScriptedModel::start().await?;
+    let mut sc = Sidecar::start(&model.base_url(), &[]).await?;
+    let api = sc.api("carol");
+    let (status, created) = api.create(json!({"id": "k"})).await;
+    assert_eq!(status, 201, "{created}");
+    // A turn that never ends holds the image message in the queue when the sidecar dies.
+    assert_eq!(api.send("k", "[[hang]]").await.0, 202);
+    api.collect_until("k", 0, T, |e| e["type"] == "turn_started")
+        .await?;
+    let (status, sent) = api
+        .call(
+            "POST",
+            "/v1/sessions/k/messages",
+            Some(json!({"text": "after the crash", "images": [{"url": png_url()}]})),
+        )
+        .await;
+    assert_eq!(status, 202, "{sent}");
+    sc.kill9().await;
+    sc.restart().await?;
+    let api = api.with_base(&sc.base);
+    // the hung turn is lost (failed), then the image message runs
+    let events = api.until_results("k", 0, 2, T).await?;
+    let results = of_type(&events, "result");
+    assert_eq!(
+        results.last().map(|r| r["status"].clone()),
+        Some(json!("completed"))
+    );
+    let req = model
+        .requests()
+        .into_iter()
+        .find(|r| {
+            r.last_user_text
+                .as_deref()
+                .is_some_and(|t| t.contains("after the crash"))
+        })
+        .expect("the image message reached the model after the restart");
+    assert_eq!(req.last_user_images.len(), 1, "{:?}", req.body);
+    Ok(())
+}

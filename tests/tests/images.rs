@@ -296,3 +296,50 @@ async fn an_accepted_image_survives_kill_9_and_reaches_the_model_after_the_resta
     assert_eq!(req.last_user_images.len(), 1, "{:?}", req.body);
     Ok(())
 }
+
+#[tokio::test]
+async fn queued_images_go_in_turns_of_at_most_32() -> anyhow::Result<()> {
+    let model = ScriptedModel::start().await?;
+    let sc = Sidecar::start(&model.base_url(), &[]).await?;
+    let api = sc.api("dave");
+    let (status, created) = api.create(json!({"id": "many"})).await;
+    assert_eq!(status, 201, "{created}");
+    // Five messages of eight images each wait behind a slow turn: 40 images do not fit in one
+    // turn (32 at most), so they go as four messages, then one.
+    assert_eq!(api.send("many", "slow [[delay_ms=3000]]").await.0, 202);
+    api.collect_until("many", 0, T, |e| e["type"] == "turn_started")
+        .await?;
+    for i in 0..5 {
+        let (status, sent) = api
+            .call(
+                "POST",
+                "/v1/sessions/many/messages",
+                Some(json!({"text": format!("album {i}"), "images": vec![json!({"url": png_url()}); 8]})),
+            )
+            .await;
+        assert_eq!(status, 202, "{sent}");
+    }
+    let events = api.until_results("many", 0, 3, T).await?;
+    let counts: Vec<u64> = of_type(&events, "turn_started")
+        .iter()
+        .filter_map(|e| e["message_count"].as_u64())
+        .collect();
+    assert_eq!(counts, vec![1, 4, 1], "{events:?}");
+    let images: Vec<usize> = model
+        .requests()
+        .iter()
+        .filter(|r| {
+            r.last_user_text
+                .as_deref()
+                .is_some_and(|t| t.contains("album"))
+        })
+        .map(|r| r.last_user_images.len())
+        .collect();
+    assert_eq!(images.iter().max(), Some(&32), "{images:?}");
+    assert!(
+        of_type(&events, "result")
+            .iter()
+            .all(|r| r["status"] == "completed")
+    );
+    Ok(())
+}

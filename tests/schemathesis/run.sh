@@ -76,6 +76,8 @@ cat > "$work/schemathesis.toml" <<TOML
 "query.wait" = 0
 TOML
 status=0
+# From the scratch directory: schemathesis keeps a cache (.schemathesis/) in its working directory.
+cd "$work"
 "$venv/bin/st" --no-color --config-file "$work/schemathesis.toml" run "$base/v1/openapi.json" \
   --header "$auth" \
   --checks all --exclude-checks positive_data_acceptance \

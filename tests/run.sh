@@ -15,7 +15,9 @@
 # (tests/cluster/build-tools.sh, into ~/.cache/codex-operator/); the project's image on the local Docker engine
 # (tests/cluster/build-image.sh); bun, typescript and @types/node for the NanoClaw provider (npm
 # registry; integrations/nanoclaw/install-bun.sh, into ~/.cache/codex-operator/, and the ignored
-# integrations/nanoclaw/node_modules/). A suite whose tool is missing prints `NOTICE: skipping`.
+# integrations/nanoclaw/node_modules/); schemathesis, pinned, for the OpenAPI check (PyPI, into
+# target/schemathesis-venv; tests/schemathesis/run.sh). A suite whose tool is missing prints
+# `NOTICE: skipping`.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -80,6 +82,8 @@ if [ "$only_cluster" = 1 ]; then
 else
   step "every suite but the cluster e2e"
   cargo test --workspace -- --skip cluster_e2e
+  step "the API against its OpenAPI document (schemathesis)"
+  tests/schemathesis/run.sh
   # Alone and uncaptured, so that its start-up time, timings and kubectl views are in the log.
   step "cluster e2e"
   cargo test -p codex-e2e --test cluster -- --nocapture

@@ -53,6 +53,15 @@ pub struct Limits {
     pub body_bytes: usize,
     /// Largest message `text`, in bytes (413 `text_too_large`).
     pub text_bytes: usize,
+    /// Largest body of `POST .../messages`, in bytes (413 `body_too_large`): room for the
+    /// images' base64 (4 characters per 3 bytes) and the text.
+    pub message_body_bytes: usize,
+    /// Largest image of a message, in bytes once decoded (413 `image_too_large`).
+    pub image_bytes: usize,
+    /// Largest sum of a message's images, in bytes once decoded (413 `images_too_large`).
+    pub message_image_bytes: usize,
+    /// Most images in one message (400 `too_many_images`).
+    pub images_per_message: usize,
     /// Most messages waiting in one session's queue (429 `queue_full`).
     pub queued_messages: usize,
     /// Longest long-poll `wait`, in seconds.
@@ -74,6 +83,10 @@ impl Default for Limits {
         Self {
             body_bytes: 1024 * 1024,
             text_bytes: 256 * 1024,
+            message_body_bytes: 16 * 1024 * 1024,
+            image_bytes: 5 * 1024 * 1024,
+            message_image_bytes: 10 * 1024 * 1024,
+            images_per_message: 8,
             queued_messages: 100,
             max_wait_secs: 120,
             max_events_per_poll: 1000,

@@ -167,6 +167,9 @@ pub struct RecordedRequest {
     /// The user messages of the current turn, oldest first (see [`current_turn_user_texts`]):
     /// one entry normally, several when the turn was steered. The echo joins them by `"\n"`.
     pub turn_user_texts: Vec<String>,
+    /// The `image_url` of every `input_image` part of the last user item, in order (see
+    /// [`last_user_images`]): how an image sent with a message reaches the model.
+    pub last_user_images: Vec<String>,
     /// The directives parsed from `last_user_text` (all defaults for compaction requests).
     pub directives: Directives,
     /// The HTTP status the server answered with (200, or 401 / the `[[fail=N]]` status).
@@ -259,6 +262,29 @@ pub fn last_user_text(body: &Value) -> Option<String> {
         .rev()
         .find(|item| is_user_message(item))
         .and_then(message_text)
+}
+
+/// Returns the `image_url` of every `input_image` content part of the last item of
+/// `body["input"]` whose `role` is `"user"`, in order (empty when there is none).
+pub fn last_user_images(body: &Value) -> Vec<String> {
+    let Some(input) = body.get("input").and_then(Value::as_array) else {
+        return Vec::new();
+    };
+    let Some(parts) = input
+        .iter()
+        .rev()
+        .find(|item| is_user_message(item))
+        .and_then(|item| item.get("content"))
+        .and_then(Value::as_array)
+    else {
+        return Vec::new();
+    };
+    parts
+        .iter()
+        .filter(|p| p.get("type").and_then(Value::as_str) == Some("input_image"))
+        .filter_map(|p| p.get("image_url").and_then(Value::as_str))
+        .map(str::to_owned)
+        .collect()
 }
 
 /// Returns the user messages the current turn added, oldest first, each joined from its text
@@ -796,12 +822,14 @@ async fn responses(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: 
     // Count the stream before the request becomes visible, so that a test that saw the
     // request also sees the open stream.
     let guard = (status == StatusCode::OK).then(|| StreamGuard::new(shared.clone()));
+    let images = last_user_images(&body);
     shared.record(RecordedRequest {
         body,
         is_compaction,
         authorization,
         last_user_text: user_text.clone(),
         turn_user_texts: turn_texts.clone(),
+        last_user_images: images,
         directives: directives.clone(),
         status: status.as_u16(),
         headers: header_list,
@@ -1049,6 +1077,8 @@ mod tests {
             {"type": "function_call_output", "call_id": "c", "output": "o"}
         ]});
         assert_eq!(last_user_text(&body).as_deref(), Some("one\ntwo"));
+        assert_eq!(last_user_images(&body), vec!["u"]);
+        assert!(last_user_images(&json!({"input": "s"})).is_empty());
         assert_eq!(last_user_text(&json!({"input": "s"})), None);
     }
 

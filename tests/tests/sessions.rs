@@ -372,13 +372,23 @@ async fn bad_input_gets_a_stable_error_and_loses_nothing() -> anyhow::Result<()>
     assert_eq!((s, code(&b).as_str()), (404, "session_not_found"));
     let (s, b) = api.send("ok", &"x".repeat(300 * 1024)).await;
     assert_eq!((s, code(&b).as_str()), (413, "text_too_large"));
-    // the server answers 413 without reading the rest and closes that connection: use its own client
+    // the server answers 413 without reading the rest and closes that connection: use its own
+    // client. A send may be 16 MiB (room for images), any other body 1 MiB.
     let oversized = sc.api("alice");
     let (s, b) = oversized
         .call(
             "POST",
             "/v1/sessions/ok/messages",
-            Some(json!({"text": "y".repeat(2 * 1024 * 1024)})),
+            Some(json!({"text": "y".repeat(17 * 1024 * 1024)})),
+        )
+        .await;
+    assert_eq!((s, code(&b).as_str()), (413, "body_too_large"));
+    let (s, b) = sc
+        .api("alice")
+        .call(
+            "PATCH",
+            "/v1/sessions/ok",
+            Some(json!({"instructions": "y".repeat(2 * 1024 * 1024)})),
         )
         .await;
     assert_eq!((s, code(&b).as_str()), (413, "body_too_large"));

@@ -9,6 +9,7 @@
 //! an `error {code:"turn_lost"}` and a failed `result`; messages that never reached a turn are
 //! queued again and run.
 
+pub mod images;
 pub mod pool;
 pub mod quota;
 mod recovery;
@@ -88,7 +89,9 @@ pub const MAX_EFFORT_BYTES: usize = 64;
 /// Longest message `idempotency_key`, in bytes.
 pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 128;
 
-/// 400 `field_too_long` when one of the settings is longer than its limit.
+/// 400 `field_too_long` when one of the settings is longer than its limit; 400 `empty_field`
+/// when `model` or `effort` is empty or blank (codex takes an empty model as none and then fails
+/// to start the thread, 502 before this check; `null` is how a setting is cleared).
 fn check_settings_lengths(
     instructions: Option<&str>,
     model: Option<&str>,
@@ -103,6 +106,12 @@ fn check_settings_lengths(
             return Err(ApiError::bad_request(
                 "field_too_long",
                 format!("`{field}` is longer than {max} bytes"),
+            ));
+        }
+        if field != "instructions" && value.is_some_and(|v| v.trim().is_empty()) {
+            return Err(ApiError::bad_request(
+                "empty_field",
+                format!("`{field}` is empty; leave it out or send null for the default"),
             ));
         }
     }
@@ -649,17 +658,20 @@ impl Engine {
         Ok(self.view(&h))
     }
 
-    /// Queues a message durably; returns `(message_id, queued, duplicate)`: `duplicate` when a
-    /// message with the same idempotency key was accepted before (nothing new is queued).
+    /// Queues a message (its text and its images, `data:` URLs) durably; returns
+    /// `(message_id, queued, duplicate)`: `duplicate` when a message with the same idempotency
+    /// key was accepted before (nothing new is queued).
     ///
     /// # Errors
-    /// 404, 400 `empty_text` / `invalid_idempotency_key`, 413 `text_too_large`, 429 `queue_full`,
-    /// 500 when the inbox cannot be written.
+    /// 404, 400 `empty_text` (no text and no image) / `invalid_idempotency_key` and the image
+    /// codes of [`images::decode`], 413 `text_too_large` and the image size codes, 429
+    /// `queue_full`, 500 when the inbox cannot be written.
     pub async fn send(
         self: &Arc<Self>,
         owner: &str,
         id: &str,
         text: String,
+        image_urls: Vec<String>,
         idempotency_key: Option<String>,
     ) -> Result<(String, usize, bool), ApiError> {
         let limits = self.ctx.config.limits;
@@ -670,8 +682,11 @@ impl Engine {
                 format!("`text` is longer than {} bytes", limits.text_bytes),
             ));
         }
-        if text.trim().is_empty() {
-            return Err(ApiError::bad_request("empty_text", "`text` is empty"));
+        if text.trim().is_empty() && image_urls.is_empty() {
+            return Err(ApiError::bad_request(
+                "empty_text",
+                "`text` is empty and the message has no image",
+            ));
         }
         if let Some(k) = &idempotency_key
             && !valid_idempotency_key(k)
@@ -686,10 +701,13 @@ impl Engine {
         let h = self.get(owner, id).await?;
         refuse_work(&h)?;
         let cap = limits.queued_messages;
-        let r = tokio::task::spawn_blocking(move || h.enqueue_blocking(text, idempotency_key, cap))
-            .await
-            .map_err(|e| ApiError::internal(format!("inbox task failed: {e}")))?
-            .map_err(|e| storage_error("cannot store the message", &e))?;
+        let r = tokio::task::spawn_blocking(move || {
+            let images = images::decode(&image_urls, &limits)?;
+            h.enqueue_blocking(text, &images, idempotency_key, cap)
+                .map_err(|e| storage_error("cannot store the message", &e))
+        })
+        .await
+        .map_err(|e| ApiError::internal(format!("inbox task failed: {e}")))??;
         match r {
             session::Enqueued::New { msg, queued } => Ok((msg.message_id, queued, false)),
             session::Enqueued::Duplicate { message_id, queued } => Ok((message_id, queued, true)),
@@ -907,6 +925,20 @@ fn find_file_containing(dir: &Path, needle: &str) -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn empty_model_or_effort_is_refused() {
+        let code = |m: Option<&str>, e: Option<&str>| {
+            check_settings_lengths(Some(""), m, e)
+                .err()
+                .map_or("ok", |e| e.code)
+        };
+        assert_eq!(code(None, None), "ok", "empty instructions are fine");
+        assert_eq!(code(Some("gpt"), Some("low")), "ok");
+        assert_eq!(code(Some(""), None), "empty_field");
+        assert_eq!(code(None, Some("  ")), "empty_field");
+        assert_eq!(code(Some(&"m".repeat(257)), None), "field_too_long");
+    }
 
     #[test]
     fn session_ids_are_strict() {

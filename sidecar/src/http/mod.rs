@@ -1,7 +1,8 @@
 //! The HTTP API (axum): routing, authentication of `/v1/*`, and mapping of bad input to
 //! `{"error":{"code","message"}}`. Handlers live in [`sessions`] (the session API) and [`ops`]
-//! (health, readiness, metrics, status).
+//! (health, readiness, metrics, status); [`openapi`] serves the API's OpenAPI document.
 
+pub mod openapi;
 pub mod ops;
 pub mod origin;
 pub mod server;
@@ -103,6 +104,7 @@ pub fn query_error(r: QueryRejection) -> ApiError {
 /// The whole API.
 pub fn router(state: AppState) -> Router {
     let body_limit = state.engine.ctx().config.limits.body_bytes;
+    let message_body_limit = state.engine.ctx().config.limits.message_body_bytes;
     Router::new()
         .route("/v1/sessions", post(sessions::create).get(sessions::list))
         .route(
@@ -111,13 +113,17 @@ pub fn router(state: AppState) -> Router {
                 .patch(sessions::update)
                 .delete(sessions::delete),
         )
-        .route("/v1/sessions/{id}/messages", post(sessions::send))
+        .route(
+            "/v1/sessions/{id}/messages",
+            post(sessions::send).layer(DefaultBodyLimit::max(message_body_limit)),
+        )
         .route("/v1/sessions/{id}/events", get(sessions::events))
         .route("/v1/sessions/{id}/events/stream", get(sessions::stream))
         .route("/v1/sessions/{id}/interrupt", post(sessions::interrupt))
         .route("/v1/sessions/{id}/compact", post(sessions::compact))
         .route("/v1/status", get(ops::status))
         .route("/v1/drain", post(ops::drain).delete(ops::undrain))
+        .route("/v1/openapi.json", get(openapi::document))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))

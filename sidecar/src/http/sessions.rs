@@ -99,12 +99,25 @@ pub async fn update(
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SendMessage {
-    /// The message text.
+    /// The message text (may be empty when the message has images).
+    #[serde(default)]
     pub text: String,
+    /// Images, in order: `data:image/{png,jpeg,gif,webp};base64,...` URLs (see
+    /// [`crate::engine::images`] for the checks and the limits).
+    #[serde(default)]
+    pub images: Vec<ImageInput>,
     /// Optional client key, `[A-Za-z0-9._:-]{1,128}`: a message sent again with a key this
     /// session already accepted is not queued again (the answer is 200 with the first message's
     /// id and `"duplicate": true`), so a client may retry a send whose answer it never got.
     pub idempotency_key: Option<String>,
+}
+
+/// One image of a message.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageInput {
+    /// `data:<media type>;base64,<data>` (remote `https:` URLs are refused).
+    pub url: String,
 }
 
 /// `POST /v1/sessions/{id}/messages` -> 202 `{"message_id","queued"}` once the message is on disk;
@@ -119,7 +132,13 @@ pub async fn send(
     let Json(msg) = body.map_err(json_error)?;
     let (message_id, queued, duplicate) = st
         .engine
-        .send(&owner, &id, msg.text, msg.idempotency_key)
+        .send(
+            &owner,
+            &id,
+            msg.text,
+            msg.images.into_iter().map(|i| i.url).collect(),
+            msg.idempotency_key,
+        )
         .await?;
     if duplicate {
         return Ok((

@@ -26,6 +26,21 @@ pub struct QueuedMessage {
     /// queued again (see [`Inbox::find_key`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+    /// The message's images, stored in the session's `images/` directory before this line was
+    /// written (see `engine::images`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<ImageRef>,
+}
+
+/// One stored image of a message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageRef {
+    /// File name in the session's `images/` directory (`msg_<n>_<i>.<ext>`).
+    pub file: String,
+    /// `image/png`, `image/jpeg`, `image/gif` or `image/webp`.
+    pub media_type: String,
+    /// Size in bytes.
+    pub bytes: u64,
 }
 
 /// The message id for inbox position `n`.
@@ -139,6 +154,7 @@ impl Inbox {
         &mut self,
         text: String,
         idempotency_key: Option<String>,
+        images: Vec<ImageRef>,
     ) -> io::Result<QueuedMessage> {
         if let Some(c) = &self.corruption {
             return Err(io::Error::other(format!("the inbox is quarantined: {c}")));
@@ -150,6 +166,7 @@ impl Inbox {
             text,
             time: crate::store::events::now_rfc3339(),
             idempotency_key,
+            images,
         };
         let mut line = serde_json::to_string(&msg).map_err(io::Error::other)?;
         line.push('\n');
@@ -195,6 +212,11 @@ impl Inbox {
         self.next_n - 1
     }
 
+    /// The position the next accepted message gets.
+    pub fn next_n(&self) -> u64 {
+        self.next_n
+    }
+
     /// Takes the waiting messages at positions up to `n` (oldest first).
     pub fn take_through(&mut self, n: u64) -> Vec<QueuedMessage> {
         let k = self.pending.iter().take_while(|m| m.n <= n).count();
@@ -226,7 +248,7 @@ mod tests {
         {
             let mut inbox = Inbox::open(&path, 0).expect("open");
             for t in ["a", "b", "c"] {
-                inbox.push(t.into(), None).expect("push");
+                inbox.push(t.into(), None, Vec::new()).expect("push");
             }
             assert_eq!(inbox.take_batch(1)[0].text, "a");
         }
@@ -243,7 +265,10 @@ mod tests {
         inbox.requeue_front(batch);
         assert_eq!(inbox.len(), 2);
         assert_eq!(
-            inbox.push("d".into(), None).expect("push").message_id,
+            inbox
+                .push("d".into(), None, Vec::new())
+                .expect("push")
+                .message_id,
             "msg_4"
         );
         assert_eq!(message_n("msg_4"), Some(4));
@@ -256,7 +281,7 @@ mod tests {
         let path = dir.path().join("m.jsonl");
         Inbox::open(&path, 0)
             .expect("open")
-            .push("a".into(), None)
+            .push("a".into(), None, Vec::new())
             .expect("push");
         OpenOptions::new()
             .append(true)
@@ -266,7 +291,7 @@ mod tests {
             .expect("write");
         let mut inbox = Inbox::open(&path, 0).expect("reopen");
         assert_eq!(inbox.len(), 1);
-        assert_eq!(inbox.push("b".into(), None).expect("push").n, 2);
+        assert_eq!(inbox.push("b".into(), None, Vec::new()).expect("push").n, 2);
         let inbox = Inbox::open(&path, 0).expect("reopen");
         assert_eq!(inbox.len(), 2);
     }
@@ -277,8 +302,10 @@ mod tests {
         let path = dir.path().join("m.jsonl");
         {
             let mut inbox = Inbox::open(&path, 0).expect("open");
-            inbox.push("a".into(), Some("k1".into())).expect("push");
-            inbox.push("b".into(), None).expect("push");
+            inbox
+                .push("a".into(), Some("k1".into()), Vec::new())
+                .expect("push");
+            inbox.push("b".into(), None, Vec::new()).expect("push");
             assert_eq!(inbox.find_key("k1"), Some("msg_1"));
             assert_eq!(inbox.find_key("k2"), None);
         }
@@ -295,7 +322,7 @@ mod tests {
         {
             let mut inbox = Inbox::open(&path, 0).expect("open");
             for t in ["a", "b", "c", "d"] {
-                inbox.push(t.into(), None).expect("push");
+                inbox.push(t.into(), None, Vec::new()).expect("push");
             }
         }
         let text = std::fs::read_to_string(&path).expect("read");
@@ -306,7 +333,7 @@ mod tests {
         let mut inbox = Inbox::open(&path, 0).expect("open");
         assert!(inbox.corruption().is_some());
         assert_eq!(std::fs::read_to_string(&path).expect("read"), broken);
-        assert!(inbox.push("e".into(), None).is_err());
+        assert!(inbox.push("e".into(), None, Vec::new()).is_err());
     }
 
     #[test]
@@ -315,7 +342,7 @@ mod tests {
         let path = dir.path().join("m.jsonl");
         Inbox::open(&path, 0)
             .expect("open")
-            .push("a".into(), None)
+            .push("a".into(), None, Vec::new())
             .expect("push");
         OpenOptions::new()
             .append(true)

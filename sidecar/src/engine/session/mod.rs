@@ -23,7 +23,7 @@ mod actor;
 mod batch;
 mod recover;
 pub use actor::Actor;
-use batch::Batcher;
+use batch::{Batcher, MessageSize};
 /// An `activity` heartbeat is emitted when a turn has been quiet this long (NanoClaw kills a
 /// container after 60 s without one; the issue asks for at least one every 20 s).
 const HEARTBEAT: Duration = Duration::from_secs(14);
@@ -367,13 +367,15 @@ impl SessionHandle {
 
     /// Durably queues a message (blocking: write + fdatasync) unless `cap` are already waiting,
     /// or finds the message accepted earlier with the same idempotency key (then nothing is
-    /// queued: a client's retry of a message whose answer it never got is not run twice).
+    /// queued: a client's retry of a message whose answer it never got is not run twice). Its
+    /// images are stored (fsynced) before its inbox line is written.
     ///
     /// # Errors
-    /// `Err` on I/O failure (nothing was queued).
+    /// `Err` on I/O failure (nothing was queued, no image kept).
     pub fn enqueue_blocking(
         &self,
         text: String,
+        images: &[crate::engine::images::Image],
         idempotency_key: Option<String>,
         cap: usize,
     ) -> std::io::Result<Enqueued> {
@@ -390,7 +392,14 @@ impl SessionHandle {
         if inbox.len() >= cap {
             return Ok(Enqueued::Full);
         }
-        let msg = inbox.push(text, idempotency_key)?;
+        let refs = crate::engine::images::store(&self.dir, inbox.next_n(), images)?;
+        let msg = match inbox.push(text, idempotency_key, refs.clone()) {
+            Ok(msg) => msg,
+            Err(e) => {
+                crate::engine::images::remove(&self.dir, &refs);
+                return Err(e);
+            }
+        };
         let queued = inbox.len();
         self.queued
             .store(queued, std::sync::atomic::Ordering::SeqCst);
@@ -404,7 +413,7 @@ impl SessionHandle {
         let Ok(mut inbox) = self.inbox.lock() else {
             return Vec::new();
         };
-        let n = batcher.batch_len(inbox.pending().map(|m| m.text.as_str()));
+        let n = batcher.batch_len(inbox.pending().map(MessageSize::of));
         let batch = inbox.take_batch(n);
         self.queued
             .store(inbox.len(), std::sync::atomic::Ordering::SeqCst);

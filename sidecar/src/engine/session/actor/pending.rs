@@ -20,10 +20,19 @@ impl Actor {
         batch: &[QueuedMessage],
         client_id: &str,
     ) -> Value {
-        let input: Vec<Value> = batch
-            .iter()
-            .map(|m| json!({"type": "text", "text": m.text}))
-            .collect();
+        // Each message's text (when it has any), then its images as codex's `localImage`
+        // items (`{type, path}`: codex reads the file and sends it to the model as an
+        // `input_image` data URL).
+        let images = crate::engine::images::images_dir(&self.h.dir);
+        let mut input: Vec<Value> = Vec::new();
+        for m in batch {
+            if !m.text.is_empty() || m.images.is_empty() {
+                input.push(json!({"type": "text", "text": m.text}));
+            }
+            for img in &m.images {
+                input.push(json!({"type": "localImage", "path": images.join(&img.file)}));
+            }
+        }
         let mut params = json!({
             "threadId": thread_id,
             "input": input,

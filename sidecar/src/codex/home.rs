@@ -286,13 +286,22 @@ impl CodexSetup {
     /// ruleset that confines it to those three).
     pub fn spawn_spec(&self, home: &Path, cwd: &Path) -> SpawnSpec {
         let dir = home.parent().unwrap_or(home);
+        let landlock = self.isolation.session_rules(dir, self.sandbox);
+        if landlock.is_some() {
+            // A ruleset can only name directories that exist: the images of messages that
+            // arrive while this child runs go here.
+            let images = dir.join(crate::codex::isolation::SESSION_IMAGES_DIR);
+            if let Err(e) = create_private_dir(&images) {
+                tracing::warn!(dir = %images.display(), error = %e, "cannot create the session's images directory");
+            }
+        }
         SpawnSpec {
             bin: self.bin.clone(),
             codex_home: home.to_path_buf(),
             cwd: cwd.to_path_buf(),
             config_overrides: self.overrides.clone(),
             env: self.env.clone(),
-            landlock: self.isolation.session_rules(dir, self.sandbox),
+            landlock,
             tmp_dir: Some(dir.join(crate::codex::isolation::SESSION_TMP_DIR)),
         }
     }

@@ -43,6 +43,8 @@ pub const DEVICE_WRITE_PATHS: &[&str] = &[
 /// The name of each session's private temporary directory (`TMPDIR` of its codex and
 /// commands), beside its `workspace` and `codex-home`.
 pub const SESSION_TMP_DIR: &str = "tmp";
+/// The directory of a session's message images (readable, not writable, under the ruleset).
+pub const SESSION_IMAGES_DIR: &str = "images";
 
 /// The Landlock ABI the kernel offers (1 = Linux 5.13, ... 7 = Linux 6.15), or `None` when
 /// Landlock is not built in, not enabled at boot, or refused by a seccomp filter.
@@ -250,8 +252,8 @@ impl Isolation {
     }
 
     /// The ruleset of one session: `(read, write)` paths, or `None` without isolation.
-    /// `session_dir` holds the session's `workspace`, `codex-home` and `tmp`; with `read-only`
-    /// the workspace is readable only.
+    /// `session_dir` holds the session's `workspace`, `codex-home`, `tmp` and `images`
+    /// (readable only); with `read-only` the workspace is readable only.
     pub fn session_rules(
         &self,
         session_dir: &Path,
@@ -268,6 +270,8 @@ impl Isolation {
             .collect();
         write.push(session_dir.join("codex-home"));
         write.push(session_dir.join(SESSION_TMP_DIR));
+        // The images of the session's messages, which codex reads (`localImage` input items).
+        read.push(session_dir.join(SESSION_IMAGES_DIR));
         let workspace = session_dir.join("workspace");
         if sandbox == SandboxMode::ReadOnly {
             read.push(workspace);

@@ -183,7 +183,7 @@ fn decode_one(i: usize, url: &str, limits: &Limits) -> Result<Image, ApiError> {
 
 /// The directory of a session's images.
 pub fn images_dir(session_dir: &Path) -> PathBuf {
-    session_dir.join("images")
+    session_dir.join(crate::codex::isolation::SESSION_IMAGES_DIR)
 }
 
 /// Writes message `n`'s images durably (each file 0600, written and fsynced, then the

@@ -10,13 +10,14 @@
 //! queued again and run.
 
 pub mod images;
+mod lifecycle;
 pub mod pool;
 pub mod quota;
 mod recovery;
 pub mod session;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -24,16 +25,14 @@ use axum::http::StatusCode;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::codex::home::{CodexSetup, create_private_dir};
+use crate::codex::home::CodexSetup;
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::redact::Redactor;
-use crate::store::events::{EventLog, Usage};
-use crate::store::inbox::Inbox;
-use crate::store::record::SessionRecord;
+use crate::store::events::Usage;
 use pool::Pool;
-use session::{Actor, Command, SessionHandle, SessionKey, SessionState, StartError, session_dir};
+use session::{Command, SessionHandle, SessionKey, SessionState};
 
 /// How often events a full disk refused are tried again.
 const STORAGE_RETRY: Duration = Duration::from_secs(2);
@@ -76,9 +75,6 @@ fn storage_error(what: &str, e: &std::io::Error) -> ApiError {
         ApiError::internal(format!("{what}: {e}"))
     }
 }
-
-/// How long session creation waits for codex to start the thread.
-const START_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Longest `instructions`, in bytes (a NanoClaw group's composed CLAUDE.md can pass 64 KiB).
 pub const MAX_INSTRUCTIONS_BYTES: usize = 512 * 1024;
@@ -318,232 +314,6 @@ impl Engine {
         &self.ctx
     }
 
-    /// Creates a session, or returns the existing one with that id (`created == false`).
-    ///
-    /// # Errors
-    /// 400 `invalid_session_id`, 404 `thread_not_found`, 503 `capacity_exhausted` (every codex
-    /// slot stayed busy for 30 s), 502 `codex_start_failed`, 500 `internal`.
-    pub async fn create(
-        self: &Arc<Self>,
-        owner: &str,
-        req: CreateSession,
-    ) -> Result<(bool, SessionView, bool), ApiError> {
-        let id = match req.id.clone() {
-            Some(id) if valid_session_id(&id) => id,
-            Some(_) => {
-                return Err(ApiError::bad_request(
-                    "invalid_session_id",
-                    "session id must match [A-Za-z0-9._-]{1,128}",
-                ));
-            }
-            None => uuid::Uuid::new_v4().to_string(),
-        };
-        check_settings_lengths(
-            req.instructions.as_deref(),
-            req.model.as_deref(),
-            req.effort.as_deref(),
-        )?;
-        let key = SessionKey {
-            owner: owner.to_owned(),
-            id: id.clone(),
-        };
-        // The work runs in a task the request does not own: a client that goes away mid-create
-        // leaves either a complete session or none, never an actor nobody can see.
-        let engine = self.clone();
-        tokio::spawn(async move {
-            let _guard = engine.lock_key(&key).await;
-            let result = engine.create_locked(key.clone(), req).await;
-            engine.unlock_key(&key);
-            result
-        })
-        .await
-        .map_err(|e| ApiError::internal(format!("session creation failed: {e}")))?
-    }
-
-    /// Takes the per-key lock shared by create and delete.
-    async fn lock_key(&self, key: &SessionKey) -> tokio::sync::OwnedMutexGuard<()> {
-        let lock = match self.key_locks.lock() {
-            Ok(mut locks) => locks.entry(key.clone()).or_default().clone(),
-            Err(_) => Arc::default(),
-        };
-        lock.lock_owned().await
-    }
-
-    /// Forgets a key's lock once nobody else waits for it (called with its guard still held).
-    fn unlock_key(&self, key: &SessionKey) {
-        if let Ok(mut locks) = self.key_locks.lock()
-            && locks.get(key).is_some_and(|l| Arc::strong_count(l) <= 2)
-        {
-            locks.remove(key);
-        }
-    }
-
-    async fn create_locked(
-        self: &Arc<Self>,
-        key: SessionKey,
-        req: CreateSession,
-    ) -> Result<(bool, SessionView, bool), ApiError> {
-        let (owner, id) = (key.owner.as_str(), key.id.clone());
-        if let Some(h) = self.ensure_loaded_locked(&key).await? {
-            return Ok((false, self.view(&h), true));
-        }
-        if req.thread_id.is_some() {
-            self.ensure_owner_loaded(owner).await;
-        }
-        self.refuse_second_owner(owner, None)?;
-        let cap = self.ctx.config.limits.sessions_per_owner;
-        let _slot = self
-            .creating
-            .take(owner, self.owner_sessions(owner), cap)
-            .ok_or_else(|| quota::too_many_sessions(cap))?;
-        let rollout = match &req.thread_id {
-            Some(tid) => Some(self.find_rollout(owner, tid).ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::NOT_FOUND,
-                    "thread_not_found",
-                    format!("no thread `{tid}` held for this owner"),
-                )
-            })?),
-            None => None,
-        };
-        let dir = session_dir(&self.ctx.config.state_dir, &owner_key(owner), &id);
-        let io = |e: std::io::Error| storage_error("cannot create the session on disk", &e);
-        self.clear_leftover(&dir).map_err(io)?;
-        create_private_dir(&dir).map_err(io)?;
-        let record = SessionRecord {
-            id: id.clone(),
-            owner: owner.to_owned(),
-            thread_id: req.thread_id.clone(),
-            thread_persisted: rollout.is_some(),
-            created_at: crate::store::events::now_rfc3339(),
-            instructions: req.instructions,
-            model: req.model,
-            effort: req.effort,
-            // A continued thread holds another session's instructions: this session's own are
-            // given to it before its first turn (thread/start records them for a new thread).
-            instructions_applied: rollout.as_ref().map(|_| "none".to_owned()),
-            ..Default::default()
-        };
-        if let Some((src_home, rel)) = &rollout {
-            let dst = dir.join("codex-home").join(rel);
-            if let Some(parent) = dst.parent() {
-                create_private_dir(parent).map_err(io)?;
-            }
-            std::fs::copy(src_home.join(rel), &dst).map_err(io)?;
-        }
-        record.save(&dir.join("session.json")).map_err(io)?;
-        let events = EventLog::open(&dir.join("events.jsonl"), |_| {})
-            .map_err(io)?
-            .log;
-        let inbox = Inbox::open(&dir.join("messages.jsonl"), 0).map_err(io)?;
-        let (h, rx) = SessionHandle::new(key.clone(), dir.clone(), events, inbox, record);
-        self.ctx.setup.register_home(&h.codex_home());
-        tokio::spawn(Actor::new(h.clone(), self.ctx.clone(), rx).run());
-        let (tx, reply) = tokio::sync::oneshot::channel();
-        h.send(Command::Start(tx));
-        let started = tokio::time::timeout(START_TIMEOUT, reply).await;
-        let failure = match started {
-            Ok(Ok(Ok(_thread))) => None,
-            Ok(Ok(Err(e @ StartError::NoCapacity(_)))) => Some(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "capacity_exhausted",
-                e.to_string(),
-            )),
-            Ok(Ok(Err(e))) => Some(ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                "codex_start_failed",
-                e.to_string(),
-            )),
-            Ok(Err(_)) => Some(ApiError::internal("the session actor ended")),
-            Err(_) => Some(ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                "codex_start_failed",
-                format!(
-                    "codex did not start a thread within {} s",
-                    START_TIMEOUT.as_secs()
-                ),
-            )),
-        };
-        if let Some(err) = failure {
-            self.remove(&h).await;
-            return Err(err);
-        }
-        // Checked again where sessions are added, so two owners racing cannot both get in.
-        let admitted = match self.sessions.write() {
-            Ok(mut s) => self.refuse_second_owner(owner, Some(&s)).map(|()| {
-                s.insert(key, h.clone());
-            }),
-            Err(_) => Ok(()),
-        };
-        if let Err(e) = admitted {
-            self.remove(&h).await;
-            return Err(e);
-        }
-        Ok((true, self.view(&h), rollout.is_some()))
-    }
-
-    /// 409 `isolation_unavailable` when sessions are not isolated from each other (and
-    /// `--allow-shared-owners` is not given) and a session of another owner exists: without
-    /// isolation one owner's commands could read another's files. `sessions` is the map when
-    /// the caller holds its lock.
-    fn refuse_second_owner(
-        &self,
-        owner: &str,
-        sessions: Option<&HashMap<SessionKey, Arc<SessionHandle>>>,
-    ) -> Result<(), ApiError> {
-        if self.ctx.config.isolation.serves_many_owners() {
-            return Ok(());
-        }
-        let other =
-            |s: &HashMap<SessionKey, Arc<SessionHandle>>| s.keys().any(|k| k.owner != owner);
-        let taken = match sessions {
-            Some(s) => other(s),
-            None => self.sessions.read().map(|s| other(&s)).unwrap_or(false),
-        } || self
-            .unloaded
-            .lock()
-            .is_ok_and(|u| u.keys().any(|k| k.owner != owner));
-        if taken {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "isolation_unavailable",
-                "this sidecar serves another owner, and its sessions are not isolated from each other here (see /v1/status isolation); start it with --allow-shared-owners to serve several owners anyway",
-            ));
-        }
-        Ok(())
-    }
-
-    /// The CODEX_HOME and rollout path (relative to it) of `thread_id`, among `owner`'s sessions.
-    fn find_rollout(&self, owner: &str, thread_id: &str) -> Option<(PathBuf, PathBuf)> {
-        if thread_id.is_empty()
-            || !thread_id
-                .bytes()
-                .all(|b| b.is_ascii_hexdigit() || b == b'-')
-        {
-            return None;
-        }
-        let sessions: Vec<_> = self
-            .sessions
-            .read()
-            .ok()?
-            .values()
-            .filter(|h| h.key.owner == owner)
-            .cloned()
-            .collect();
-        for h in sessions {
-            let snap = h.snapshot();
-            if snap.record.thread_id.as_deref() != Some(thread_id) {
-                continue;
-            }
-            let home = h.codex_home();
-            if let Some(rel) = find_file_containing(&home.join("sessions"), thread_id) {
-                let rel = rel.strip_prefix(&home).ok()?.to_path_buf();
-                return Some((home, rel));
-            }
-        }
-        None
-    }
-
     /// Sessions `owner` holds (read or not yet read).
     fn owner_sessions(&self, owner: &str) -> usize {
         let loaded = self
@@ -738,47 +508,6 @@ impl Engine {
         Ok(())
     }
 
-    /// Stops the session's child and removes it and its files. Runs to its end even when the
-    /// client goes away, and never interleaves with a create of the same id.
-    ///
-    /// # Errors
-    /// 404.
-    pub async fn delete(self: &Arc<Self>, owner: &str, id: &str) -> Result<(), ApiError> {
-        let key = self.get(owner, id).await?.key.clone();
-        let engine = self.clone();
-        tokio::spawn(async move {
-            let _guard = engine.lock_key(&key).await;
-            let result = match engine.handle(&key) {
-                Some(h) => {
-                    if let Ok(mut s) = engine.sessions.write() {
-                        s.remove(&h.key);
-                    }
-                    engine.remove(&h).await;
-                    Ok(())
-                }
-                None => Err(ApiError::session_not_found(&key.id)),
-            };
-            engine.unlock_key(&key);
-            result
-        })
-        .await
-        .map_err(|e| ApiError::internal(format!("session removal failed: {e}")))?
-    }
-
-    async fn remove(&self, h: &Arc<SessionHandle>) {
-        h.mark_deleted();
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        h.send(Command::Stop {
-            reply: tx,
-            shutdown: false,
-        });
-        if h.failure().is_none() {
-            let _ = tokio::time::timeout(Duration::from_secs(30), rx).await;
-        }
-        self.ctx.setup.unregister_home(&h.codex_home());
-        self.discard(h);
-    }
-
     /// Every two seconds, writes the events a full disk kept in memory and wakes the sessions
     /// whose log is whole again (their work waited for it).
     fn watch_storage(self: Arc<Self>) {
@@ -899,27 +628,6 @@ impl Engine {
         });
         futures::future::join_all(waits).await;
     }
-}
-
-/// The first file under `dir` (recursively) whose name contains `needle`.
-fn find_file_containing(dir: &Path, needle: &str) -> Option<PathBuf> {
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).ok()?.flatten() {
-            let path = entry.path();
-            let Ok(ft) = entry.file_type() else { continue };
-            if ft.is_dir() {
-                stack.push(path);
-            } else if path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.contains(needle))
-            {
-                return Some(path);
-            }
-        }
-    }
-    None
 }
 
 #[cfg(test)]

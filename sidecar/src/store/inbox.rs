@@ -6,7 +6,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::OpenOptions;
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -98,15 +98,16 @@ impl Inbox {
                 if read == 0 {
                     break;
                 }
-                if line.last() != Some(&b'\n') || line.iter().all(|&b| b == 0 || b == b'\n') {
-                    let mut rest = Vec::new();
-                    reader.read_to_end(&mut rest)?;
-                    if line.last() == Some(&b'\n') && !rest.iter().all(|&b| b == 0 || b == b'\n') {
-                        corruption = Some(format!("NUL bytes then more data at byte {good_len}"));
-                    } else {
+                match super::tail::classify(&line, &mut reader)? {
+                    super::tail::Line::Whole => {}
+                    super::tail::Line::TornTail => {
                         tracing::warn!(path = %path.display(), "inbox: cutting off a torn tail");
+                        break;
                     }
-                    break;
+                    super::tail::Line::NulThenData => {
+                        corruption = Some(format!("NUL bytes then more data at byte {good_len}"));
+                        break;
+                    }
                 }
                 let Some(msg) = serde_json::from_slice::<QueuedMessage>(&line[..read - 1])
                     .ok()

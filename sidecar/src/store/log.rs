@@ -172,21 +172,20 @@ impl EventLog {
             if n == 0 {
                 break;
             }
-            if buf.last() != Some(&b'\n') || buf.iter().all(|&b| b == 0 || b == b'\n') {
-                // A torn write, or zeros the file system left after a power loss. Zeros are cut
-                // only when everything after them is zeros too.
-                let mut rest = Vec::new();
-                reader.read_to_end(&mut rest)?;
-                if buf.last() != Some(&b'\n') || rest.iter().all(|&b| b == 0 || b == b'\n') {
+            match super::tail::classify(&buf, &mut reader)? {
+                super::tail::Line::Whole => {}
+                super::tail::Line::TornTail => {
                     tracing::warn!(path = %path.display(), offset, bytes = file_len - offset, "event log: cutting off a torn tail");
                     break;
                 }
-                corruption = Some(Corruption {
-                    line: lines + 1,
-                    offset,
-                    reason: "NUL bytes followed by more data".into(),
-                });
-                break;
+                super::tail::Line::NulThenData => {
+                    corruption = Some(Corruption {
+                        line: lines + 1,
+                        offset,
+                        reason: "NUL bytes followed by more data".into(),
+                    });
+                    break;
+                }
             }
             let text = std::str::from_utf8(&buf[..n - 1]);
             let parsed = text

@@ -6,3 +6,4 @@ pub mod inbox;
 pub mod log;
 pub mod mark;
 pub mod record;
+pub mod tail;

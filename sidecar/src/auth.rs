@@ -12,7 +12,14 @@
 //!   `nbf` (§4.1.5) is checked when present;
 //! * `aud` (§4.1.3) is required and must contain the configured audience when one is configured,
 //!   and is not looked at otherwise;
-//! * `sub` (§4.1.2) is required: it is the [`Principal`] that owns sessions.
+//! * `sub` (§4.1.2) is required: it is the [`Principal`] that owns sessions;
+//! * with [`TokenRules`] (`--jwt-issuer`, `--jwt-max-ttl`): `iss` (§4.1.1) must equal the
+//!   configured issuer, and a token may not live longer than the configured maximum (`exp - iat`
+//!   when `iat` is present, and `exp - now` beyond [`LEEWAY_SECS`]).
+//!
+//! A public key (`--jwt-public-key-file`) is accepted only together with an audience
+//! (`--jwt-audience`): a key pair's public half is typically shared by many verifiers, and the
+//! audience keeps a token minted for one of them from being replayed against another.
 //!
 //! An HS256 key file is read as its bytes with every trailing `\n` and `\r` removed, exactly as
 //! the operator reads the same key from the agent's Secret (so both sides agree on the key and on
@@ -98,13 +105,23 @@ pub enum AuthError {
     /// A claim is present but unacceptable (e.g. empty `sub`, non-numeric `exp`).
     #[error("token claim `{0}` is invalid")]
     InvalidClaim(&'static str),
+    /// An issuer is configured (`--jwt-issuer`) and the token's `iss` (RFC 7519 §4.1.1) differs.
+    #[error("token issuer does not match")]
+    WrongIssuer,
+    /// A maximum lifetime is configured (`--jwt-max-ttl`) and the token's `exp - iat`, or its
+    /// `exp - now` beyond the leeway, exceeds it.
+    #[error("token lifetime exceeds the maximum of {max_secs} seconds")]
+    LifetimeTooLong {
+        /// The configured maximum, seconds.
+        max_secs: u64,
+    },
 }
 
 impl AuthError {
     /// A stable snake_case code for API error bodies and metrics: `missing_token`,
     /// `invalid_authorization_header`, `invalid_token`, `token_expired`, `token_not_yet_valid`,
     /// `invalid_signature`, `invalid_audience`, `algorithm_not_allowed`, `missing_claim`,
-    /// `invalid_claim`.
+    /// `invalid_claim`, `invalid_issuer`, `token_lifetime_too_long`.
     pub fn code(&self) -> &'static str {
         match self {
             Self::MissingToken => "missing_token",
@@ -117,6 +134,8 @@ impl AuthError {
             Self::AlgorithmNotAllowed => "algorithm_not_allowed",
             Self::MissingClaim(_) => "missing_claim",
             Self::InvalidClaim(_) => "invalid_claim",
+            Self::WrongIssuer => "invalid_issuer",
+            Self::LifetimeTooLong { .. } => "token_lifetime_too_long",
         }
     }
 
@@ -182,6 +201,18 @@ pub enum AuthConfigError {
     /// The configured audience is empty.
     #[error("--jwt-audience must not be empty")]
     EmptyAudience,
+    /// A public key was given without an audience (see the module docs).
+    #[error(
+        "--jwt-public-key-file needs --jwt-audience: tokens checked with a public key must name \
+         this sidecar in `aud`"
+    )]
+    PublicKeyWithoutAudience,
+    /// The configured issuer is empty.
+    #[error("--jwt-issuer must not be empty")]
+    EmptyIssuer,
+    /// The configured maximum token lifetime is zero.
+    #[error("--jwt-max-ttl must be at least 1 second")]
+    ZeroMaxTtl,
     /// [`mint_hs256`] was asked for a token with an empty subject.
     #[error("token subject must not be empty")]
     EmptySubject,
@@ -207,7 +238,24 @@ enum Mode {
         alg: Algorithm,
         key: DecodingKey,
         validation: Box<Validation>,
+        /// `--jwt-max-ttl`, seconds.
+        max_ttl: Option<u64>,
     },
+}
+
+/// Claim checks beyond the signature, `exp`, `sub` and `aud`, applied with
+/// [`Authenticator::with_rules`] (settings `jwtIssuer`, `jwtMaxTtl`). The default checks nothing
+/// more.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TokenRules {
+    /// `--jwt-issuer`: tokens must carry exactly this `iss` (RFC 7519 §4.1.1); refused with
+    /// [`AuthError::MissingClaim`]`("iss")` or [`AuthError::WrongIssuer`].
+    pub issuer: Option<String>,
+    /// `--jwt-max-ttl`: the longest lifetime a token may have. A token is refused with
+    /// [`AuthError::LifetimeTooLong`] when `exp - iat` exceeds it (`iat` present), or when
+    /// `exp - now` exceeds it by more than [`LEEWAY_SECS`] (clock skew). `exp` is always
+    /// required. Whole seconds; at least 1.
+    pub max_ttl: Option<Duration>,
 }
 
 impl fmt::Debug for Authenticator {
@@ -226,11 +274,16 @@ impl fmt::Debug for Authenticator {
     }
 }
 
-/// The claims this module reads itself; `exp`/`nbf`/`aud` are checked by `jsonwebtoken`.
+/// The claims this module reads itself; `exp`/`nbf`/`aud`/`iss` are checked by `jsonwebtoken`
+/// (`exp` and `iat` are read again here for the maximum lifetime).
 #[derive(Deserialize)]
 struct Claims {
     #[serde(default)]
     sub: Option<String>,
+    #[serde(default)]
+    exp: Option<serde_json::Value>,
+    #[serde(default)]
+    iat: Option<serde_json::Value>,
 }
 
 impl Authenticator {
@@ -288,8 +341,44 @@ impl Authenticator {
     ) -> Result<Self, AuthConfigError> {
         match key_file_flag(secret_file, public_key_file, insecure_no_auth)? {
             None => Ok(Self::disabled()),
-            Some((flag, path)) => Ok(Self::from_key_file(flag, path, audience)?.0),
+            Some((flag, path)) => {
+                require_audience(flag, audience.as_deref())?;
+                Ok(Self::from_key_file(flag, path, audience)?.0)
+            }
         }
+    }
+
+    /// This authenticator with the extra claim checks of `rules` (replacing any set before).
+    /// A disabled authenticator stays disabled.
+    ///
+    /// # Errors
+    /// [`AuthConfigError::EmptyIssuer`], [`AuthConfigError::ZeroMaxTtl`].
+    pub fn with_rules(mut self, rules: &TokenRules) -> Result<Self, AuthConfigError> {
+        if rules.issuer.as_deref().is_some_and(|i| i.trim().is_empty()) {
+            return Err(AuthConfigError::EmptyIssuer);
+        }
+        if rules.max_ttl.is_some_and(|t| t.as_secs() == 0) {
+            return Err(AuthConfigError::ZeroMaxTtl);
+        }
+        if let Mode::Jwt {
+            validation,
+            max_ttl,
+            ..
+        } = &mut self.mode
+        {
+            match &rules.issuer {
+                Some(iss) => {
+                    validation.set_issuer(&[iss]);
+                    validation.required_spec_claims.insert("iss".to_owned());
+                }
+                None => {
+                    validation.iss = None;
+                    validation.required_spec_claims.remove("iss");
+                }
+            }
+            *max_ttl = rules.max_ttl.map(|t| t.as_secs());
+        }
+        Ok(self)
     }
 
     /// Reads the key file `path` that `flag` names and builds the authenticator of its kind (see
@@ -330,7 +419,7 @@ impl Authenticator {
     /// # Errors
     /// An [`AuthError`] for the first check that fails; see its variants.
     pub fn verify(&self, authorization: Option<&str>) -> Result<Principal, AuthError> {
-        let (alg, key, validation) = match &self.mode {
+        let (alg, key, validation, max_ttl) = match &self.mode {
             Mode::Disabled => {
                 return Ok(Principal {
                     subject: ANONYMOUS_SUBJECT.to_owned(),
@@ -340,12 +429,16 @@ impl Authenticator {
                 alg,
                 key,
                 validation,
-            } => (*alg, key, validation),
+                max_ttl,
+            } => (*alg, key, validation, *max_ttl),
         };
         let token = bearer_token(authorization)?;
         check_header(token, alg)?;
         let data = jsonwebtoken::decode::<Claims>(token, key, validation)
             .map_err(|e| map_jwt_error(e.kind()))?;
+        if let Some(max) = max_ttl {
+            check_lifetime(&data.claims, max, jsonwebtoken::get_current_timestamp())?;
+        }
         let subject = data.claims.sub.ok_or(AuthError::MissingClaim("sub"))?;
         if subject.trim().is_empty()
             || subject.len() > MAX_SUBJECT_LEN
@@ -395,6 +488,7 @@ impl Authenticator {
                 alg,
                 key,
                 validation: Box::new(validation),
+                max_ttl: None,
             },
         })
     }
@@ -441,6 +535,34 @@ pub fn mint_hs256(
         &EncodingKey::from_secret(secret),
     )
     .map_err(|_| AuthConfigError::Signing)
+}
+
+/// [`TokenRules::max_ttl`]: `exp - iat` at most `max` (when `iat` is present), and `exp - now` at
+/// most `max` plus [`LEEWAY_SECS`]. `exp` was already required and checked by `jsonwebtoken`.
+fn check_lifetime(claims: &Claims, max: u64, now: u64) -> Result<(), AuthError> {
+    let number = |v: &Option<serde_json::Value>, name: &'static str| match v {
+        None => Ok(None),
+        Some(v) => v.as_f64().map(Some).ok_or(AuthError::InvalidClaim(name)),
+    };
+    let exp = number(&claims.exp, "exp")?.ok_or(AuthError::MissingClaim("exp"))?;
+    let too_long = AuthError::LifetimeTooLong { max_secs: max };
+    if let Some(iat) = number(&claims.iat, "iat")?
+        && exp - iat > max as f64
+    {
+        return Err(too_long);
+    }
+    if exp - now as f64 > max.saturating_add(LEEWAY_SECS) as f64 {
+        return Err(too_long);
+    }
+    Ok(())
+}
+
+/// A public key needs an audience (see the module docs).
+fn require_audience(flag: &'static str, audience: Option<&str>) -> Result<(), AuthConfigError> {
+    if flag == PUBLIC_KEY_FLAG && audience.is_none() {
+        return Err(AuthConfigError::PublicKeyWithoutAudience);
+    }
+    Ok(())
 }
 
 fn alg_name(alg: Algorithm) -> &'static str {
@@ -558,6 +680,7 @@ fn claim_name(name: &str) -> &'static str {
         "aud" => "aud",
         "nbf" => "nbf",
         "iss" => "iss",
+        "iat" => "iat",
         _ => "unknown",
     }
 }
@@ -568,6 +691,7 @@ fn map_jwt_error(kind: &ErrorKind) -> AuthError {
         ErrorKind::ExpiredSignature => AuthError::Expired,
         ErrorKind::ImmatureSignature => AuthError::NotYetValid,
         ErrorKind::InvalidAudience => AuthError::WrongAudience,
+        ErrorKind::InvalidIssuer => AuthError::WrongIssuer,
         ErrorKind::InvalidAlgorithm
         | ErrorKind::MissingAlgorithm
         | ErrorKind::UnsupportedAlgorithm
@@ -803,6 +927,118 @@ mod tests {
         let auth = hs_auth(Some("codex-sidecar"));
         let token = hs(serde_json::json!({"sub": "a", "exp": now() + 600}));
         assert_eq!(check(&auth, &token), Err(AuthError::MissingClaim("aud")));
+    }
+
+    fn ruled(issuer: Option<&str>, max_ttl: Option<u64>) -> Authenticator {
+        hs_auth(None)
+            .with_rules(&TokenRules {
+                issuer: issuer.map(str::to_owned),
+                max_ttl: max_ttl.map(Duration::from_secs),
+            })
+            .expect("rules")
+    }
+
+    #[test]
+    fn issuer_is_checked_when_configured() {
+        let auth = ruled(Some("https://issuer.example"), None);
+        let ok =
+            hs(serde_json::json!({"sub": "a", "exp": now() + 60, "iss": "https://issuer.example"}));
+        assert_eq!(check(&auth, &ok).map(|p| p.subject), Ok("a".into()));
+        let other =
+            hs(serde_json::json!({"sub": "a", "exp": now() + 60, "iss": "https://evil.example"}));
+        let err = check(&auth, &other).expect_err("wrong iss");
+        assert_eq!(
+            (err.clone(), err.code()),
+            (AuthError::WrongIssuer, "invalid_issuer")
+        );
+        let none = hs(serde_json::json!({"sub": "a", "exp": now() + 60}));
+        let err = check(&auth, &none).expect_err("no iss");
+        assert_eq!(
+            (err.clone(), err.code()),
+            (AuthError::MissingClaim("iss"), "missing_claim")
+        );
+        // Without the rule, `iss` is not looked at.
+        assert!(check(&hs_auth(None), &other).is_ok());
+    }
+
+    #[test]
+    fn max_ttl_refuses_long_lived_tokens() {
+        let auth = ruled(None, Some(300));
+        let t = now();
+        let ok = hs(serde_json::json!({"sub": "a", "iat": t, "exp": t + 300}));
+        assert!(check(&auth, &ok).is_ok(), "exactly the maximum is fine");
+        // No iat: the remaining lifetime counts, with the clock-skew leeway.
+        let ok = hs(serde_json::json!({"sub": "a", "exp": t + 300 + LEEWAY_SECS - 5}));
+        assert!(check(&auth, &ok).is_ok());
+        for claims in [
+            serde_json::json!({"sub": "a", "iat": t, "exp": t + 301}),
+            // A token issued long ago whose exp is near: exp - iat still counts.
+            serde_json::json!({"sub": "a", "iat": t - 86_400, "exp": t + 10}),
+            serde_json::json!({"sub": "a", "exp": t + 86_400}),
+            // A backdated iat cannot hide a far exp: exp - now counts too.
+            serde_json::json!({"sub": "a", "iat": t + 86_000, "exp": t + 86_100}),
+        ] {
+            let err = check(&auth, &hs(claims.clone())).expect_err("too long");
+            assert_eq!(
+                err,
+                AuthError::LifetimeTooLong { max_secs: 300 },
+                "{claims}"
+            );
+            assert_eq!(err.code(), "token_lifetime_too_long");
+            assert!(err.to_string().contains("300 seconds"), "{err}");
+        }
+        let bad_iat = hs(serde_json::json!({"sub": "a", "iat": "yesterday", "exp": t + 10}));
+        assert_eq!(check(&auth, &bad_iat), Err(AuthError::InvalidClaim("iat")));
+        // exp stays required.
+        let no_exp = hs(serde_json::json!({"sub": "a", "iat": t}));
+        assert_eq!(check(&auth, &no_exp), Err(AuthError::MissingClaim("exp")));
+        // Without the rule, a day-long token is fine.
+        let long = hs(serde_json::json!({"sub": "a", "iat": t, "exp": t + 86_400}));
+        assert!(check(&hs_auth(None), &long).is_ok());
+    }
+
+    #[test]
+    fn bad_rules_are_config_errors() {
+        let rules = |issuer: Option<&str>, secs: Option<u64>| TokenRules {
+            issuer: issuer.map(str::to_owned),
+            max_ttl: secs.map(Duration::from_secs),
+        };
+        assert!(matches!(
+            hs_auth(None).with_rules(&rules(Some(" "), None)),
+            Err(AuthConfigError::EmptyIssuer)
+        ));
+        assert!(matches!(
+            hs_auth(None).with_rules(&rules(None, Some(0))),
+            Err(AuthConfigError::ZeroMaxTtl)
+        ));
+        assert!(
+            Authenticator::disabled()
+                .with_rules(&rules(Some("i"), Some(5)))
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn a_public_key_file_needs_an_audience() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("jwt.pub");
+        std::fs::write(&path, EC_PUBLIC).expect("write");
+        let err = Authenticator::from_files(None, Some(&path), None, false).expect_err("no aud");
+        assert!(matches!(err, AuthConfigError::PublicKeyWithoutAudience));
+        assert!(err.to_string().contains("--jwt-audience"), "{err}");
+        let auth = Authenticator::from_files(None, Some(&path), Some("api".into()), false)
+            .expect("with aud");
+        let key = EncodingKey::from_ec_pem(EC_PRIVATE).expect("ec");
+        let token = sign(
+            Algorithm::ES256,
+            &key,
+            serde_json::json!({"sub": "a", "exp": now() + 60, "aud": "api"}),
+        );
+        assert!(check(&auth, &token).is_ok());
+        // A shared secret keeps working without one.
+        let secret = dir.path().join("jwt.key");
+        std::fs::write(&secret, SECRET).expect("write");
+        assert!(Authenticator::from_files(Some(&secret), None, None, false).is_ok());
     }
 
     #[test]
@@ -1147,7 +1383,8 @@ mod tests {
         let token = hs(serde_json::json!({"sub": "alice", "exp": now() + 600}));
         assert!(check(&auth, &token).is_ok());
 
-        let auth = Authenticator::from_files(None, Some(&pub_path), None, false).expect("rs");
+        let auth = Authenticator::from_files(None, Some(&pub_path), Some("api".into()), false)
+            .expect("rs");
         assert_eq!(auth.algorithm(), Some("RS256"));
 
         let auth = Authenticator::from_files(None, None, None, true).expect("disabled");
@@ -1189,8 +1426,8 @@ mod tests {
         );
         assert!(!msg.contains("hunter2"), "{msg}");
 
-        let err =
-            Authenticator::from_files(None, Some(&secret_path), None, false).expect_err("bad pem");
+        let err = Authenticator::from_files(None, Some(&secret_path), Some("api".into()), false)
+            .expect_err("bad pem");
         let msg = err.to_string();
         assert_eq!(
             msg,

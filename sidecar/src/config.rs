@@ -308,6 +308,12 @@ impl Config {
             p.insecure_no_auth,
             jwt_key_overlap,
         )
+        .and_then(|ring| {
+            ring.with_rules(crate::auth::TokenRules {
+                issuer: a.jwt_issuer.clone(),
+                max_ttl: a.jwt_max_ttl.map(Duration::from_secs),
+            })
+        })
         .map_err(|e| bad("API authentication", e.to_string()))?;
 
         let state_dir = match p.state_dir {

@@ -519,6 +519,7 @@ mod tests {
             "listen = \"127.0.0.1:9000\"\ncompactAtTokens = 100\nturn-timeout = 5\n\
              provider = \"custom\"\nproviderBaseUrl = \"http://127.0.0.1:1/v1\"\n\
              jwtKeyReloadInterval = 2\njwt-key-overlap = 60\n\
+             jwtIssuer = \"https://issuer.example\"\njwt-max-ttl = 900\n\
              [mcpServers.files]\ncommand = \"mcp-files\"\nargs = [\"--root\", \"/w\"]\n",
         )
         .expect("parses");
@@ -528,6 +529,11 @@ mod tests {
         assert_eq!(file.agent.provider, Some(ProviderKind::Custom));
         assert_eq!(file.paths.jwt_key_reload_interval, Some(2));
         assert_eq!(file.paths.jwt_key_overlap, Some(60));
+        assert_eq!(
+            file.agent.jwt_issuer.as_deref(),
+            Some("https://issuer.example")
+        );
+        assert_eq!(file.agent.jwt_max_ttl, Some(900));
         assert_eq!(file.agent.mcp_servers["files"].args, vec!["--root", "/w"]);
     }
 

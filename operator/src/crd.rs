@@ -3,7 +3,8 @@
 //! One `CodexAgent` is one Codex agent: a pod running `codex-sidecar` (the HTTP API in front of
 //! `codex app-server`), optionally a local model server in the same pod, a Service on port 8080, a
 //! ConfigMap with the sidecar's config file, a PVC for sessions and the workspace and, unless the
-//! user brings one, a Secret with the HS256 key for the API's JWTs.
+//! user brings one, a Secret with the key for the API's JWTs (a generated ES256 pair, or the
+//! user's HS256 secret).
 //!
 //! Doc comments on the spec types become the CRD's OpenAPI descriptions (`kubectl explain
 //! codexagent.spec...`). Rules that the API server enforces at `kubectl apply` time are written
@@ -414,14 +415,18 @@ fn default_storage_size() -> String {
     DEFAULT_STORAGE_SIZE.to_string()
 }
 
-/// Authentication of the agent's HTTP API (HS256 JWTs, docs/sidecar-contract.md).
+/// Authentication of the agent's HTTP API (JWTs, docs/sidecar-contract.md): ES256 with a
+/// generated key pair, or HS256 with a secret the user brings.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AuthSpec {
-    /// A Secret key holding the HS256 signing key; the Secret must carry the label
-    /// `agents.codex-operator.dev/allow-use: "true"`. Absent: the operator creates the Secret
-    /// `<name>-jwt` (key `jwt.key`, 32 random bytes hex-encoded) once and never overwrites it
-    /// (that one needs no label).
+    /// A Secret key holding an HS256 signing key (at least 32 bytes), mounted into the pod; the
+    /// Secret must carry the label `agents.codex-operator.dev/allow-use: "true"`. Absent: the
+    /// operator creates the Secret `<name>-jwt` once and never overwrites it (that one needs no
+    /// label) with an ES256 key pair: `jwt.key` the private key (PKCS#8 PEM) clients sign with,
+    /// `jwt.pub` the public key (SPKI PEM), the only half the pod mounts. Tokens for it carry
+    /// `aud` = `sidecar.jwtAudience`, default `codex-sidecar`. A generated Secret from before
+    /// ES256 (only an HS256 `jwt.key`) keeps working as it is until it is deleted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwt_secret_ref: Option<SecretKeyRef>,
 }
@@ -460,7 +465,8 @@ pub struct CodexAgentStatus {
     /// `metadata.generation` this status was computed from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Name of the Secret holding the API's HS256 key (generated or `auth.jwtSecretRef`).
+    /// Name of the Secret holding the API's signing key: the generated `<name>-jwt` (ES256 pair,
+    /// keys `jwt.key` and `jwt.pub`) or `auth.jwtSecretRef`'s (HS256).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwt_secret_name: Option<String>,
     /// Conditions (metav1.Condition): Ready, PodScheduled, ModelReady, GPUVerified, Suspended.
@@ -554,8 +560,9 @@ impl CodexAgentSpec {
         Ok(())
     }
 
-    /// The Secret and key holding the API's HS256 key: `auth.jwtSecretRef`, or the generated
-    /// `<agent>-jwt` / `jwt.key`.
+    /// The Secret and key holding the API's signing key: `auth.jwtSecretRef` (HS256), or the
+    /// generated `<agent>-jwt` / `jwt.key` (the ES256 private key; its public key is
+    /// [`crate::api_key::GENERATED_JWT_PUBLIC_KEY`]).
     pub fn jwt_secret(&self, agent_name: &str) -> SecretKeyRef {
         self.auth
             .jwt_secret_ref
@@ -567,7 +574,8 @@ impl CodexAgentSpec {
     }
 }
 
-/// Data key of the generated JWT Secret.
+/// Data key of the generated JWT Secret's private key (an HS256 secret in Secrets from before
+/// ES256).
 pub const GENERATED_JWT_KEY: &str = "jwt.key";
 
 /// The CRD as YAML, exactly what `codex-operator crd` prints and `manifests/crd.yaml` holds.

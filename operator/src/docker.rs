@@ -18,10 +18,13 @@
 //! containers and keeps the volumes.
 //!
 //! Secrets: a `SecretKeyRef {name, key}` is read from the file `<secrets dir>/<name>/<key>`
-//! (`CODEX_OPERATOR_SECRETS_DIR`, default `<data dir>/secrets`). The generated JWT key lives in
-//! `<data dir>/<agent>/jwt.key` (`CODEX_OPERATOR_DOCKER_DIR`, default
-//! `$XDG_STATE_HOME/codex-operator/docker` or `~/.local/state/codex-operator/docker`); it is
-//! created once and never overwritten.
+//! (`CODEX_OPERATOR_SECRETS_DIR`, default `<data dir>/secrets`). The generated API key is an
+//! ES256 pair (see [`crate::api_key`]) in `<data dir>/<agent>/` (`CODEX_OPERATOR_DOCKER_DIR`,
+//! default `$XDG_STATE_HOME/codex-operator/docker` or `~/.local/state/codex-operator/docker`):
+//! `jwt.key`, the private key clients sign with (mode 0600, created once, never overwritten and
+//! never copied into a container), and `jwt.pub`, its public key, the only half the sidecar
+//! container gets (`--jwt-public-key-file`). A `jwt.key` from before ES256 (an HS256 secret) is
+//! kept and used as it is until it is deleted.
 //!
 //! bollard defaults to API 1.53, which older daemons (dockerd 20.10 speaks 1.41) refuse on
 //! versioned paths, so every connection calls `negotiate_version()`.
@@ -40,6 +43,7 @@ use bollard::query_parameters::{
     UploadToContainerOptionsBuilder,
 };
 
+use crate::api_key::{GENERATED_JWT_PUBLIC_KEY, PodKey, SigningKey};
 use crate::crd::{
     CodexAgent, GENERATED_JWT_KEY, GpuSpec, ProviderType, SIDECAR_PORT, SecretKeyRef,
 };
@@ -91,8 +95,14 @@ pub enum DockerError {
         path: PathBuf,
     },
     /// The OS random source failed.
-    #[error("generating the JWT key: {0}")]
-    Random(getrandom::Error),
+    #[error(transparent)]
+    Random(#[from] crate::api_key::GenerateError),
+    /// The generated `jwt.key` holds a PEM text that is not a P-256 private key.
+    #[error("{}: not a P-256 private key in PEM (PKCS#8); delete it to generate a new pair", path.display())]
+    BadJwtKey {
+        /// The key file.
+        path: PathBuf,
+    },
     /// The JWT key file is too short to sign with (the sidecar refuses it too).
     #[error(
         "the JWT key in {path} has {len} bytes (trailing newlines removed); at least {min} are needed"
@@ -119,7 +129,7 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DockerError + '_ {
 pub struct DockerOptions {
     /// Sidecar image when the spec has none.
     pub sidecar_image: String,
-    /// Holds `<agent>/jwt.key` (generated keys).
+    /// Holds `<agent>/jwt.key` and `<agent>/jwt.pub` (generated keys).
     pub data_dir: PathBuf,
     /// Holds `<secret>/<key>` files for `SecretKeyRef`s.
     pub secrets_dir: PathBuf,
@@ -216,8 +226,14 @@ pub struct ApplyReport {
     pub removed: Vec<String>,
     /// `http://127.0.0.1:<port>` of the sidecar, when it runs.
     pub endpoint: Option<String>,
-    /// File holding the API's HS256 key.
+    /// File holding the key clients sign API tokens with: the generated ES256 private key, or
+    /// the HS256 secret.
     pub jwt_key_file: PathBuf,
+    /// File holding the generated key pair's public key (what the container got); `None` with
+    /// an HS256 secret.
+    pub jwt_public_key_file: Option<PathBuf>,
+    /// The `aud` the sidecar requires, when it requires one.
+    pub jwt_audience: Option<String>,
 }
 
 /// Connects with DOCKER_HOST (or the local socket) and negotiates the API version.
@@ -261,6 +277,12 @@ pub async fn apply_file(path: &Path) -> Result<(), DockerError> {
         println!("endpoint  {e}");
     }
     println!("jwt key   {}", report.jwt_key_file.display());
+    if let Some(p) = &report.jwt_public_key_file {
+        println!("jwt pub   {}", p.display());
+    }
+    if let Some(a) = &report.jwt_audience {
+        println!("jwt aud   {a}");
+    }
     Ok(())
 }
 
@@ -291,21 +313,38 @@ fn read_secret(opts: &DockerOptions, r: &SecretKeyRef) -> Result<Vec<u8>, Docker
     })
 }
 
-/// The JWT key: `auth.jwtSecretRef`'s file, or `<data dir>/<agent>/jwt.key`, created once
-/// (exclusive create, mode 0600) and never overwritten. Returns (key bytes with trailing
-/// newlines removed, as the sidecar reads them; file).
+/// The agent's API key on this host, as [`jwt_key`] found it.
+#[derive(Debug, Clone)]
+pub struct JwtKey {
+    /// What signs tokens (the operator's and the clients').
+    pub signing: SigningKey,
+    /// The bytes the sidecar container gets: the public key PEM, or the HS256 secret.
+    pub mounted: Vec<u8>,
+    /// The file clients sign with (`jwt.key`, or `auth.jwtSecretRef`'s file).
+    pub file: PathBuf,
+    /// The public key's file (`jwt.pub`), for a generated pair.
+    pub public_file: Option<PathBuf>,
+}
+
+impl JwtKey {
+    /// How the container verifies tokens.
+    pub fn pod_key(&self) -> PodKey {
+        self.signing.pod_key()
+    }
+}
+
+/// The JWT key: `auth.jwtSecretRef`'s file (HS256), or the generated pair in
+/// `<data dir>/<agent>/` (see the module docs): `jwt.key` created once (exclusive create, mode
+/// 0600) and never overwritten, `jwt.pub` (re)written from it. A `jwt.key` that is not PEM is an
+/// HS256 secret from before ES256 and is used as such.
 ///
 /// # Errors
-/// I/O errors, a missing secret file, a random source failure, or a key shorter than
+/// I/O errors, a missing secret file, a random source failure, a PEM `jwt.key` that is not a
+/// P-256 private key ([`DockerError::BadJwtKey`]), or an HS256 key shorter than
 /// [`crate::reconcile::MIN_JWT_KEY_LEN`] bytes ([`DockerError::WeakJwtKey`]).
-pub fn jwt_key(
-    agent: &CodexAgent,
-    opts: &DockerOptions,
-) -> Result<(Vec<u8>, PathBuf), DockerError> {
-    if let Some(r) = &agent.spec.auth.jwt_secret_ref {
-        let path = opts.secrets_dir.join(&r.name).join(&r.key);
-        let key = crate::reconcile::trim_key(read_secret(opts, r)?);
-        let min = crate::reconcile::MIN_JWT_KEY_LEN;
+pub fn jwt_key(agent: &CodexAgent, opts: &DockerOptions) -> Result<JwtKey, DockerError> {
+    let min = crate::reconcile::MIN_JWT_KEY_LEN;
+    let hs256 = |key: Vec<u8>, path: PathBuf| {
         if key.len() < min {
             return Err(DockerError::WeakJwtKey {
                 path,
@@ -313,25 +352,57 @@ pub fn jwt_key(
                 min,
             });
         }
-        return Ok((key, path));
+        Ok(JwtKey {
+            signing: SigningKey::Hs256(key.clone()),
+            mounted: key,
+            file: path,
+            public_file: None,
+        })
+    };
+    if let Some(r) = &agent.spec.auth.jwt_secret_ref {
+        let path = opts.secrets_dir.join(&r.name).join(&r.key);
+        return hs256(crate::reconcile::trim_key(read_secret(opts, r)?), path);
     }
     let dir = opts
         .data_dir
         .join(agent.metadata.name.clone().unwrap_or_default());
     std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
     let path = dir.join(GENERATED_JWT_KEY);
-    let key = resources::random_jwt_key().map_err(DockerError::Random)?;
-    let mut open = std::fs::OpenOptions::new();
-    open.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut open, 0o600);
-    match open.open(&path) {
-        Ok(mut f) => f.write_all(key.as_bytes()).map_err(io_err(&path))?,
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(DockerError::Io { path, source: e }),
+    if !path.exists() {
+        let pair = crate::api_key::generate_es256()?;
+        let mut open = std::fs::OpenOptions::new();
+        open.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut open, 0o600);
+        match open.open(&path) {
+            Ok(mut f) => f
+                .write_all(pair.private_pem.as_bytes())
+                .map_err(io_err(&path))?,
+            // Another apply created it first: use theirs.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(DockerError::Io { path, source: e }),
+        }
     }
-    let bytes = crate::reconcile::trim_key(std::fs::read(&path).map_err(io_err(&path))?);
-    Ok((bytes, path))
+    let bytes = std::fs::read(&path).map_err(io_err(&path))?;
+    if !bytes.starts_with(b"-----BEGIN") {
+        return hs256(crate::reconcile::trim_key(bytes), path);
+    }
+    let public = std::str::from_utf8(&bytes)
+        .ok()
+        .and_then(|pem| rcgen::KeyPair::from_pem(pem).ok())
+        .filter(|k| k.algorithm() == &rcgen::PKCS_ECDSA_P256_SHA256)
+        .map(|k| k.public_key_pem())
+        .ok_or_else(|| DockerError::BadJwtKey { path: path.clone() })?;
+    let public_file = dir.join(GENERATED_JWT_PUBLIC_KEY);
+    if std::fs::read(&public_file).ok().as_deref() != Some(public.as_bytes()) {
+        std::fs::write(&public_file, &public).map_err(io_err(&public_file))?;
+    }
+    Ok(JwtKey {
+        signing: SigningKey::Es256(bytes),
+        mounted: public.into_bytes(),
+        file: path,
+        public_file: Some(public_file),
+    })
 }
 
 fn labels(agent: &str, hash: &str) -> HashMap<String, String> {
@@ -383,7 +454,7 @@ fn finish(
 pub fn plan(
     agent: &CodexAgent,
     opts: &DockerOptions,
-    jwt: &[u8],
+    jwt: &JwtKey,
 ) -> Result<(ContainerPlan, Option<ContainerPlan>), DockerError> {
     agent.spec.validate().map_err(resources::BuildError::from)?;
     let name = agent
@@ -393,9 +464,9 @@ pub fn plan(
         .ok_or(resources::BuildError::MissingMetadata("name"))?;
     let names = Names::new(&name);
     let spec = &agent.spec;
-    let settings = resources::sidecar_settings(spec);
+    let settings = resources::sidecar_settings_for(spec, jwt.pod_key());
     let toml = settings.to_toml().map_err(resources::BuildError::from)?;
-    let jwt_ref = spec.jwt_secret(&name);
+    let jwt_item = resources::pod_key_item(spec, &name, jwt.pod_key());
     let mut files = vec![
         UploadFile {
             path: CONFIG_PATH.into(),
@@ -403,8 +474,9 @@ pub fn plan(
             mode: 0o444,
         },
         UploadFile {
-            path: format!("{JWT_DIR}/{}", jwt_ref.key),
-            contents: jwt.to_vec(),
+            // Only what the sidecar verifies with: the public key of a generated pair.
+            path: format!("{JWT_DIR}/{jwt_item}"),
+            contents: jwt.mounted.clone(),
             mode: 0o400,
         },
     ];
@@ -643,12 +715,14 @@ pub async fn apply(
     agent: &CodexAgent,
     opts: &DockerOptions,
 ) -> Result<ApplyReport, DockerError> {
-    let (jwt, jwt_key_file) = jwt_key(agent, opts)?;
+    let jwt = jwt_key(agent, opts)?;
     let (sidecar, model) = plan(agent, opts, &jwt)?;
     let name = agent.metadata.name.clone().unwrap_or_default();
     let names = Names::new(&name);
     let mut report = ApplyReport {
-        jwt_key_file,
+        jwt_audience: resources::audience(&agent.spec, jwt.pod_key()),
+        jwt_key_file: jwt.file,
+        jwt_public_key_file: jwt.public_file,
         ..ApplyReport::default()
     };
     let object_labels = HashMap::from([

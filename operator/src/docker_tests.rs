@@ -1,7 +1,7 @@
 //! Docker runtime tests: the plan (pure) and, when a daemon is reachable, a real
 //! apply / re-apply / change / suspend / delete cycle against dockerd.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bollard::query_parameters::CreateImageOptionsBuilder;
@@ -35,7 +35,7 @@ fn plan_gives_gpus_to_the_right_container_and_shares_the_network_namespace() {
         json!({"model": "m", "provider": {"type": "custom", "baseUrl": "http://gw/v1"},
         "gpu": {"count": 2}}),
     );
-    let (sidecar, model) = plan(&gpu_sidecar, &o, b"k").expect("plan");
+    let (sidecar, model) = plan(&gpu_sidecar, &o, &hs256_key()).expect("plan");
     assert!(model.is_none());
     let dr = sidecar
         .body
@@ -72,7 +72,7 @@ fn plan_gives_gpus_to_the_right_container_and_shares_the_network_namespace() {
         json!({"model": "gpt-oss:20b", "provider": {"type": "local", "local": {"engine": "ollama"}},
         "gpu": {"count": 1}}),
     );
-    let (sidecar, model) = plan(&local, &o, b"k").expect("plan");
+    let (sidecar, model) = plan(&local, &o, &hs256_key()).expect("plan");
     let model = model.expect("model server");
     assert!(
         sidecar
@@ -112,16 +112,19 @@ fn plan_refuses_invalid_specs_and_missing_secret_files() {
         "a1",
         json!({"model": "m", "provider": {"type": "local", "local": {"engine": "other", "port": 9000}}}),
     );
-    assert!(matches!(plan(&bad, &o, b"k"), Err(DockerError::Build(_))));
+    assert!(matches!(
+        plan(&bad, &o, &hs256_key()),
+        Err(DockerError::Build(_))
+    ));
     let missing = agent(
         "a1",
         json!({"model": "m", "provider": {"type": "openai", "apiKeySecretRef": {"name": "openai", "key": "key"}}}),
     );
-    let err = plan(&missing, &o, b"k").expect_err("missing secret");
+    let err = plan(&missing, &o, &hs256_key()).expect_err("missing secret");
     assert!(err.to_string().contains("secrets/openai/key"), "{err}");
     std::fs::create_dir_all(o.secrets_dir.join("openai")).expect("mkdir");
     std::fs::write(o.secrets_dir.join("openai/key"), "sk-test\n").expect("write");
-    let (sidecar, _) = plan(&missing, &o, b"k").expect("plan");
+    let (sidecar, _) = plan(&missing, &o, &hs256_key()).expect("plan");
     assert!(
         sidecar
             .files
@@ -153,32 +156,142 @@ fn a_user_jwt_key_is_read_like_the_sidecar_reads_it_and_a_short_one_is_refused()
         "the key is not in the message: {text}"
     );
     std::fs::write(&file, "k".repeat(32) + "\n").expect("write");
-    let (key, _) = jwt_key(&a, &o).expect("32 bytes are enough");
+    let key = jwt_key(&a, &o).expect("32 bytes are enough");
+    assert_eq!(key.public_file, None);
     assert_eq!(
-        key,
+        key.signing,
+        crate::api_key::SigningKey::Hs256("k".repeat(32).into_bytes())
+    );
+    assert_eq!(
+        key.mounted,
         "k".repeat(32).into_bytes(),
         "the trailing newline is not part of the key"
     );
 }
 
+/// An HS256 key as a `jwtSecretRef` (or a generated key from before ES256) gives.
+fn hs256_key() -> JwtKey {
+    JwtKey {
+        signing: crate::api_key::SigningKey::Hs256(b"k".to_vec()),
+        mounted: b"k".to_vec(),
+        file: PathBuf::from("k"),
+        public_file: None,
+    }
+}
+
 #[test]
-fn generated_jwt_key_is_created_once_and_kept() {
+fn generated_jwt_key_is_an_es256_pair_created_once_and_only_its_public_half_is_uploaded() {
     let dir = tempfile::tempdir().expect("tempdir");
     let o = opts(dir.path());
     let a = agent(
         "a1",
         json!({"model": "m", "provider": {"type": "custom", "baseUrl": "http://gw/v1"}}),
     );
-    let (k1, path) = jwt_key(&a, &o).expect("key");
-    let (k2, _) = jwt_key(&a, &o).expect("key");
-    assert_eq!(k1, k2, "never overwritten");
-    assert_eq!(k1.len(), 64);
+    let k1 = jwt_key(&a, &o).expect("key");
+    let k2 = jwt_key(&a, &o).expect("key");
+    assert_eq!(k1.signing, k2.signing, "never overwritten");
+    assert_eq!(k1.file, o.data_dir.join("a1").join("jwt.key"));
+    let private = std::fs::read_to_string(&k1.file).expect("private key");
+    assert!(
+        private.starts_with("-----BEGIN PRIVATE KEY-----"),
+        "{}",
+        &private[..30]
+    );
+    let public_file = k1.public_file.clone().expect("jwt.pub");
+    let public = std::fs::read(&public_file).expect("public key");
+    assert_eq!(public, k1.mounted, "the container gets jwt.pub");
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(&path).expect("meta").permissions().mode() & 0o777;
+        let mode = std::fs::metadata(&k1.file)
+            .expect("meta")
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(mode, 0o600);
     }
+    // Tokens signed with jwt.key verify with what the container gets.
+    let token = crate::probe::mint_token(&k1.signing, Some("codex-sidecar")).expect("mint");
+    let verifier = codex_sidecar::auth::Authenticator::public_key_pem(
+        &k1.mounted,
+        Some("codex-sidecar".into()),
+    )
+    .expect("public key");
+    assert!(verifier.verify(Some(&format!("Bearer {token}"))).is_ok());
+
+    let (sidecar, _) = plan(&a, &o, &k1).expect("plan");
+    let uploaded: Vec<&str> = sidecar.files.iter().map(|f| f.path.as_str()).collect();
+    assert!(
+        uploaded.contains(&"/etc/codex-sidecar/jwt/jwt.pub"),
+        "{uploaded:?}"
+    );
+    assert!(
+        !uploaded.contains(&"/etc/codex-sidecar/jwt/jwt.key"),
+        "{uploaded:?}"
+    );
+    let marker = private.lines().nth(1).expect("a base64 line");
+    for f in &sidecar.files {
+        assert!(
+            !String::from_utf8_lossy(&f.contents).contains(marker),
+            "{} holds the private key",
+            f.path
+        );
+    }
+    let config = sidecar
+        .files
+        .iter()
+        .find(|f| f.path == CONFIG_PATH)
+        .expect("config");
+    let parsed = codex_sidecar::settings::ServeSettings::from_toml(
+        std::str::from_utf8(&config.contents).expect("utf8"),
+    )
+    .expect("parses");
+    assert_eq!(
+        parsed.paths.jwt_public_key_file.as_deref(),
+        Some(Path::new("/etc/codex-sidecar/jwt/jwt.pub"))
+    );
+    assert_eq!(parsed.paths.jwt_secret_file, None);
+    assert_eq!(parsed.agent.jwt_audience.as_deref(), Some("codex-sidecar"));
+
+    // A deleted jwt.pub is written again from jwt.key (same pair).
+    std::fs::remove_file(&public_file).expect("rm");
+    assert_eq!(jwt_key(&a, &o).expect("key").mounted, public);
+}
+
+#[test]
+fn a_generated_hs256_key_from_before_es256_keeps_working() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let o = opts(dir.path());
+    let a = agent(
+        "a1",
+        json!({"model": "m", "provider": {"type": "custom", "baseUrl": "http://gw/v1"}}),
+    );
+    let file = o.data_dir.join("a1").join("jwt.key");
+    std::fs::create_dir_all(file.parent().expect("parent")).expect("mkdir");
+    std::fs::write(&file, "ab".repeat(32)).expect("write");
+    let key = jwt_key(&a, &o).expect("key");
+    assert_eq!(
+        key.signing,
+        crate::api_key::SigningKey::Hs256("ab".repeat(32).into_bytes())
+    );
+    assert_eq!(key.public_file, None);
+    assert_eq!(
+        std::fs::read_to_string(&file).expect("kept"),
+        "ab".repeat(32)
+    );
+    let (sidecar, _) = plan(&a, &o, &key).expect("plan");
+    assert!(
+        sidecar
+            .files
+            .iter()
+            .any(|f| f.path == "/etc/codex-sidecar/jwt/jwt.key")
+    );
+    // A PEM that is not a P-256 private key is refused, not used as an HMAC secret.
+    std::fs::write(&file, "-----BEGIN PRIVATE KEY-----\ngarbage\n").expect("write");
+    assert!(matches!(
+        jwt_key(&a, &o),
+        Err(DockerError::BadJwtKey { .. })
+    ));
 }
 
 /// Builds a tiny image from this host's `/bin/sh` and `sleep` (plus the libraries `ldd` lists)
@@ -188,7 +301,8 @@ async fn fake_sidecar_image(docker: &Docker, reference: &str) -> Result<(), Stri
     let script = "#!/bin/sh\n\
         if [ \"$1\" = serve ]; then\n\
           [ -r \"$3\" ] || { echo \"config $3 missing\" >&2; exit 3; }\n\
-          [ -r /etc/codex-sidecar/jwt/jwt.key ] || { echo 'jwt key missing' >&2; exit 4; }\n\
+          [ -r /etc/codex-sidecar/jwt/jwt.pub ] || { echo 'jwt public key missing' >&2; exit 4; }\n\
+          [ ! -e /etc/codex-sidecar/jwt/jwt.key ] || { echo 'private key in the container' >&2; exit 6; }\n\
           : > /var/lib/codex-sidecar/probe || { echo 'state dir not writable' >&2; exit 5; }\n\
         fi\n\
         exec sleep 3600\n";

@@ -3,9 +3,10 @@
 //!
 //! Modules, one job each:
 //! - [`crd`]: the custom resource types, their schema validation and the CRD YAML.
+//! - [`api_key`]: the API signing key (a generated ES256 pair, or an HS256 secret).
 //! - [`resources`]: desired child objects (Pod, Service, ConfigMap, PVC, JWT Secret).
 //! - [`status`]: status and conditions from observed objects.
-//! - [`probe`]: the sidecar `/v1/status` GPU check with a short-lived HS256 JWT.
+//! - [`probe`]: the sidecar `/v1/status` GPU check with a short-lived JWT.
 //! - [`reconcile`]: the controller and its reconcile/error policy.
 //! - [`platform`]: platform-dependent pod settings (`--fs-group`, OpenShift detection).
 //! - [`lease`]: leader election on a coordination.k8s.io Lease.
@@ -14,6 +15,7 @@
 
 #![warn(missing_docs)]
 
+pub mod api_key;
 pub mod controller;
 pub mod crd;
 pub mod docker;

@@ -3,8 +3,10 @@
 //! the model), and whether codex's command sandbox works in its container; and draining it
 //! before its pod is replaced (`POST`/`DELETE /v1/drain`, see [`crate::rollout`]).
 //!
-//! The request carries a short-lived HS256 JWT minted from the agent's own key (claims `sub`,
-//! `iat`, `exp` 60 s ahead, and `aud` when the agent sets `jwtAudience`). The fetch is behind the
+//! The request carries a short-lived JWT minted from the agent's own key (ES256 with the
+//! generated key pair's private key, HS256 with an `auth.jwtSecretRef` secret; claims `sub`,
+//! `iat`, `exp` 60 s ahead, and `aud`: the agent's `jwtAudience`, or the default audience of a
+//! key pair, see [`crate::resources::audience`]). The fetch is behind the
 //! [`SidecarProbe`] trait so reconciler tests can fake it.
 //!
 //! During a key rotation the operator reads the new key from the Secret at once, while the pod
@@ -19,6 +21,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
+
+use crate::api_key::SigningKey;
 
 /// Lifetime of a probe token.
 pub const TOKEN_TTL: Duration = Duration::from_secs(60);
@@ -206,9 +210,9 @@ pub struct DrainReport {
 pub struct ProbeTarget {
     /// Base URL, e.g. `http://10.0.0.7:8080`.
     pub base_url: String,
-    /// The HS256 key (the Secret's bytes, trailing newline removed).
-    pub key: Vec<u8>,
-    /// `aud` claim to include (the agent's `jwtAudience`).
+    /// The key to sign with (from the agent's JWT Secret).
+    pub key: SigningKey,
+    /// `aud` claim to include ([`crate::resources::audience`]).
     pub audience: Option<String>,
 }
 
@@ -248,7 +252,7 @@ pub struct Probed {
 /// that a probe during a key rotation can fall back to it. Never logged.
 #[derive(Default)]
 pub struct AcceptedKeys {
-    keys: Mutex<HashMap<String, (String, Vec<u8>)>>,
+    keys: Mutex<HashMap<String, (String, SigningKey)>>,
 }
 
 impl AcceptedKeys {
@@ -291,14 +295,14 @@ impl AcceptedKeys {
         }
     }
 
-    fn remember(&self, agent: &str, pod_uid: &str, key: &[u8]) {
+    fn remember(&self, agent: &str, pod_uid: &str, key: &SigningKey) {
         if let Ok(mut m) = self.keys.lock() {
-            m.insert(agent.to_owned(), (pod_uid.to_owned(), key.to_vec()));
+            m.insert(agent.to_owned(), (pod_uid.to_owned(), key.clone()));
         }
     }
 
     /// The key pod `pod_uid` of `agent` (`namespace/name`) accepted last, if known.
-    pub fn last_accepted(&self, agent: &str, pod_uid: &str) -> Option<Vec<u8>> {
+    pub fn last_accepted(&self, agent: &str, pod_uid: &str) -> Option<SigningKey> {
         let m = self.keys.lock().ok()?;
         m.get(agent)
             .filter(|(uid, _)| uid == pod_uid)
@@ -338,12 +342,12 @@ struct Claims<'a> {
     aud: Option<&'a str>,
 }
 
-/// Signs an HS256 token for the sidecar API valid for [`TOKEN_TTL`].
+/// Signs a token for the sidecar API with `key` (its algorithm), valid for [`TOKEN_TTL`].
 ///
 /// # Errors
-/// jsonwebtoken's error if signing fails.
+/// jsonwebtoken's error if signing fails (an ES256 key that is not a P-256 private key).
 pub fn mint_token(
-    key: &[u8],
+    key: &SigningKey,
     audience: Option<&str>,
 ) -> Result<String, jsonwebtoken::errors::Error> {
     let now = SystemTime::now()
@@ -357,9 +361,9 @@ pub fn mint_token(
         aud: audience,
     };
     jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &jsonwebtoken::Header::new(key.algorithm()),
         &claims,
-        &jsonwebtoken::EncodingKey::from_secret(key),
+        &key.encoding_key()?,
     )
 }
 
@@ -432,7 +436,7 @@ mod tests {
     use super::*;
 
     /// A sidecar that accepts exactly one key, which the test changes (the pod's key file).
-    struct OneKey(Mutex<Vec<u8>>);
+    struct OneKey(Mutex<SigningKey>);
 
     impl SidecarProbe for OneKey {
         fn status<'a>(
@@ -461,7 +465,7 @@ mod tests {
     fn target(key: &[u8]) -> ProbeTarget {
         ProbeTarget {
             base_url: "http://10.0.0.7:8080".into(),
-            key: key.to_vec(),
+            key: SigningKey::Hs256(key.to_vec()),
             audience: None,
         }
     }
@@ -470,7 +474,7 @@ mod tests {
     async fn a_rotation_in_progress_is_probed_with_the_key_the_pod_still_has() {
         let old = b"old-key-old-key-old-key-old-key-1".to_vec();
         let new = b"new-key-new-key-new-key-new-key-2".to_vec();
-        let sidecar = OneKey(Mutex::new(old.clone()));
+        let sidecar = OneKey(Mutex::new(SigningKey::Hs256(old.clone())));
         let keys = AcceptedKeys::default();
         // Before the rotation: the current key works and is remembered.
         let p = keys.status(&sidecar, "ns/a", "uid-1", &target(&old)).await;
@@ -480,11 +484,12 @@ mod tests {
         assert!(p.report.is_ok(), "{:?}", p.report);
         assert!(p.rotating);
         // The pod has reloaded: the new key works and replaces the old one.
-        *sidecar.0.lock().expect("lock") = new.clone();
+        *sidecar.0.lock().expect("lock") = SigningKey::Hs256(new.clone());
         let p = keys.status(&sidecar, "ns/a", "uid-1", &target(&new)).await;
         assert!(p.report.is_ok() && !p.rotating);
         // A key the pod never had is a real 401 (no fallback to a key it dropped).
-        *sidecar.0.lock().expect("lock") = b"third-key-third-key-third-key-333".to_vec();
+        *sidecar.0.lock().expect("lock") =
+            SigningKey::Hs256(b"third-key-third-key-third-key-333".to_vec());
         let p = keys.status(&sidecar, "ns/a", "uid-1", &target(&new)).await;
         assert!(p.report.as_ref().is_err_and(ProbeError::is_unauthorized));
         assert!(!p.rotating);
@@ -494,7 +499,7 @@ mod tests {
     async fn a_new_pod_gets_no_fallback_to_the_old_pods_key() {
         let old = b"old-key-old-key-old-key-old-key-1".to_vec();
         let new = b"new-key-new-key-new-key-new-key-2".to_vec();
-        let sidecar = OneKey(Mutex::new(old.clone()));
+        let sidecar = OneKey(Mutex::new(SigningKey::Hs256(old.clone())));
         let keys = AcceptedKeys::default();
         keys.status(&sidecar, "ns/a", "uid-1", &target(&old)).await;
         let p = keys.status(&sidecar, "ns/a", "uid-2", &target(&new)).await;
@@ -503,7 +508,8 @@ mod tests {
 
     #[test]
     fn token_verifies_with_the_same_key_and_audience() {
-        let token = mint_token(b"secret-key", Some("agents")).expect("signs");
+        let token =
+            mint_token(&SigningKey::Hs256(b"secret-key".to_vec()), Some("agents")).expect("signs");
         let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
         v.set_audience(&["agents"]);
         let data = jsonwebtoken::decode::<serde_json::Value>(
@@ -521,6 +527,29 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn an_es256_token_verifies_with_the_public_key_only() {
+        let pair = crate::api_key::generate_es256().expect("pair");
+        let key = SigningKey::Es256(pair.private_pem.into_bytes());
+        let token = mint_token(&key, Some("codex-sidecar")).expect("signs");
+        let auth = codex_sidecar::auth::Authenticator::public_key_pem(
+            pair.public_pem.as_bytes(),
+            Some("codex-sidecar".into()),
+        )
+        .expect("public key");
+        let who = auth
+            .verify(Some(&format!("Bearer {token}")))
+            .expect("accepted");
+        assert_eq!(who.subject, "codex-operator");
+        let other = crate::api_key::generate_es256().expect("pair");
+        let auth = codex_sidecar::auth::Authenticator::public_key_pem(
+            other.public_pem.as_bytes(),
+            Some("codex-sidecar".into()),
+        )
+        .expect("public key");
+        assert!(auth.verify(Some(&format!("Bearer {token}"))).is_err());
     }
 
     #[tokio::test]
@@ -552,7 +581,7 @@ mod tests {
         let report = probe
             .status(&ProbeTarget {
                 base_url: format!("http://{addr}"),
-                key: b"k".to_vec(),
+                key: SigningKey::Hs256(b"k".to_vec()),
                 audience: None,
             })
             .await

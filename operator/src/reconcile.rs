@@ -40,6 +40,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::warn;
 
+use crate::api_key::SigningKey;
 use crate::crd::{ALLOW_USE_LABEL, CodexAgent};
 use crate::metrics::Metrics;
 use crate::probe::{ProbeTarget, SidecarProbe};
@@ -70,9 +71,9 @@ pub enum Error {
     /// Building the desired children failed.
     #[error(transparent)]
     Build(#[from] BuildError),
-    /// The OS random source failed while generating a JWT key.
-    #[error("generating the JWT key: {0}")]
-    Random(getrandom::Error),
+    /// The OS random source failed while generating the API key pair.
+    #[error(transparent)]
+    Random(#[from] crate::api_key::GenerateError),
     /// The object lacks a namespace (the CRD is namespaced, so this is a bug).
     #[error("CodexAgent has no namespace")]
     NoNamespace,
@@ -423,15 +424,6 @@ fn note_rejection<T>(
     }
 }
 
-/// Reads `key` from Secret `name`: `Ok(None)` when the Secret or the key is missing.
-async fn read_secret_key(
-    api: &Api<Secret>,
-    name: &str,
-    key: &str,
-) -> Result<Option<Vec<u8>>, Error> {
-    Ok(api.get_opt(name).await?.and_then(|s| secret_key(s, key)))
-}
-
 /// True when `secret` carries [`ALLOW_USE_LABEL`] with the value `"true"`: its owner lets the
 /// CodexAgents of its namespace use it.
 pub fn use_allowed(secret: &Secret) -> bool {
@@ -481,6 +473,17 @@ pub fn not_allowed_message(ns: &str, refused: &[(String, &'static str)]) -> Stri
         listed.join(", "),
         names.join(" ")
     )
+}
+
+/// The signing key `secret` holds: for a `generated` one see [`crate::api_key::from_generated`],
+/// else the HS256 secret under `key`.
+fn signing_key(secret: Secret, generated: bool, key: &str) -> Option<SigningKey> {
+    if generated {
+        let data = secret.data.unwrap_or_default();
+        crate::api_key::from_generated(|k| data.get(k).map(|b| b.0.clone()))
+    } else {
+        secret_key(secret, key).map(SigningKey::Hs256)
+    }
 }
 
 /// `key` of `secret`, trailing newlines removed (both sides read a key file identically).
@@ -550,7 +553,7 @@ async fn reconcile_inner(agent: &CodexAgent, ctx: &Context) -> Result<Action, Er
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let mut obs = Observed::default();
 
-    let children = match resources::build(agent, &ctx.config) {
+    let mut children = match resources::build(agent, &ctx.config) {
         Ok(c) => Some(c),
         Err(BuildError::Spec(e)) => {
             obs.invalid_spec = Some(e.0.clone());
@@ -580,11 +583,11 @@ async fn reconcile_inner(agent: &CodexAgent, ctx: &Context) -> Result<Action, Er
             (None, Some(s)) if !generated && !may_use(agent, &s) => {
                 refused.push((jwt_ref.name.clone(), "auth.jwtSecretRef"));
             }
-            (None, found) => jwt_key = found.and_then(|s| secret_key(s, &jwt_ref.key)),
+            (None, found) => jwt_key = found.and_then(|s| signing_key(s, generated, &jwt_ref.key)),
         }
         if jwt_key.is_none() && generated && obs.name_conflict.is_none() {
-            let key = resources::random_jwt_key().map_err(Error::Random)?;
-            let secret = resources::jwt_secret(agent, &key)?;
+            let pair = crate::api_key::generate_es256()?;
+            let secret = resources::jwt_secret(agent, &pair)?;
             match secrets
                 .create(
                     &PostParams {
@@ -596,7 +599,7 @@ async fn reconcile_inner(agent: &CodexAgent, ctx: &Context) -> Result<Action, Er
                 .await
             {
                 Ok(_) => {
-                    jwt_key = Some(key.into_bytes());
+                    jwt_key = Some(SigningKey::Es256(pair.private_pem.into_bytes()));
                     publish(
                         ctx,
                         agent,
@@ -609,12 +612,15 @@ async fn reconcile_inner(agent: &CodexAgent, ctx: &Context) -> Result<Action, Er
                 }
                 // Another replica (or a user) created it first: never overwrite it, use theirs.
                 Err(kube::Error::Api(s)) if s.code == 409 => {
-                    jwt_key = read_secret_key(&secrets, &jwt_ref.name, &jwt_ref.key).await?;
+                    jwt_key = secrets
+                        .get_opt(&jwt_ref.name)
+                        .await?
+                        .and_then(|s| signing_key(s, generated, &jwt_ref.key));
                 }
                 Err(e) => return Err(e.into()),
             }
         }
-        if let Some(k) = &jwt_key
+        if let Some(SigningKey::Hs256(k)) = &jwt_key
             && k.len() < MIN_JWT_KEY_LEN
         {
             // The sidecar would refuse it at start-up and crash-loop: say why instead.
@@ -625,6 +631,22 @@ async fn reconcile_inner(agent: &CodexAgent, ctx: &Context) -> Result<Action, Er
                 jwt_ref.key,
                 k.len()
             ));
+        }
+        if let Some(key @ SigningKey::Es256(_)) = &jwt_key
+            && key.encoding_key().is_err()
+        {
+            obs.invalid_secret = Some(format!(
+                "Secret {ns}/{} key {:?} is not a P-256 private key in PEM (PKCS#8); delete the \
+                 Secret and the operator generates a new key pair",
+                jwt_ref.name, jwt_ref.key
+            ));
+        }
+        // A generated Secret from before ES256 holds an HS256 key: its pod keeps verifying with
+        // it (see crate::api_key) until the Secret is deleted.
+        if let (Some(key), Some(c)) = (&jwt_key, &mut children)
+            && key.pod_key() != resources::default_pod_key(&agent.spec)
+        {
+            *c = resources::build_for(agent, &ctx.config, key.pod_key())?;
         }
         if jwt_key.is_none() && obs.name_conflict.is_none() && refused.is_empty() {
             obs.missing_secret = Some(format!(
@@ -833,7 +855,7 @@ async fn reconcile_inner(agent: &CodexAgent, ctx: &Context) -> Result<Action, Er
                         let target = ProbeTarget {
                             base_url,
                             key: key.clone(),
-                            audience: agent.spec.sidecar.jwt_audience.clone(),
+                            audience: resources::audience(&agent.spec, key.pod_key()),
                         };
                         let uid = pod.metadata.uid.as_deref().unwrap_or_default();
                         let fallback = ctx
@@ -916,7 +938,7 @@ async fn reconcile_inner(agent: &CodexAgent, ctx: &Context) -> Result<Action, Er
         let target = ProbeTarget {
             base_url: sidecar_url(&ip, crate::crd::SIDECAR_PORT),
             key: key.clone(),
-            audience: agent.spec.sidecar.jwt_audience.clone(),
+            audience: resources::audience(&agent.spec, key.pod_key()),
         };
         let probed = ctx
             .accepted_keys

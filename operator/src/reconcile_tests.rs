@@ -32,11 +32,33 @@ fn gpu_agent() -> CodexAgent {
 
 fn secret(key: &str) -> Value {
     // base64("secret-key-of-at-least-32-bytes!!"): as long as an HS256 key must be. Owned by the
-    // agent, as the generated one is (so it needs no opt-in label).
+    // agent, as the generated one is (so it needs no opt-in label). `jwt.key` is the generated
+    // Secret's shape: an ES256 pair (`jwt.key` private, `jwt.pub` public).
+    let data = if key == "jwt.key" {
+        json!({"jwt.key": b64(EC_PRIVATE), "jwt.pub": b64(EC_PUBLIC)})
+    } else {
+        json!({key: "c2VjcmV0LWtleS1vZi1hdC1sZWFzdC0zMi1ieXRlcyEh"})
+    };
     json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "x", "namespace": "ns",
            "ownerReferences": [{"apiVersion": "agents.codex-operator.dev/v1alpha1", "kind": "CodexAgent",
                                 "name": "a1", "uid": "uid-a1", "controller": true}]},
-           "data": {key: "c2VjcmV0LWtleS1vZi1hdC1sZWFzdC0zMi1ieXRlcyEh"}})
+           "data": data})
+}
+
+const EC_PRIVATE: &str = include_str!("../../sidecar/tests/fixtures/es256-private.pem");
+const EC_PUBLIC: &str = include_str!("../../sidecar/tests/fixtures/es256-public.pem");
+
+fn b64(text: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(text)
+}
+
+fn unb64(v: &Value) -> String {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(v.as_str().expect("a base64 string"))
+        .expect("base64");
+    String::from_utf8(bytes).expect("utf8")
 }
 
 /// A Secret a user made and allowed CodexAgents to use (the opt-in label, no owner).
@@ -161,10 +183,22 @@ async fn first_reconcile_creates_every_child_owned_and_gpu_scheduled() {
         s.not_found(JWT).await;
         let created = s.echo(Method::POST, SECRETS).await;
         assert_eq!(created.body["metadata"]["name"], "a1-jwt");
-        let key = created.body["data"]["jwt.key"]
-            .as_str()
-            .expect("generated key");
-        assert_eq!(key.len(), 88, "32 random bytes hex-encoded, base64: {key}");
+        // An ES256 pair: the private key for the clients, the public key for the pod.
+        let data = &created.body["data"];
+        assert_eq!(data.as_object().map(|d| d.len()), Some(2), "{data}");
+        let private = unb64(&data["jwt.key"]);
+        let public = unb64(&data["jwt.pub"]);
+        assert!(private.starts_with("-----BEGIN PRIVATE KEY-----"), "PKCS#8");
+        assert!(public.starts_with("-----BEGIN PUBLIC KEY-----"), "SPKI");
+        let verifier = codex_sidecar::auth::Authenticator::public_key_pem(
+            public.as_bytes(),
+            Some("codex-sidecar".into()),
+        )
+        .expect("the sidecar takes jwt.pub");
+        assert_eq!(verifier.algorithm(), Some("ES256"));
+        let signer = crate::api_key::SigningKey::Es256(private.into_bytes());
+        let token = crate::probe::mint_token(&signer, Some("codex-sidecar")).expect("mint");
+        assert!(verifier.verify(Some(&format!("Bearer {token}"))).is_ok());
         assert_owned(&created.body);
         let ev = s.echo(Method::POST, EVENTS).await;
         assert_eq!(ev.body["reason"], "SecretGenerated");
@@ -179,6 +213,12 @@ async fn first_reconcile_creates_every_child_owned_and_gpu_scheduled() {
         assert!(toml.contains("model = \"gpt-5.1-codex\""), "{toml}");
         assert!(
             toml.contains("openaiApiKeyFile = \"/etc/codex-sidecar/openai/api-key\""),
+            "{toml}"
+        );
+        assert!(
+            toml.contains("jwtPublicKeyFile = \"/etc/codex-sidecar/jwt/jwt.pub\"")
+                && toml.contains("jwtAudience = \"codex-sidecar\"")
+                && !toml.contains("jwtSecretFile"),
             "{toml}"
         );
 
@@ -209,6 +249,7 @@ async fn first_reconcile_creates_every_child_owned_and_gpu_scheduled() {
             sidecar["resources"]["limits"]["nvidia.com/mig-1g.10gb"],
             "2"
         );
+        assert_only_the_public_key_is_mounted(spec);
         assert_eq!(spec["runtimeClassName"], "nvidia");
         assert_eq!(
             spec["nodeSelector"],
@@ -451,9 +492,11 @@ async fn ready_pod_with_visible_gpus_is_ready() {
     assert_eq!(calls.len(), 1);
     assert_eq!(calls[0].base_url, "http://10.0.0.7:8080");
     assert_eq!(
-        calls[0].key, b"secret-key-of-at-least-32-bytes!!",
-        "probe token signed with the agent's own key"
+        calls[0].key,
+        crate::api_key::SigningKey::Es256(EC_PRIVATE.as_bytes().to_vec()),
+        "probe token signed with the agent's own private key"
     );
+    assert_eq!(calls[0].audience.as_deref(), Some("codex-sidecar"));
 }
 
 #[tokio::test]
@@ -1211,7 +1254,7 @@ async fn stale_serving_pods_are_replaced_at_most_n_agents_at_a_time() {
         let rollouts = &ctx.rollouts;
         let target = crate::probe::ProbeTarget {
             base_url: "http://10.0.0.8:8080".into(),
-            key: b"k".to_vec(),
+            key: crate::api_key::SigningKey::Hs256(b"k".to_vec()),
             audience: None,
         };
         let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(pod).expect("pod");
@@ -1272,4 +1315,96 @@ async fn a_stale_pod_that_serves_nothing_is_replaced_at_once() {
     assert!(probe.drains.lock().expect("lock").is_empty());
     assert_eq!(ctx.rollouts.in_progress(), 0);
     verifier.done().await;
+}
+
+/// The pod's `jwt` volume projects only `jwt.pub` of `a1-jwt`, mounted as a directory (no
+/// `subPath`, so a rotated Secret reaches the running pod).
+fn assert_only_the_public_key_is_mounted(spec: &Value) {
+    let volumes = spec["volumes"].as_array().expect("volumes");
+    let jwt = volumes
+        .iter()
+        .find(|v| v["name"] == "jwt")
+        .expect("jwt volume");
+    assert_eq!(jwt["secret"]["secretName"], "a1-jwt");
+    assert_eq!(
+        jwt["secret"]["items"],
+        json!([{"key": "jwt.pub", "path": "jwt.pub"}])
+    );
+    let mounts: Vec<&Value> = spec["containers"]
+        .as_array()
+        .expect("containers")
+        .iter()
+        .chain(spec["initContainers"].as_array().into_iter().flatten())
+        .flat_map(|c| c["volumeMounts"].as_array().into_iter().flatten())
+        .filter(|m| m["name"] == "jwt")
+        .collect();
+    assert_eq!(mounts.len(), 1, "only the sidecar mounts it: {mounts:?}");
+    assert_eq!(mounts[0]["mountPath"], "/etc/codex-sidecar/jwt");
+    assert!(mounts[0].get("subPath").is_none(), "{}", mounts[0]);
+    // No other volume holds the Secret.
+    assert_eq!(
+        volumes
+            .iter()
+            .filter(|v| v.to_string().contains("a1-jwt"))
+            .count(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_generated_hs256_secret_from_before_es256_keeps_working_unchanged() {
+    // An agent created by an older operator: its generated Secret holds only an HS256 `jwt.key`,
+    // its pod mounts it and verifies with --jwt-secret-file. Nothing is regenerated or replaced.
+    let a = gpu_agent();
+    let old = resources::build_for(
+        &a,
+        &OperatorConfig {
+            sidecar_image: "registry.test/codex-sidecar:1".into(),
+            fs_group: Some(crate::resources::SIDECAR_UID),
+            ..Default::default()
+        },
+        crate::api_key::PodKey::SharedSecret,
+    )
+    .expect("build");
+    let v = |x: &dyn erased::Ser| x.to_value();
+    let (cm, pvc, svc, pod) = (
+        v(&old.config_map),
+        v(&old.pvc),
+        v(&old.service),
+        v(&old.pod),
+    );
+    let toml = cm["data"]["config.toml"]
+        .as_str()
+        .expect("config")
+        .to_owned();
+    assert!(
+        toml.contains("jwtSecretFile = \"/etc/codex-sidecar/jwt/jwt.key\"")
+            && !toml.contains("jwtPublicKeyFile")
+            && !toml.contains("jwtAudience"),
+        "{toml}"
+    );
+    assert_eq!(
+        pod["spec"]["volumes"]
+            .as_array()
+            .and_then(|vs| vs.iter().find(|v| v["name"] == "jwt"))
+            .map(|v| v["secret"]["items"].clone()),
+        Some(json!([{"key": "jwt.key", "path": "jwt.key"}]))
+    );
+    let mut legacy = secret("jwt.key");
+    legacy["data"] =
+        json!({"jwt.key": b64("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef")});
+    scenario(a, |mut s| async move {
+        // Found: no POST of a new Secret, no SecretGenerated event.
+        s.found(JWT, legacy).await;
+        s.found(&format!("{SECRETS}/openai"), user_secret("api-key"))
+            .await;
+        s.found(CM, cm).await;
+        s.found(PVC, pvc).await;
+        s.found(SVC, svc).await;
+        // The pod as the old operator made it is up to date: not deleted, not patched.
+        s.found(POD, pod).await;
+        s.echo(Method::PATCH, STATUS).await;
+        s
+    })
+    .await;
 }

@@ -13,6 +13,8 @@
 use std::collections::BTreeMap;
 
 use codex_sidecar::settings::{PathSettings, ProviderKind, ServeSettings};
+
+use crate::api_key::{DEFAULT_AUDIENCE, GENERATED_JWT_PUBLIC_KEY, KeyPair, PodKey};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
@@ -184,12 +186,54 @@ fn stamp<K: Resource + Serialize>(mut obj: K) -> K {
     obj
 }
 
-/// The sidecar's config file for this agent (paths per docs/sidecar-contract.md, agent settings
-/// from `spec.sidecar` with model and provider filled in from `spec.model`/`spec.provider`).
+/// How the pod of an agent verifies tokens when nothing else is known: with the generated key
+/// pair's public key, or with the HS256 secret of `auth.jwtSecretRef`. (A generated Secret from
+/// before ES256 holds an HS256 key: [`crate::api_key::SigningKey::pod_key`].)
+pub fn default_pod_key(spec: &CodexAgentSpec) -> PodKey {
+    if spec.auth.jwt_secret_ref.is_some() {
+        PodKey::SharedSecret
+    } else {
+        PodKey::PublicKey
+    }
+}
+
+/// The `aud` the agent's sidecar requires (and the operator's tokens carry): the spec's
+/// `sidecar.jwtAudience`, else [`DEFAULT_AUDIENCE`] when the pod checks a public key.
+pub fn audience(spec: &CodexAgentSpec, pod_key: PodKey) -> Option<String> {
+    match (&spec.sidecar.jwt_audience, pod_key) {
+        (Some(a), _) => Some(a.clone()),
+        (None, PodKey::PublicKey) => Some(DEFAULT_AUDIENCE.to_owned()),
+        (None, PodKey::SharedSecret) => None,
+    }
+}
+
+/// The data key of the agent's JWT Secret the pod mounts: `jwt.pub` for [`PodKey::PublicKey`],
+/// the HS256 key otherwise.
+pub fn pod_key_item(spec: &CodexAgentSpec, agent_name: &str, pod_key: PodKey) -> String {
+    match pod_key {
+        PodKey::PublicKey => GENERATED_JWT_PUBLIC_KEY.to_owned(),
+        PodKey::SharedSecret => spec.jwt_secret(agent_name).key,
+    }
+}
+
+/// [`sidecar_settings_for`] with the [`default_pod_key`].
 pub fn sidecar_settings(spec: &CodexAgentSpec) -> ServeSettings {
-    let jwt = spec.jwt_secret("unused");
+    sidecar_settings_for(spec, default_pod_key(spec))
+}
+
+/// The sidecar's config file for this agent (paths per docs/sidecar-contract.md, agent settings
+/// from `spec.sidecar` with model and provider filled in from `spec.model`/`spec.provider`), its
+/// API key per `pod_key`: `jwtPublicKeyFile` `/etc/codex-sidecar/jwt/jwt.pub` with an audience
+/// ([`audience`]), or `jwtSecretFile` `/etc/codex-sidecar/jwt/<key>`.
+pub fn sidecar_settings_for(spec: &CodexAgentSpec, pod_key: PodKey) -> ServeSettings {
+    let key_file = Some(format!("{JWT_DIR}/{}", pod_key_item(spec, "unused", pod_key)).into());
+    let (jwt_secret_file, jwt_public_key_file) = match pod_key {
+        PodKey::PublicKey => (None, key_file),
+        PodKey::SharedSecret => (key_file, None),
+    };
     let p = &spec.provider;
     let mut agent = spec.sidecar.clone();
+    agent.jwt_audience = audience(spec, pod_key);
     agent.model = Some(spec.model.clone());
     match p.type_ {
         ProviderType::Openai => agent.provider = Some(ProviderKind::Openai),
@@ -218,7 +262,8 @@ pub fn sidecar_settings(spec: &CodexAgentSpec) -> ServeSettings {
             auth_json: (openai && p.auth_json_secret_ref.is_some()).then(|| AUTH_JSON_PATH.into()),
             openai_api_key_file: (openai && p.api_key_secret_ref.is_some())
                 .then(|| API_KEY_PATH.into()),
-            jwt_secret_file: Some(format!("{JWT_DIR}/{}", jwt.key).into()),
+            jwt_secret_file,
+            jwt_public_key_file,
             ..PathSettings::default()
         },
         agent,
@@ -231,12 +276,24 @@ pub fn sidecar_settings(spec: &CodexAgentSpec) -> ServeSettings {
 /// [`BuildError`] when the agent lacks metadata, breaks a spec rule, or its config cannot be
 /// rendered.
 pub fn build(agent: &CodexAgent, cfg: &OperatorConfig) -> Result<Children, BuildError> {
+    build_for(agent, cfg, default_pod_key(&agent.spec))
+}
+
+/// [`build`] for a pod that verifies tokens per `pod_key` (see [`sidecar_settings_for`]).
+///
+/// # Errors
+/// As [`build`].
+pub fn build_for(
+    agent: &CodexAgent,
+    cfg: &OperatorConfig,
+    pod_key: PodKey,
+) -> Result<Children, BuildError> {
     agent.spec.validate()?;
     let name = agent.name_any();
     let oref = agent
         .controller_owner_ref(&())
         .ok_or(BuildError::MissingMetadata("uid"))?;
-    let toml = sidecar_settings(&agent.spec).to_toml()?;
+    let toml = sidecar_settings_for(&agent.spec, pod_key).to_toml()?;
     let config_hash = digest(&toml);
 
     let config_map = stamp(ConfigMap {
@@ -282,7 +339,7 @@ pub fn build(agent: &CodexAgent, cfg: &OperatorConfig) -> Result<Children, Build
     )]));
     let pod = stamp(Pod {
         metadata: pod_meta,
-        spec: Some(pod_spec(agent, cfg)),
+        spec: Some(pod_spec(agent, cfg, pod_key)),
         ..Pod::default()
     });
     let network_policy = match &agent.spec.network_policy {
@@ -348,11 +405,12 @@ pub fn network_policy(
     }
 }
 
-/// The generated JWT Secret `<agent>-jwt` holding `key` (created once, never updated).
+/// The generated JWT Secret `<agent>-jwt` holding `pair`: `jwt.key` the private key (PKCS#8
+/// PEM), `jwt.pub` the public key (SPKI PEM). Created once, never updated.
 ///
 /// # Errors
 /// [`BuildError::MissingMetadata`] when the agent lacks a namespace or uid.
-pub fn jwt_secret(agent: &CodexAgent, key: &str) -> Result<Secret, BuildError> {
+pub fn jwt_secret(agent: &CodexAgent, pair: &KeyPair) -> Result<Secret, BuildError> {
     let oref = agent
         .controller_owner_ref(&())
         .ok_or(BuildError::MissingMetadata("uid"))?;
@@ -360,22 +418,18 @@ pub fn jwt_secret(agent: &CodexAgent, key: &str) -> Result<Secret, BuildError> {
     Ok(Secret {
         metadata: meta(agent, name, &oref)?,
         type_: Some("Opaque".into()),
-        data: Some(BTreeMap::from([(
-            GENERATED_JWT_KEY.to_string(),
-            ByteString(key.as_bytes().to_vec()),
-        )])),
+        data: Some(BTreeMap::from([
+            (
+                GENERATED_JWT_KEY.to_string(),
+                ByteString(pair.private_pem.as_bytes().to_vec()),
+            ),
+            (
+                GENERATED_JWT_PUBLIC_KEY.to_string(),
+                ByteString(pair.public_pem.as_bytes().to_vec()),
+            ),
+        ])),
         ..Secret::default()
     })
-}
-
-/// A fresh HS256 key: 32 random bytes from the OS, hex-encoded (64 characters).
-///
-/// # Errors
-/// When the OS random source fails.
-pub fn random_jwt_key() -> Result<String, getrandom::Error> {
-    let mut buf = [0u8; 32];
-    getrandom::fill(&mut buf)?;
-    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 fn gpu_limits(
@@ -431,7 +485,7 @@ fn http_probe(path: &str, port: IntOrString, period: i32, failures: i32) -> Prob
     }
 }
 
-fn pod_spec(agent: &CodexAgent, cfg: &OperatorConfig) -> PodSpec {
+fn pod_spec(agent: &CodexAgent, cfg: &OperatorConfig, pod_key: PodKey) -> PodSpec {
     let spec = &agent.spec;
     let name = agent.name_any();
     let jwt = spec.jwt_secret(&name);
@@ -455,7 +509,12 @@ fn pod_spec(agent: &CodexAgent, cfg: &OperatorConfig) -> PodSpec {
             }),
             ..Volume::default()
         },
-        secret_volume("jwt", &jwt.name, &jwt.key, &jwt.key),
+        // Only the key the sidecar verifies with (the public key of a generated pair), never the
+        // private key; a whole-directory mount (no subPath) so a rotation reaches the pod.
+        {
+            let item = pod_key_item(spec, &name, pod_key);
+            secret_volume("jwt", &jwt.name, &item, &item)
+        },
     ];
     let mut mounts = vec![
         mount("state", STATE_DIR, false),
@@ -809,10 +868,26 @@ mod tests {
         let text = &c.config_map.data.as_ref().expect("data")[CONFIG_KEY];
         let s = ServeSettings::from_toml(text).expect("sidecar parses the operator's config");
         assert_eq!(s.paths.listen.as_deref(), Some("[::]:8080"));
+        // A generated key pair: the public key, checked with the default audience.
+        assert_eq!(
+            s.paths.jwt_public_key_file.as_deref(),
+            Some(std::path::Path::new("/etc/codex-sidecar/jwt/jwt.pub"))
+        );
+        assert_eq!(s.paths.jwt_secret_file, None);
+        assert_eq!(s.agent.jwt_audience.as_deref(), Some("codex-sidecar"));
+        // An HS256 secret (auth.jwtSecretRef): as before, no audience unless the spec sets one.
+        let s = sidecar_settings_for(&a.spec, PodKey::SharedSecret);
         assert_eq!(
             s.paths.jwt_secret_file.as_deref(),
             Some(std::path::Path::new("/etc/codex-sidecar/jwt/jwt.key"))
         );
+        assert_eq!(s.paths.jwt_public_key_file, None);
+        assert_eq!(s.agent.jwt_audience, None);
+        let mut with_aud = a.spec.clone();
+        with_aud.sidecar.jwt_audience = Some("mine".into());
+        let s = sidecar_settings_for(&with_aud, PodKey::PublicKey);
+        assert_eq!(s.agent.jwt_audience.as_deref(), Some("mine"));
+        let s = ServeSettings::from_toml(text).expect("parses");
         assert_eq!(s.agent.provider, Some(ProviderKind::Custom));
         assert_eq!(s.agent.provider_base_url.as_deref(), Some("http://gw/v1"));
         assert_eq!(s.agent.provider_env_key.as_deref(), Some(CUSTOM_KEY_ENV));

@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::reflector::ObjectRef;
 
+use crate::api_key::SigningKey;
 use crate::crd::CodexAgent;
 use crate::probe::{DrainReport, ProbeError, ProbeTarget, SidecarProbe};
 use crate::status::reasons;
@@ -126,7 +127,7 @@ impl Rollouts {
         pod: &Pod,
         probe: &dyn SidecarProbe,
         target: &ProbeTarget,
-        fallback_key: Option<Vec<u8>>,
+        fallback_key: Option<SigningKey>,
         turn_timeout: Duration,
     ) -> Step {
         let uid = pod.metadata.uid.as_deref().unwrap_or_default();
@@ -154,7 +155,7 @@ impl Rollouts {
 async fn drain(
     probe: &dyn SidecarProbe,
     target: &ProbeTarget,
-    fallback_key: Option<Vec<u8>>,
+    fallback_key: Option<SigningKey>,
 ) -> Result<Drained, ProbeError> {
     let mut r = probe.drain(target, true).await;
     let retry = fallback_key.filter(|k| *k != target.key);

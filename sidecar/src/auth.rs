@@ -12,7 +12,14 @@
 //!   `nbf` (§4.1.5) is checked when present;
 //! * `aud` (§4.1.3) is required and must contain the configured audience when one is configured,
 //!   and is not looked at otherwise;
-//! * `sub` (§4.1.2) is required: it is the [`Principal`] that owns sessions.
+//! * `sub` (§4.1.2) is required: it is the [`Principal`] that owns sessions;
+//! * with [`TokenRules`] (`--jwt-issuer`, `--jwt-max-ttl`): `iss` (§4.1.1) must equal the
+//!   configured issuer, and a token may not live longer than the configured maximum (`exp - iat`
+//!   when `iat` is present, and `exp - now` beyond [`LEEWAY_SECS`]).
+//!
+//! A public key (`--jwt-public-key-file`) is accepted only together with an audience
+//! (`--jwt-audience`): a key pair's public half is typically shared by many verifiers, and the
+//! audience keeps a token minted for one of them from being replayed against another.
 //!
 //! An HS256 key file is read as its bytes with every trailing `\n` and `\r` removed, exactly as
 //! the operator reads the same key from the agent's Secret (so both sides agree on the key and on
@@ -27,9 +34,12 @@
 
 mod keys;
 pub mod reload;
+mod rules;
 
 pub use keys::{KeyProblem, MIN_HS256_SECRET_LEN, MIN_RSA_BITS, trim_key};
 use keys::{checked_secret, parse_public_key, read_key_file};
+pub use rules::TokenRules;
+use rules::{check_lifetime, require_audience};
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -98,13 +108,23 @@ pub enum AuthError {
     /// A claim is present but unacceptable (e.g. empty `sub`, non-numeric `exp`).
     #[error("token claim `{0}` is invalid")]
     InvalidClaim(&'static str),
+    /// An issuer is configured (`--jwt-issuer`) and the token's `iss` (RFC 7519 §4.1.1) differs.
+    #[error("token issuer does not match")]
+    WrongIssuer,
+    /// A maximum lifetime is configured (`--jwt-max-ttl`) and the token's `exp - iat`, or its
+    /// `exp - now` beyond the leeway, exceeds it.
+    #[error("token lifetime exceeds the maximum of {max_secs} seconds")]
+    LifetimeTooLong {
+        /// The configured maximum, seconds.
+        max_secs: u64,
+    },
 }
 
 impl AuthError {
     /// A stable snake_case code for API error bodies and metrics: `missing_token`,
     /// `invalid_authorization_header`, `invalid_token`, `token_expired`, `token_not_yet_valid`,
     /// `invalid_signature`, `invalid_audience`, `algorithm_not_allowed`, `missing_claim`,
-    /// `invalid_claim`.
+    /// `invalid_claim`, `invalid_issuer`, `token_lifetime_too_long`.
     pub fn code(&self) -> &'static str {
         match self {
             Self::MissingToken => "missing_token",
@@ -117,6 +137,8 @@ impl AuthError {
             Self::AlgorithmNotAllowed => "algorithm_not_allowed",
             Self::MissingClaim(_) => "missing_claim",
             Self::InvalidClaim(_) => "invalid_claim",
+            Self::WrongIssuer => "invalid_issuer",
+            Self::LifetimeTooLong { .. } => "token_lifetime_too_long",
         }
     }
 
@@ -182,6 +204,18 @@ pub enum AuthConfigError {
     /// The configured audience is empty.
     #[error("--jwt-audience must not be empty")]
     EmptyAudience,
+    /// A public key was given without an audience (see the module docs).
+    #[error(
+        "--jwt-public-key-file needs --jwt-audience: tokens checked with a public key must name \
+         this sidecar in `aud`"
+    )]
+    PublicKeyWithoutAudience,
+    /// The configured issuer is empty.
+    #[error("--jwt-issuer must not be empty")]
+    EmptyIssuer,
+    /// The configured maximum token lifetime is zero.
+    #[error("--jwt-max-ttl must be at least 1 second")]
+    ZeroMaxTtl,
     /// [`mint_hs256`] was asked for a token with an empty subject.
     #[error("token subject must not be empty")]
     EmptySubject,
@@ -207,6 +241,8 @@ enum Mode {
         alg: Algorithm,
         key: DecodingKey,
         validation: Box<Validation>,
+        /// `--jwt-max-ttl`, seconds.
+        max_ttl: Option<u64>,
     },
 }
 
@@ -226,11 +262,16 @@ impl fmt::Debug for Authenticator {
     }
 }
 
-/// The claims this module reads itself; `exp`/`nbf`/`aud` are checked by `jsonwebtoken`.
+/// The claims this module reads itself; `exp`/`nbf`/`aud`/`iss` are checked by `jsonwebtoken`
+/// (`exp` and `iat` are read again here for the maximum lifetime).
 #[derive(Deserialize)]
 struct Claims {
     #[serde(default)]
     sub: Option<String>,
+    #[serde(default)]
+    exp: Option<serde_json::Value>,
+    #[serde(default)]
+    iat: Option<serde_json::Value>,
 }
 
 impl Authenticator {
@@ -288,7 +329,10 @@ impl Authenticator {
     ) -> Result<Self, AuthConfigError> {
         match key_file_flag(secret_file, public_key_file, insecure_no_auth)? {
             None => Ok(Self::disabled()),
-            Some((flag, path)) => Ok(Self::from_key_file(flag, path, audience)?.0),
+            Some((flag, path)) => {
+                require_audience(flag, audience.as_deref())?;
+                Ok(Self::from_key_file(flag, path, audience)?.0)
+            }
         }
     }
 
@@ -330,7 +374,7 @@ impl Authenticator {
     /// # Errors
     /// An [`AuthError`] for the first check that fails; see its variants.
     pub fn verify(&self, authorization: Option<&str>) -> Result<Principal, AuthError> {
-        let (alg, key, validation) = match &self.mode {
+        let (alg, key, validation, max_ttl) = match &self.mode {
             Mode::Disabled => {
                 return Ok(Principal {
                     subject: ANONYMOUS_SUBJECT.to_owned(),
@@ -340,12 +384,16 @@ impl Authenticator {
                 alg,
                 key,
                 validation,
-            } => (*alg, key, validation),
+                max_ttl,
+            } => (*alg, key, validation, *max_ttl),
         };
         let token = bearer_token(authorization)?;
         check_header(token, alg)?;
         let data = jsonwebtoken::decode::<Claims>(token, key, validation)
             .map_err(|e| map_jwt_error(e.kind()))?;
+        if let Some(max) = max_ttl {
+            check_lifetime(&data.claims, max, jsonwebtoken::get_current_timestamp())?;
+        }
         let subject = data.claims.sub.ok_or(AuthError::MissingClaim("sub"))?;
         if subject.trim().is_empty()
             || subject.len() > MAX_SUBJECT_LEN
@@ -395,6 +443,7 @@ impl Authenticator {
                 alg,
                 key,
                 validation: Box::new(validation),
+                max_ttl: None,
             },
         })
     }
@@ -558,6 +607,7 @@ fn claim_name(name: &str) -> &'static str {
         "aud" => "aud",
         "nbf" => "nbf",
         "iss" => "iss",
+        "iat" => "iat",
         _ => "unknown",
     }
 }
@@ -568,6 +618,7 @@ fn map_jwt_error(kind: &ErrorKind) -> AuthError {
         ErrorKind::ExpiredSignature => AuthError::Expired,
         ErrorKind::ImmatureSignature => AuthError::NotYetValid,
         ErrorKind::InvalidAudience => AuthError::WrongAudience,
+        ErrorKind::InvalidIssuer => AuthError::WrongIssuer,
         ErrorKind::InvalidAlgorithm
         | ErrorKind::MissingAlgorithm
         | ErrorKind::UnsupportedAlgorithm
@@ -803,6 +854,118 @@ mod tests {
         let auth = hs_auth(Some("codex-sidecar"));
         let token = hs(serde_json::json!({"sub": "a", "exp": now() + 600}));
         assert_eq!(check(&auth, &token), Err(AuthError::MissingClaim("aud")));
+    }
+
+    fn ruled(issuer: Option<&str>, max_ttl: Option<u64>) -> Authenticator {
+        hs_auth(None)
+            .with_rules(&TokenRules {
+                issuer: issuer.map(str::to_owned),
+                max_ttl: max_ttl.map(Duration::from_secs),
+            })
+            .expect("rules")
+    }
+
+    #[test]
+    fn issuer_is_checked_when_configured() {
+        let auth = ruled(Some("https://issuer.example"), None);
+        let ok =
+            hs(serde_json::json!({"sub": "a", "exp": now() + 60, "iss": "https://issuer.example"}));
+        assert_eq!(check(&auth, &ok).map(|p| p.subject), Ok("a".into()));
+        let other =
+            hs(serde_json::json!({"sub": "a", "exp": now() + 60, "iss": "https://evil.example"}));
+        let err = check(&auth, &other).expect_err("wrong iss");
+        assert_eq!(
+            (err.clone(), err.code()),
+            (AuthError::WrongIssuer, "invalid_issuer")
+        );
+        let none = hs(serde_json::json!({"sub": "a", "exp": now() + 60}));
+        let err = check(&auth, &none).expect_err("no iss");
+        assert_eq!(
+            (err.clone(), err.code()),
+            (AuthError::MissingClaim("iss"), "missing_claim")
+        );
+        // Without the rule, `iss` is not looked at.
+        assert!(check(&hs_auth(None), &other).is_ok());
+    }
+
+    #[test]
+    fn max_ttl_refuses_long_lived_tokens() {
+        let auth = ruled(None, Some(300));
+        let t = now();
+        let ok = hs(serde_json::json!({"sub": "a", "iat": t, "exp": t + 300}));
+        assert!(check(&auth, &ok).is_ok(), "exactly the maximum is fine");
+        // No iat: the remaining lifetime counts, with the clock-skew leeway.
+        let ok = hs(serde_json::json!({"sub": "a", "exp": t + 300 + LEEWAY_SECS - 5}));
+        assert!(check(&auth, &ok).is_ok());
+        for claims in [
+            serde_json::json!({"sub": "a", "iat": t, "exp": t + 301}),
+            // A token issued long ago whose exp is near: exp - iat still counts.
+            serde_json::json!({"sub": "a", "iat": t - 86_400, "exp": t + 10}),
+            serde_json::json!({"sub": "a", "exp": t + 86_400}),
+            // A backdated iat cannot hide a far exp: exp - now counts too.
+            serde_json::json!({"sub": "a", "iat": t + 86_000, "exp": t + 86_100}),
+        ] {
+            let err = check(&auth, &hs(claims.clone())).expect_err("too long");
+            assert_eq!(
+                err,
+                AuthError::LifetimeTooLong { max_secs: 300 },
+                "{claims}"
+            );
+            assert_eq!(err.code(), "token_lifetime_too_long");
+            assert!(err.to_string().contains("300 seconds"), "{err}");
+        }
+        let bad_iat = hs(serde_json::json!({"sub": "a", "iat": "yesterday", "exp": t + 10}));
+        assert_eq!(check(&auth, &bad_iat), Err(AuthError::InvalidClaim("iat")));
+        // exp stays required.
+        let no_exp = hs(serde_json::json!({"sub": "a", "iat": t}));
+        assert_eq!(check(&auth, &no_exp), Err(AuthError::MissingClaim("exp")));
+        // Without the rule, a day-long token is fine.
+        let long = hs(serde_json::json!({"sub": "a", "iat": t, "exp": t + 86_400}));
+        assert!(check(&hs_auth(None), &long).is_ok());
+    }
+
+    #[test]
+    fn bad_rules_are_config_errors() {
+        let rules = |issuer: Option<&str>, secs: Option<u64>| TokenRules {
+            issuer: issuer.map(str::to_owned),
+            max_ttl: secs.map(Duration::from_secs),
+        };
+        assert!(matches!(
+            hs_auth(None).with_rules(&rules(Some(" "), None)),
+            Err(AuthConfigError::EmptyIssuer)
+        ));
+        assert!(matches!(
+            hs_auth(None).with_rules(&rules(None, Some(0))),
+            Err(AuthConfigError::ZeroMaxTtl)
+        ));
+        assert!(
+            Authenticator::disabled()
+                .with_rules(&rules(Some("i"), Some(5)))
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn a_public_key_file_needs_an_audience() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("jwt.pub");
+        std::fs::write(&path, EC_PUBLIC).expect("write");
+        let err = Authenticator::from_files(None, Some(&path), None, false).expect_err("no aud");
+        assert!(matches!(err, AuthConfigError::PublicKeyWithoutAudience));
+        assert!(err.to_string().contains("--jwt-audience"), "{err}");
+        let auth = Authenticator::from_files(None, Some(&path), Some("api".into()), false)
+            .expect("with aud");
+        let key = EncodingKey::from_ec_pem(EC_PRIVATE).expect("ec");
+        let token = sign(
+            Algorithm::ES256,
+            &key,
+            serde_json::json!({"sub": "a", "exp": now() + 60, "aud": "api"}),
+        );
+        assert!(check(&auth, &token).is_ok());
+        // A shared secret keeps working without one.
+        let secret = dir.path().join("jwt.key");
+        std::fs::write(&secret, SECRET).expect("write");
+        assert!(Authenticator::from_files(Some(&secret), None, None, false).is_ok());
     }
 
     #[test]
@@ -1147,7 +1310,8 @@ mod tests {
         let token = hs(serde_json::json!({"sub": "alice", "exp": now() + 600}));
         assert!(check(&auth, &token).is_ok());
 
-        let auth = Authenticator::from_files(None, Some(&pub_path), None, false).expect("rs");
+        let auth = Authenticator::from_files(None, Some(&pub_path), Some("api".into()), false)
+            .expect("rs");
         assert_eq!(auth.algorithm(), Some("RS256"));
 
         let auth = Authenticator::from_files(None, None, None, true).expect("disabled");
@@ -1189,8 +1353,8 @@ mod tests {
         );
         assert!(!msg.contains("hunter2"), "{msg}");
 
-        let err =
-            Authenticator::from_files(None, Some(&secret_path), None, false).expect_err("bad pem");
+        let err = Authenticator::from_files(None, Some(&secret_path), Some("api".into()), false)
+            .expect_err("bad pem");
         let msg = err.to_string();
         assert_eq!(
             msg,

@@ -362,6 +362,12 @@ impl Config {
             p.insecure_no_auth,
             jwt_key_overlap,
         )
+        .and_then(|ring| {
+            ring.with_rules(crate::auth::TokenRules {
+                issuer: a.jwt_issuer.clone(),
+                max_ttl: a.jwt_max_ttl.map(Duration::from_secs),
+            })
+        })
         .map_err(|e| bad("API authentication", e.to_string()))?;
 
         let state_dir = match p.state_dir {
@@ -680,6 +686,26 @@ mod tests {
         s.paths.jwt_key_overlap = Some(MAX_JWT_KEY_OVERLAP_SECS + 1);
         let err = Config::resolve(s).await.expect_err("too long");
         assert_eq!(err.setting, "--jwt-key-overlap 604801");
+    }
+
+    #[tokio::test]
+    async fn a_public_key_needs_an_audience_and_token_rules_are_checked_at_start() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = dir.path().join("jwt.pub");
+        std::fs::write(&key, include_bytes!("../tests/fixtures/es256-public.pem")).expect("key");
+        let mut s = ServeSettings::default();
+        s.paths.jwt_public_key_file = Some(key);
+        let err = Config::resolve(s.clone()).await.expect_err("no audience");
+        assert_eq!(err.setting, "API authentication");
+        assert!(err.to_string().contains("needs --jwt-audience"), "{err}");
+        s.agent.jwt_audience = Some("api".into());
+        s.agent.jwt_max_ttl = Some(0);
+        let err = Config::resolve(s.clone()).await.expect_err("zero ttl");
+        assert!(err.to_string().contains("--jwt-max-ttl"), "{err}");
+        s.agent.jwt_max_ttl = None;
+        s.agent.jwt_issuer = Some(String::new());
+        let err = Config::resolve(s).await.expect_err("empty issuer");
+        assert!(err.to_string().contains("--jwt-issuer"), "{err}");
     }
 
     #[test]

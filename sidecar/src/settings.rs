@@ -292,7 +292,8 @@ pub struct AgentSettings {
     #[schemars(range(min = 1))]
     pub turn_timeout: Option<u64>,
 
-    /// Required `aud` claim of API tokens. Unset: `aud` is not checked.
+    /// Required `aud` claim of API tokens. Unset: `aud` is not checked. Required with
+    /// `--jwt-public-key-file`.
     #[arg(long, value_name = "AUD")]
     #[serde(
         default,
@@ -300,6 +301,23 @@ pub struct AgentSettings {
         alias = "jwt-audience"
     )]
     pub jwt_audience: Option<String>,
+
+    /// Required `iss` claim of API tokens (exact match). Unset: `iss` is not checked.
+    #[arg(long, value_name = "ISS")]
+    #[serde(default, skip_serializing_if = "Option::is_none", alias = "jwt-issuer")]
+    pub jwt_issuer: Option<String>,
+
+    /// Longest lifetime of an API token, seconds: tokens whose `exp - iat`, or whose `exp - now`
+    /// beyond 30 s of clock skew, exceeds it are refused (`token_lifetime_too_long`). Unset: no
+    /// limit.
+    #[arg(long, value_name = "SECS")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        alias = "jwt-max-ttl"
+    )]
+    #[schemars(range(min = 1))]
+    pub jwt_max_ttl: Option<u64>,
 
     /// MCP servers codex may start, by name. Config file and CRD only (no flag).
     #[arg(skip)]
@@ -538,6 +556,8 @@ impl ServeSettings {
                 idle_timeout: fa.idle_timeout.or(a.idle_timeout),
                 turn_timeout: fa.turn_timeout.or(a.turn_timeout),
                 jwt_audience: fa.jwt_audience.or(a.jwt_audience),
+                jwt_issuer: fa.jwt_issuer.or(a.jwt_issuer),
+                jwt_max_ttl: fa.jwt_max_ttl.or(a.jwt_max_ttl),
                 mcp_servers: if fa.mcp_servers.is_empty() {
                     a.mcp_servers
                 } else {
@@ -558,6 +578,7 @@ mod tests {
             "listen = \"127.0.0.1:9000\"\ncompactAtTokens = 100\nturn-timeout = 5\n\
              provider = \"custom\"\nproviderBaseUrl = \"http://127.0.0.1:1/v1\"\n\
              jwtKeyReloadInterval = 2\njwt-key-overlap = 60\n\
+             jwtIssuer = \"https://issuer.example\"\njwt-max-ttl = 900\n\
              [mcpServers.files]\ncommand = \"mcp-files\"\nargs = [\"--root\", \"/w\"]\n",
         )
         .expect("parses");
@@ -567,6 +588,11 @@ mod tests {
         assert_eq!(file.agent.provider, Some(ProviderKind::Custom));
         assert_eq!(file.paths.jwt_key_reload_interval, Some(2));
         assert_eq!(file.paths.jwt_key_overlap, Some(60));
+        assert_eq!(
+            file.agent.jwt_issuer.as_deref(),
+            Some("https://issuer.example")
+        );
+        assert_eq!(file.agent.jwt_max_ttl, Some(900));
         assert_eq!(file.agent.mcp_servers["files"].args, vec!["--root", "/w"]);
     }
 

@@ -373,6 +373,14 @@ impl Api {
         }
     }
 
+    /// The same client with another bearer token (`None`: no `Authorization` header).
+    pub fn with_token(&self, token: Option<String>) -> Api {
+        Api {
+            token,
+            ..self.clone()
+        }
+    }
+
     /// Any request.
     pub async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
         let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap_or(reqwest::Method::GET);

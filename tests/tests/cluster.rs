@@ -439,16 +439,7 @@ impl World {
         let secret = self
             .json(&["-n", ns, "get", "secret", &format!("{name}-jwt")])
             .expect("the JWT Secret");
-        let key = secret["data"]["jwt.key"].as_str().expect("jwt.key");
-        use base64::Engine;
-        let mut key = base64::engine::general_purpose::STANDARD
-            .decode(key)
-            .expect("base64");
-        // As the sidecar and the operator read a key: trailing newlines are not part of it.
-        while key.last().is_some_and(|c| *c == b'\n' || *c == b'\r') {
-            key.pop();
-        }
-        let token = Some(mint_with(sub, None, 600, &key));
+        let token = Some(mint_from_secret(&secret, sub));
         if self.node.is_some() {
             return Sidecar {
                 api: Api::new(&format!("http://{ip}:{port}"), token),
@@ -1421,6 +1412,39 @@ async fn real_turn(w: &World) {
         !procs.lines().any(|l| l.ends_with(" Z")),
         "no zombie in the sidecar container: {procs}"
     );
+    // The generated key is an ES256 pair; the pod holds only its public half.
+    let secret = w
+        .json(&["-n", "chat", "get", "secret", "chat-jwt"])
+        .expect("the JWT Secret");
+    let mut keys: Vec<&String> = secret["data"].as_object().expect("data").keys().collect();
+    keys.sort();
+    assert_eq!(keys, ["jwt.key", "jwt.pub"], "{}", secret["data"]);
+    assert_no_private_key_in_the_pod(w, "chat", "chat");
+    // The sidecar checks ES256 with an audience: a token without the audience is refused.
+    let (code, body) = api
+        .with_token({
+            let key = secret["data"]["jwt.key"].as_str().expect("jwt.key");
+            use base64::Engine;
+            let pem = base64::engine::general_purpose::STANDARD
+                .decode(key)
+                .expect("base64");
+            let now = jsonwebtoken::get_current_timestamp();
+            Some(
+                jsonwebtoken::encode(
+                    &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256),
+                    &json!({"sub": "alice", "exp": now + 60}),
+                    &jsonwebtoken::EncodingKey::from_ec_pem(&pem).expect("ec"),
+                )
+                .expect("sign"),
+            )
+        })
+        .call("GET", "/v1/status", None)
+        .await;
+    assert_eq!(
+        (code, body["error"]["code"].as_str()),
+        (401, Some("missing_claim")),
+        "{body}"
+    );
     // Another subject sees nothing of alice's.
     let bob = w.sidecar("chat", "chat", "bob").await;
     let (code, _) = bob.events("s1", 0, 0).await;
@@ -1516,8 +1540,11 @@ async fn key_rotation(w: &World, ns: &str, agent: &str) {
     let old = w.sidecar(ns, agent, "alice").await;
     assert_eq!(old.call("GET", "/v1/status", None).await.0, 200);
     let t = Instant::now();
-    let patch = json!({"stringData": {"jwt.key": "rotated-signing-key-for-the-e2e-0123456789\n"}})
-        .to_string();
+    // A new ES256 pair, as a user rotating the generated key would write it.
+    let pair = rcgen::KeyPair::generate().expect("a P-256 key pair");
+    let patch =
+        json!({"stringData": {"jwt.key": pair.serialize_pem(), "jwt.pub": pair.public_key_pem()}})
+            .to_string();
     w.k(&[
         "-n",
         ns,
@@ -1545,12 +1572,79 @@ async fn key_rotation(w: &World, ns: &str, agent: &str) {
         "the old key is still valid during the overlap: {st}"
     );
     assert_eq!(uid(w), before, "no pod restart");
+    assert_no_private_key_in_the_pod(w, ns, agent);
     let (status, reason, _) = w
         .condition(ns, agent, "SandboxReady")
         .expect("SandboxReady");
     assert_eq!((status.as_str(), reason.as_str()), ("True", "SandboxWorks"));
     let (status, _, message) = w.condition(ns, agent, "Ready").expect("Ready");
     assert_eq!(status, "True", "{message}");
+}
+
+/// A token for `sub` signed with the key a generated JWT Secret holds: ES256 with its private
+/// key `jwt.key` and the default audience when it also holds `jwt.pub` (a key pair), HS256 with
+/// `jwt.key` otherwise.
+fn mint_from_secret(secret: &Value, sub: &str) -> String {
+    use base64::Engine;
+    let field = |k: &str| {
+        secret["data"][k].as_str().map(|v| {
+            base64::engine::general_purpose::STANDARD
+                .decode(v)
+                .expect("base64")
+        })
+    };
+    let mut key = field("jwt.key").expect("jwt.key");
+    if field("jwt.pub").is_some() {
+        return mint_es256(sub, &key);
+    }
+    // As the sidecar and the operator read a key: trailing newlines are not part of it.
+    while key.last().is_some_and(|c| *c == b'\n' || *c == b'\r') {
+        key.pop();
+    }
+    mint_with(sub, None, 600, &key)
+}
+
+/// An ES256 token for `sub` (10 minutes, `aud` `codex-sidecar`, the operator's default for a
+/// generated key pair) signed with the PKCS#8 PEM `private_key`.
+fn mint_es256(sub: &str, private_key: &[u8]) -> String {
+    let now = jsonwebtoken::get_current_timestamp();
+    let claims = json!({"sub": sub, "iat": now, "exp": now + 600, "aud": "codex-sidecar"});
+    let key = jsonwebtoken::EncodingKey::from_ec_pem(private_key).expect("a P-256 private key");
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256),
+        &claims,
+        &key,
+    )
+    .expect("sign")
+}
+
+/// The pod's filesystem holds the public key of the agent's generated pair and no private key:
+/// the JWT mount lists only `jwt.pub`, and no file under `/etc/codex-sidecar` is a private key
+/// (so a command the model runs cannot mint tokens).
+fn assert_no_private_key_in_the_pod(w: &World, ns: &str, pod: &str) {
+    let listing = w.k(&[
+        "-n",
+        ns,
+        "exec",
+        pod,
+        "-c",
+        "sidecar",
+        "--",
+        "sh",
+        "-c",
+        "ls -A /etc/codex-sidecar/jwt/; echo ---; grep -rl 'PRIVATE KEY' /etc/codex-sidecar/ 2>/dev/null; true",
+    ]);
+    let (mount, private) = listing.split_once("---").expect("both parts");
+    let names: Vec<&str> = mount
+        .split_whitespace()
+        .filter(|n| !n.starts_with(".."))
+        .collect();
+    assert_eq!(names, ["jwt.pub"], "the JWT mount: {listing}");
+    assert!(
+        private.trim().is_empty(),
+        "files holding a private key in the pod: {listing}"
+    );
+    eprintln!("cluster: the pod's JWT mount holds only {names:?}");
 }
 
 /// `codex-operator docker apply -f agent.yaml` with the project's image on the local engine: a
@@ -1604,9 +1698,26 @@ async fn docker_host_turn(w: &World) {
             .find_map(|l| l.strip_prefix(k).map(|v| v.trim().to_owned()))
     };
     let endpoint = field("endpoint").expect("an endpoint");
-    let key = std::fs::read(field("jwt key").expect("a key file")).expect("the key");
-    let key: Vec<u8> = key.strip_suffix(b"\n").map(<[u8]>::to_vec).unwrap_or(key);
-    let api = Api::new(&endpoint, Some(mint_with("alice", None, 600, &key)));
+    // The generated key is an ES256 pair on the host: the private key (0600) for clients, the
+    // public key for the container, which requires the default audience.
+    let key_file = PathBuf::from(field("jwt key").expect("a key file"));
+    let key = std::fs::read(&key_file).expect("the key");
+    assert!(
+        key.starts_with(b"-----BEGIN PRIVATE KEY-----"),
+        "PKCS#8 PEM"
+    );
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key_file)
+            .expect("meta")
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600, "{}", key_file.display());
+    }
+    assert!(field("jwt pub").is_some(), "{out}");
+    assert_eq!(field("jwt aud").as_deref(), Some("codex-sidecar"), "{out}");
+    let api = Api::new(&endpoint, Some(mint_es256("alice", &key)));
     eventually(
         "the sidecar on the Docker host to be ready",
         Duration::from_secs(60),
@@ -1619,8 +1730,11 @@ async fn docker_host_turn(w: &World) {
     let (code, body) = api.create(json!({"id": "d1"})).await;
     assert!(code == 201 || code == 200, "{code} {body}");
     api.send("d1", "hello from docker").await;
-    api.send("d1", "[[exec=echo ran-on-the-docker-host && id -u]]")
-        .await;
+    api.send(
+        "d1",
+        "[[exec=echo ran-on-the-docker-host && id -u && echo keys: $(ls -A /etc/codex-sidecar/jwt)]]",
+    )
+    .await;
     let events = api
         .until_results("d1", 0, 2, Duration::from_secs(90))
         .await
@@ -1637,6 +1751,12 @@ async fn docker_host_turn(w: &World) {
     );
     assert!(
         texts.iter().any(|t| t.contains("ran-on-the-docker-host")),
+        "{texts:?}"
+    );
+    // What a command in the container sees of the key: the public half only.
+    assert!(
+        texts.iter().any(|t| t.contains("keys: jwt.pub"))
+            && !texts.iter().any(|t| t.contains("jwt.key")),
         "{texts:?}"
     );
     run(&["docker", "delete", &name, "--volumes"]);

@@ -39,7 +39,7 @@ async fn operator_sees(
     let report = probe
         .status(&ProbeTarget {
             base_url: sc.base.clone(),
-            key: TEST_SECRET.as_bytes().to_vec(),
+            key: codex_operator::api_key::SigningKey::Hs256(TEST_SECRET.as_bytes().to_vec()),
             audience: None,
         })
         .await

@@ -22,7 +22,10 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::{AuthConfigError, AuthError, Authenticator, Principal, key_file_flag};
+use super::{
+    AuthConfigError, AuthError, Authenticator, Principal, TokenRules, key_file_flag,
+    require_audience,
+};
 use crate::metrics::Metrics;
 
 /// Most replaced keys kept for their overlap at once; the oldest is dropped beyond it.
@@ -45,6 +48,7 @@ struct Source {
     flag: &'static str,
     path: PathBuf,
     audience: Option<String>,
+    rules: TokenRules,
 }
 
 /// One immutable snapshot of the keys; replaced whole on reload.
@@ -134,11 +138,13 @@ impl KeyRing {
         else {
             return Ok(Self::fixed(Authenticator::disabled()));
         };
+        require_audience(flag, audience.as_deref())?;
         let (auth, bytes) = Authenticator::from_key_file(flag, path, audience.clone())?;
         let source = Source {
             flag,
             path: path.to_path_buf(),
             audience,
+            rules: TokenRules::default(),
         };
         Ok(Self::new(
             Some(source),
@@ -146,6 +152,36 @@ impl KeyRing {
             Some(fingerprint(&bytes)),
             overlap,
         ))
+    }
+
+    /// This ring with the extra claim checks of `rules` (see [`Authenticator::with_rules`]),
+    /// for the key in use and every key a reload brings. Call before sharing the ring.
+    ///
+    /// # Errors
+    /// Those of [`Authenticator::with_rules`].
+    pub fn with_rules(mut self, rules: TokenRules) -> Result<Self, AuthConfigError> {
+        let keys = self.keys.get_mut().unwrap_or_else(PoisonError::into_inner);
+        let current = keys.current.clone().with_rules(&rules)?;
+        let previous = keys
+            .previous
+            .iter()
+            .map(|p| {
+                Ok(Previous {
+                    auth: p.auth.clone().with_rules(&rules)?,
+                    ..p.clone()
+                })
+            })
+            .collect::<Result<Vec<_>, AuthConfigError>>()?;
+        *keys = Arc::new(Keys {
+            current,
+            fingerprint: keys.fingerprint,
+            loaded_at: keys.loaded_at,
+            previous,
+        });
+        if let Some(src) = &mut self.source {
+            src.rules = rules;
+        }
+        Ok(self)
     }
 
     fn new(
@@ -242,15 +278,13 @@ impl KeyRing {
             self.clear_failure();
             return ReloadOutcome::Unchanged;
         }
-        let auth = match Authenticator::from_key_bytes(
-            src.flag,
-            &src.path,
-            &bytes,
-            src.audience.clone(),
-        ) {
-            Ok(auth) => auth,
-            Err(error) => return self.failed(FailedOn::Content(digest), error),
-        };
+        let auth =
+            match Authenticator::from_key_bytes(src.flag, &src.path, &bytes, src.audience.clone())
+                .and_then(|auth| auth.with_rules(&src.rules))
+            {
+                Ok(auth) => auth,
+                Err(error) => return self.failed(FailedOn::Content(digest), error),
+            };
         self.redact_secret(src, &bytes);
         let mut guard = self.keys.write().unwrap_or_else(PoisonError::into_inner);
         let mut previous: Vec<Previous> = Vec::with_capacity(MAX_PREVIOUS_KEYS);
@@ -706,10 +740,11 @@ mod tests {
             &path,
             include_bytes!("../../tests/fixtures/rs256-public.pem"),
         );
-        let ring = KeyRing::from_files(None, Some(&path), None, false, OVERLAP).expect("ring");
+        let ring = KeyRing::from_files(None, Some(&path), Some("api".into()), false, OVERLAP)
+            .expect("ring");
         assert_eq!(ring.algorithm(), Some("RS256"));
-        let claims =
-            serde_json::json!({"sub": "carol", "exp": jsonwebtoken::get_current_timestamp() + 600});
+        let claims = serde_json::json!({"sub": "carol", "aud": "api",
+            "exp": jsonwebtoken::get_current_timestamp() + 600});
         let rs =
             EncodingKey::from_rsa_pem(include_bytes!("../../tests/fixtures/rs256-private.pem"))
                 .expect("rsa");

@@ -1753,9 +1753,24 @@ async fn docker_host_turn(w: &World) {
         texts.iter().any(|t| t.contains("ran-on-the-docker-host")),
         "{texts:?}"
     );
-    // What a command in the container sees of the key: the public half only.
+    // The container holds the public half of the key only (seen from outside the sandbox), and
+    // a command the model runs finds no private key: under Landlock isolation it cannot even
+    // list the key directory.
+    let container = field("created").expect("the container's name");
+    let listed = std::process::Command::new("docker")
+        .args(["exec", &container, "ls", "-A", "/etc/codex-sidecar/jwt"])
+        .output()
+        .expect("docker exec");
+    assert_eq!(
+        String::from_utf8_lossy(&listed.stdout).trim(),
+        "jwt.pub",
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
     assert!(
-        texts.iter().any(|t| t.contains("keys: jwt.pub"))
+        texts
+            .iter()
+            .any(|t| t.contains("keys: jwt.pub") || t.contains("Permission denied"))
             && !texts.iter().any(|t| t.contains("jwt.key")),
         "{texts:?}"
     );

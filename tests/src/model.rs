@@ -529,6 +529,15 @@ impl ScriptedModel {
         self.shared.requests().clone()
     }
 
+    /// The first request whose last user message contains `needle`.
+    pub fn request_with_user_text(&self, needle: &str) -> Option<RecordedRequest> {
+        self.requests().into_iter().find(|r| {
+            r.last_user_text
+                .as_deref()
+                .is_some_and(|t| t.contains(needle))
+        })
+    }
+
     /// `"METHOD /path?query"` of every request that no route answered (they got 404).
     pub fn unhandled_requests(&self) -> Vec<String> {
         self.shared

@@ -71,13 +71,7 @@ async fn an_image_reaches_the_model_as_input_image_and_goes_with_its_session() -
     assert_eq!(std::fs::read(&files[0])?, decoded);
 
     let req = model
-        .requests()
-        .into_iter()
-        .find(|r| {
-            r.last_user_text
-                .as_deref()
-                .is_some_and(|t| t.contains("what is this?"))
-        })
+        .request_with_user_text("what is this?")
         .expect("the model got the message");
     assert_eq!(req.last_user_images.len(), 1, "{:?}", req.body);
     assert!(
@@ -241,13 +235,7 @@ async fn every_bad_image_is_refused_with_its_code_and_nothing_accepted_is_lost()
         "{results:?}"
     );
     let first = model
-        .requests()
-        .into_iter()
-        .find(|r| {
-            r.last_user_text
-                .as_deref()
-                .is_some_and(|t| t.starts_with("first"))
-        })
+        .request_with_user_text("first")
         .expect("the first message reached the model");
     assert_eq!(first.last_user_images.len(), 1);
     assert_eq!(images_of(&sc).len(), 1, "{:?}", images_of(&sc));
@@ -285,13 +273,7 @@ async fn an_accepted_image_survives_kill_9_and_reaches_the_model_after_the_resta
         Some(json!("completed"))
     );
     let req = model
-        .requests()
-        .into_iter()
-        .find(|r| {
-            r.last_user_text
-                .as_deref()
-                .is_some_and(|t| t.contains("after the crash"))
-        })
+        .request_with_user_text("after the crash")
         .expect("the image message reached the model after the restart");
     assert_eq!(req.last_user_images.len(), 1, "{:?}", req.body);
     Ok(())

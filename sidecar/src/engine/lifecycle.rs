@@ -206,10 +206,7 @@ impl Engine {
         let taken = match sessions {
             Some(s) => other(s),
             None => self.sessions.read().map(|s| other(&s)).unwrap_or(false),
-        } || self
-            .unloaded
-            .lock()
-            .is_ok_and(|u| u.keys().any(|k| k.owner != owner));
+        } || !self.unloaded_keys(|k| k.owner != owner).is_empty();
         if taken {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,

@@ -321,12 +321,7 @@ impl Engine {
             .read()
             .map(|s| s.keys().filter(|k| k.owner == owner).count())
             .unwrap_or_default();
-        let unloaded = self
-            .unloaded
-            .lock()
-            .map(|u| u.keys().filter(|k| k.owner == owner).count())
-            .unwrap_or_default();
-        loaded + unloaded
+        loaded + self.unloaded_keys(|k| k.owner == owner).len()
     }
 
     /// A permit for one long-poll or event stream of `owner`, held while it is open.

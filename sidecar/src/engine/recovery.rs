@@ -294,11 +294,7 @@ impl Engine {
         let engine = self.clone();
         tokio::spawn(async move {
             let t0 = std::time::Instant::now();
-            let keys: Vec<SessionKey> = engine
-                .unloaded
-                .lock()
-                .map(|u| u.keys().cloned().collect())
-                .unwrap_or_default();
+            let keys = engine.unloaded_keys(|_| true);
             let n = keys.len();
             for key in keys {
                 if let Err(e) = engine.ensure_loaded(&key).await {
@@ -354,17 +350,15 @@ impl Engine {
         .await;
         let (dir, result) =
             loaded.map_err(|e| ApiError::internal(format!("session loader failed: {e}")))?;
+        // Loaded, or found not to be a session: either way it is no longer waiting to be read.
+        if !matches!(result, Err(NotASession::Io(_)))
+            && let Ok(mut u) = self.unloaded.lock()
+        {
+            u.remove(key);
+        }
         match result {
-            Ok(()) => {
-                if let Ok(mut u) = self.unloaded.lock() {
-                    u.remove(key);
-                }
-                Ok(self.handle(key))
-            }
+            Ok(()) => Ok(self.handle(key)),
             Err(e @ NotASession::Record(_)) => {
-                if let Ok(mut u) = self.unloaded.lock() {
-                    u.remove(key);
-                }
                 let _ = self.not_loaded(&dir, e);
                 Ok(None)
             }
@@ -382,14 +376,17 @@ impl Engine {
     /// Reads every session of `owner` that start-up has not read yet (for listing and thread
     /// lookups).
     pub(super) async fn ensure_owner_loaded(self: &Arc<Self>, owner: &str) {
-        let keys: Vec<SessionKey> = self
-            .unloaded
-            .lock()
-            .map(|u| u.keys().filter(|k| k.owner == owner).cloned().collect())
-            .unwrap_or_default();
-        for key in keys {
+        for key in self.unloaded_keys(|k| k.owner == owner) {
             let _ = self.ensure_loaded(&key).await;
         }
+    }
+
+    /// The keys of the sessions not read yet that `filter` selects.
+    pub(super) fn unloaded_keys(&self, filter: impl Fn(&SessionKey) -> bool) -> Vec<SessionKey> {
+        self.unloaded
+            .lock()
+            .map(|u| u.keys().filter(|k| filter(k)).cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Sessions found at start-up whose logs are not read yet.

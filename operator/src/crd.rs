@@ -91,6 +91,10 @@ pub const DEFAULT_STORAGE_SIZE: &str = "10Gi";
     {
         "rule": "!has(self.sidecar) || (!has(self.sidecar.model) && !has(self.sidecar.provider) && !has(self.sidecar.providerBaseUrl) && !has(self.sidecar.providerEnvKey))",
         "message": "set the model and provider with spec.model and spec.provider, not in spec.sidecar"
+    },
+    {
+        "rule": "!has(self.sidecar) || !has(self.sidecar.warmChildren) || self.sidecar.warmChildren <= (has(self.sidecar.maxLiveSessions) ? self.sidecar.maxLiveSessions : 8)",
+        "message": "sidecar.warmChildren must not exceed sidecar.maxLiveSessions (default 8): warm children are counted inside it"
     }
 ]))]
 pub struct CodexAgentSpec {
@@ -552,6 +556,14 @@ impl CodexAgentSpec {
                 return fail("port 8080 is the sidecar's");
             }
         }
+        let max_live = s
+            .max_live_sessions
+            .unwrap_or(codex_sidecar::settings::DEFAULT_MAX_LIVE_SESSIONS);
+        if s.warm_children.is_some_and(|w| w > max_live) {
+            return fail(
+                "sidecar.warmChildren must not exceed sidecar.maxLiveSessions (default 8): warm children are counted inside it",
+            );
+        }
         if let Some(gpu) = &self.gpu
             && !(1..=64).contains(&gpu.count)
         {
@@ -909,6 +921,16 @@ mod tests {
                 json!({"model": "other"}),
                 "not in spec.sidecar",
             ),
+            (
+                json!({"type": "custom", "baseUrl": "http://gw/v1"}),
+                json!({"warmChildren": 9}),
+                "warmChildren must not exceed",
+            ),
+            (
+                json!({"type": "custom", "baseUrl": "http://gw/v1"}),
+                json!({"warmChildren": 3, "maxLiveSessions": 2}),
+                "warmChildren must not exceed",
+            ),
         ];
         for (provider, sidecar, want) in cases {
             let obj = json!({"apiVersion": "agents.codex-operator.dev/v1alpha1", "kind": "CodexAgent",
@@ -918,8 +940,17 @@ mod tests {
             assert!(err.to_string().contains(want), "{provider}: {err}");
         }
         let ok = json!({"apiVersion": "agents.codex-operator.dev/v1alpha1", "kind": "CodexAgent", "metadata": {"name": "x"},
-            "spec": {"model": "m", "provider": {"type": "local", "local": {"engine": "ollama"}}, "gpu": {"count": 1}}});
+            "spec": {"model": "m", "provider": {"type": "local", "local": {"engine": "ollama"}}, "gpu": {"count": 1},
+                "sidecar": {"warmChildren": 2, "maxLiveSessions": 2}}});
         kube_cel::validate(&schema, &ok, None).expect("a valid agent passes");
+        let mut spec: CodexAgentSpec = serde_json::from_value(ok["spec"].clone()).expect("spec");
+        spec.validate().expect("validate agrees");
+        spec.sidecar.warm_children = Some(3);
+        let err = spec.validate().expect_err("3 warm children > 2 live");
+        assert!(
+            err.to_string().contains("warmChildren must not exceed"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -16,8 +16,7 @@ use crate::settings::{
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// Default `--compact-at-tokens`.
 pub const DEFAULT_COMPACT_AT_TOKENS: u64 = 40_000;
-/// Default `--max-live-sessions`.
-pub const DEFAULT_MAX_LIVE_SESSIONS: u32 = 8;
+pub use crate::settings::{DEFAULT_MAX_LIVE_SESSIONS, DEFAULT_WARM_CHILDREN};
 /// Default `--idle-timeout` in seconds.
 pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 600;
 pub use crate::settings::DEFAULT_TURN_TIMEOUT_SECS;
@@ -153,6 +152,9 @@ pub struct Config {
     pub compact_at_tokens: u64,
     /// Most live codex children.
     pub max_live_sessions: usize,
+    /// Codex children kept started for the next new sessions, inside `max_live_sessions`
+    /// (`--warm-children`; 0: none).
+    pub warm_children: usize,
     /// Idle time after which a child is stopped.
     pub idle_timeout: Duration,
     /// Longest turn.
@@ -477,6 +479,15 @@ impl Config {
         if max_live == 0 {
             return Err(bad("--max-live-sessions 0", "must be at least 1"));
         }
+        let warm_children = a.warm_children.unwrap_or(DEFAULT_WARM_CHILDREN);
+        if warm_children > max_live {
+            return Err(bad(
+                "--warm-children",
+                format!(
+                    "{warm_children} is more than --max-live-sessions ({max_live}): warm children are counted inside it"
+                ),
+            ));
+        }
         let idle = a.idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT_SECS);
         let turn = a.turn_timeout.unwrap_or(DEFAULT_TURN_TIMEOUT_SECS);
         if idle == 0 {
@@ -510,6 +521,7 @@ impl Config {
             sandbox: a.sandbox.unwrap_or(SandboxMode::WorkspaceWrite),
             compact_at_tokens: a.compact_at_tokens.unwrap_or(DEFAULT_COMPACT_AT_TOKENS),
             max_live_sessions: max_live as usize,
+            warm_children: warm_children as usize,
             idle_timeout: Duration::from_secs(idle),
             turn_timeout: Duration::from_secs(turn),
             mcp_servers: a.mcp_servers,

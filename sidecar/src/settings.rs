@@ -156,6 +156,10 @@ pub struct McpServer {
 }
 
 /// Default `--turn-timeout` in seconds (also how long the operator waits for a draining sidecar's
+/// Default `--max-live-sessions` (`maxLiveSessions`): codex children running at once.
+pub const DEFAULT_MAX_LIVE_SESSIONS: u32 = 8;
+/// Default `--warm-children` (`warmChildren`): children started ahead of new sessions.
+pub const DEFAULT_WARM_CHILDREN: u32 = 1;
 /// turns to end before it replaces the pod anyway).
 pub const DEFAULT_TURN_TIMEOUT_SECS: u64 = 600;
 
@@ -270,6 +274,19 @@ pub struct AgentSettings {
     )]
     #[schemars(range(min = 1, max = 1024))]
     pub max_live_sessions: Option<u32>,
+
+    /// Codex children started ahead of time and handed to the next new sessions, so that
+    /// `POST /v1/sessions` waits only for `thread/start`. Counted inside `--max-live-sessions`
+    /// (a session that needs a slot takes a warm child's first); refilled in the background
+    /// when a slot is free. 0 turns it off. Default 1.
+    #[arg(long, value_name = "N")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        alias = "warm-children"
+    )]
+    #[schemars(range(min = 0, max = 64))]
+    pub warm_children: Option<u32>,
 
     /// Seconds an idle session keeps its codex child before it is stopped. Default 600.
     #[arg(long, value_name = "SECS")]
@@ -553,6 +570,7 @@ impl ServeSettings {
                 sandbox: fa.sandbox.or(a.sandbox),
                 compact_at_tokens: fa.compact_at_tokens.or(a.compact_at_tokens),
                 max_live_sessions: fa.max_live_sessions.or(a.max_live_sessions),
+                warm_children: fa.warm_children.or(a.warm_children),
                 idle_timeout: fa.idle_timeout.or(a.idle_timeout),
                 turn_timeout: fa.turn_timeout.or(a.turn_timeout),
                 jwt_audience: fa.jwt_audience.or(a.jwt_audience),

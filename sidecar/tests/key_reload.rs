@@ -88,6 +88,7 @@ fn config(state_dir: &Path) -> Config {
         sandbox: SandboxMode::DangerFullAccess,
         compact_at_tokens: 0,
         max_live_sessions: 1,
+        warm_children: 0,
         idle_timeout: Duration::from_secs(60),
         turn_timeout: Duration::from_secs(60),
         mcp_servers: Default::default(),

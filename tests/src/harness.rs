@@ -533,7 +533,8 @@ pub fn alive(pid: u32) -> bool {
     proc_stat_fields(pid).is_some_and(|rest| !rest.trim_start().starts_with('Z'))
 }
 
-/// Every file under `dir` (recursively) whose path satisfies `pred`.
+/// Every file under `dir` (recursively, not through symlinked directories) whose path satisfies
+/// `pred`.
 pub fn files_under(dir: &Path, pred: impl Fn(&Path) -> bool) -> Vec<PathBuf> {
     let mut found = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
@@ -543,7 +544,8 @@ pub fn files_under(dir: &Path, pred: impl Fn(&Path) -> bool) -> Vec<PathBuf> {
         };
         for e in entries.flatten() {
             let p = e.path();
-            if p.is_dir() {
+            // Not through symlinks: a session's alias under `<state>/warm/` would count it twice.
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
                 stack.push(p);
             } else if pred(&p) {
                 found.push(p);

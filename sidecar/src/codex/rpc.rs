@@ -335,6 +335,11 @@ impl AppServer {
         Ok(server)
     }
 
+    /// Whether the child has exited (a warm child that died while it waited).
+    pub fn has_exited(&mut self) -> bool {
+        self.pid.is_none() || matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
     /// The child's process id.
     pub fn pid(&self) -> Option<u32> {
         self.pid

@@ -11,6 +11,7 @@ use std::time::Duration;
 use axum::http::StatusCode;
 
 use super::session::{Actor, Command, SessionHandle, SessionKey, StartError, session_dir};
+use super::warm::Handed;
 use super::{
     CreateSession, Engine, SessionView, check_settings_lengths, owner_key, quota, storage_error,
     valid_session_id,
@@ -116,7 +117,10 @@ impl Engine {
         let dir = session_dir(&self.ctx.config.state_dir, &owner_key(owner), &id);
         let io = |e: std::io::Error| storage_error("cannot create the session on disk", &e);
         self.clear_leftover(&dir).map_err(io)?;
-        create_private_dir(&dir).map_err(io)?;
+        let warm = self.warm_child_into(&dir);
+        if warm.is_none() {
+            create_private_dir(&dir).map_err(io)?;
+        }
         let record = SessionRecord {
             id: id.clone(),
             owner: owner.to_owned(),
@@ -129,6 +133,7 @@ impl Engine {
             // A continued thread holds another session's instructions: this session's own are
             // given to it before its first turn (thread/start records them for a new thread).
             instructions_applied: rollout.as_ref().map(|_| "none".to_owned()),
+            alias: warm.as_ref().map(|w| w.alias.clone()),
             ..Default::default()
         };
         if let Some((src_home, rel)) = &rollout {
@@ -145,7 +150,11 @@ impl Engine {
         let inbox = Inbox::open(&dir.join("messages.jsonl"), 0).map_err(io)?;
         let (h, rx) = SessionHandle::new(key.clone(), dir.clone(), events, inbox, record);
         self.ctx.setup.register_home(&h.codex_home());
-        tokio::spawn(Actor::new(h.clone(), self.ctx.clone(), rx).run());
+        tokio::spawn(
+            Actor::new(h.clone(), self.ctx.clone(), rx)
+                .with_warm_child(warm)
+                .run(),
+        );
         let (tx, reply) = tokio::sync::oneshot::channel();
         h.send(Command::Start(tx));
         let started = tokio::time::timeout(START_TIMEOUT, reply).await;
@@ -187,6 +196,21 @@ impl Engine {
             return Err(e);
         }
         Ok((true, self.view(&h), rollout.is_some()))
+    }
+
+    /// A warm child moved into `dir` (which then exists, holding its `codex-home/`, `workspace/`
+    /// and `tmp/`), or None when none is ready or the move failed (`dir` is then absent).
+    fn warm_child_into(&self, dir: &Path) -> Option<Handed> {
+        let child = self.ctx.warm.take(&self.ctx.setup)?;
+        let parent = dir.parent()?;
+        if let Err(e) = create_private_dir(parent) {
+            tracing::warn!(dir = %parent.display(), error = %e, "cannot create an owner's directory");
+            return None;
+        }
+        child
+            .move_into(&self.ctx.setup, dir)
+            .map_err(|e| tracing::warn!(error = %e, "a warm codex child could not be handed over"))
+            .ok()
     }
 
     /// 409 `isolation_unavailable` when sessions are not isolated from each other (and
@@ -286,6 +310,9 @@ impl Engine {
             let _ = tokio::time::timeout(Duration::from_secs(30), rx).await;
         }
         self.ctx.setup.unregister_home(&h.codex_home());
+        if let Some(alias) = h.snapshot().record.alias {
+            super::warm::remove_alias(&self.ctx.config.state_dir, &alias);
+        }
         self.discard(h);
     }
 }

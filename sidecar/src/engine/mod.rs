@@ -9,12 +9,14 @@
 //! an `error {code:"turn_lost"}` and a failed `result`; messages that never reached a turn are
 //! queued again and run.
 
+mod child;
 pub mod images;
 mod lifecycle;
 pub mod pool;
 pub mod quota;
 mod recovery;
 pub mod session;
+pub mod warm;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -144,6 +146,8 @@ pub struct EngineCtx {
     pub setup: CodexSetup,
     /// Live child slots.
     pub pool: Arc<Pool>,
+    /// Codex children started ahead of time for new sessions (`--warm-children`).
+    pub warm: Arc<warm::WarmPool>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Secret scrubber for codex output.
@@ -209,6 +213,9 @@ pub struct Counts {
     pub sessions: usize,
     /// Sessions with a live codex child.
     pub live: usize,
+    /// Warm codex children ready for the next new sessions (`--warm-children`; they hold
+    /// slots of `--max-live-sessions` that `live` does not count).
+    pub warm_children: usize,
     /// Sessions running a turn or compaction.
     pub running: usize,
     /// Messages waiting, all sessions.
@@ -285,10 +292,12 @@ impl Engine {
     ) -> std::io::Result<Arc<Engine>> {
         let setup = CodexSetup::new(&config, &redactor)?;
         let pool = Pool::new(config.max_live_sessions);
+        let warm = warm::WarmPool::new(&config.state_dir, config.warm_children)?;
         let ctx = Arc::new(EngineCtx {
             config: Arc::new(config),
             setup,
             pool,
+            warm,
             metrics,
             redactor,
             draining: Default::default(),
@@ -305,6 +314,7 @@ impl Engine {
         });
         engine.discover()?;
         engine.load_in_background();
+        warm::WarmPool::spawn_refill(engine.ctx.clone());
         engine.clone().watch_storage();
         Ok(engine)
     }
@@ -546,7 +556,8 @@ impl Engine {
             sessions: handles.len() + loading,
             loading,
             polls: self.polls.total(),
-            live: self.ctx.pool.live(),
+            live: self.ctx.pool.live().saturating_sub(self.ctx.pool.spare()),
+            warm_children: self.ctx.warm.ready(),
             quarantined: self
                 .quarantined_dirs
                 .load(std::sync::atomic::Ordering::SeqCst),
@@ -602,6 +613,7 @@ impl Engine {
 
     /// Stops every child (graceful shutdown); sessions stay on disk.
     pub async fn shutdown(&self) {
+        self.ctx.warm.shutdown(&self.ctx.setup).await;
         // Sessions not read yet stay as they are on disk (the next start reads them).
         if let Ok(mut u) = self.unloaded.lock() {
             u.clear();

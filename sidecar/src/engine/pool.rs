@@ -18,6 +18,8 @@ struct Slot {
     last_used: Instant,
     busy: bool,
     evicting: bool,
+    /// Held by a warm child no session uses yet: asked back before any session's child.
+    spare: bool,
     evict: EvictFn,
 }
 
@@ -25,6 +27,8 @@ struct Slot {
 struct PoolState {
     next_id: u64,
     slots: HashMap<u64, Slot>,
+    /// Callers inside [`Pool::acquire`]: a spare slot is never taken while one waits.
+    waiting: usize,
 }
 
 /// A counting pool of child slots with LRU eviction of idle holders.
@@ -58,10 +62,54 @@ impl Pool {
         self.state.lock().map(|s| s.slots.len()).unwrap_or(0)
     }
 
+    /// Slots held by warm children no session uses yet.
+    pub fn spare(&self) -> usize {
+        self.state
+            .lock()
+            .map(|s| s.slots.values().filter(|s| s.spare).count())
+            .unwrap_or(0)
+    }
+
+    /// A spare slot for a warm child, when one is free and nobody waits in [`Pool::acquire`]
+    /// (a warm child never takes a slot a session needs). The lease starts idle; `evict` is
+    /// called when the pool wants it back, before any session's child is asked.
+    pub fn try_acquire_spare(
+        self: &Arc<Self>,
+        evict: impl Fn() + Send + Sync + 'static,
+    ) -> Option<Lease> {
+        let mut st = self.state.lock().ok()?;
+        if st.slots.len() >= self.max || st.waiting > 0 {
+            return None;
+        }
+        let id = st.next_id;
+        st.next_id += 1;
+        st.slots.insert(
+            id,
+            Slot {
+                last_used: Instant::now(),
+                busy: false,
+                evicting: false,
+                spare: true,
+                evict: Box::new(evict),
+            },
+        );
+        Some(Lease {
+            pool: self.clone(),
+            id,
+        })
+    }
+
+    /// Resolves when a slot may have been freed or become evictable (for the warm pool's
+    /// refill, which takes only free slots). Create the future before looking at the pool.
+    pub fn released(&self) -> tokio::sync::futures::Notified<'_> {
+        self.released.notified()
+    }
+
     /// Waits for a slot. The new lease starts busy. `evict` is called (at most once per request)
     /// when the pool wants this holder to give the slot back; the holder answers by dropping its
     /// lease once its child is stopped.
     pub async fn acquire(self: &Arc<Self>, evict: impl Fn() + Send + Sync + 'static) -> Lease {
+        let _waiting = Waiting::enter(self);
         let evict: EvictFn = Box::new(evict);
         let mut evict = Some(evict);
         loop {
@@ -82,6 +130,7 @@ impl Pool {
                             last_used: Instant::now(),
                             busy: true,
                             evicting: false,
+                            spare: false,
                             evict,
                         },
                     );
@@ -96,13 +145,34 @@ impl Pool {
                         .slots
                         .values_mut()
                         .filter(|s| !s.busy && !s.evicting)
-                        .min_by_key(|s| s.last_used)
+                        // A warm child first (no session loses its child), then the LRU.
+                        .min_by_key(|s| (!s.spare, s.last_used))
                 {
                     victim.evicting = true;
                     (victim.evict)();
                 }
             }
             notified.await;
+        }
+    }
+}
+
+/// Counts a caller of [`Pool::acquire`] while it waits (also when its future is dropped).
+struct Waiting<'a>(&'a Pool);
+
+impl<'a> Waiting<'a> {
+    fn enter(pool: &'a Pool) -> Waiting<'a> {
+        if let Ok(mut st) = pool.state.lock() {
+            st.waiting += 1;
+        }
+        Waiting(pool)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut st) = self.0.state.lock() {
+            st.waiting = st.waiting.saturating_sub(1);
         }
     }
 }
@@ -129,6 +199,25 @@ impl Lease {
         match st.slots.get_mut(&self.id) {
             Some(s) if !s.evicting => {
                 s.busy = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Hands a spare slot to a session: it becomes busy, an ordinary slot, and `evict` now asks
+    /// the session. False when the pool already asked for it back (the warm child must then be
+    /// stopped and the lease dropped).
+    pub fn adopt(&self, evict: impl Fn() + Send + Sync + 'static) -> bool {
+        let Ok(mut st) = self.pool.state.lock() else {
+            return false;
+        };
+        match st.slots.get_mut(&self.id) {
+            Some(s) if !s.evicting => {
+                s.spare = false;
+                s.busy = true;
+                s.last_used = Instant::now();
+                s.evict = Box::new(evict);
                 true
             }
             _ => false,
@@ -217,6 +306,80 @@ mod tests {
         busy.set_idle();
         // an idle holder becomes a candidate at the next release/acquire round
         drop(busy);
+        tokio::time::timeout(Duration::from_secs(1), waiter)
+            .await
+            .expect("acquired")
+            .expect("join");
+    }
+
+    #[tokio::test]
+    async fn a_spare_slot_is_asked_back_first_and_never_taken_from_a_waiter() {
+        let pool = Pool::new(2);
+        let asked = Arc::new(Mutex::new(Vec::new()));
+        let mk = |name: &'static str| {
+            let asked = asked.clone();
+            move || asked.lock().expect("lock").push(name)
+        };
+        let session = pool.acquire(mk("session")).await;
+        session.set_idle();
+        let spare = pool.try_acquire_spare(mk("spare")).expect("a free slot");
+        assert_eq!((pool.live(), pool.spare()), (2, 1));
+        assert!(
+            pool.try_acquire_spare(|| {}).is_none(),
+            "no slot left for a second spare"
+        );
+        // The spare is younger than the idle session, yet it is asked first.
+        let p2 = pool.clone();
+        let waiter = tokio::spawn(async move { p2.acquire(|| {}).await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(*asked.lock().expect("lock"), vec!["spare"]);
+        drop(spare);
+        // While the waiter takes the freed slot, no spare can get in before it.
+        let got = tokio::time::timeout(Duration::from_secs(1), waiter)
+            .await
+            .expect("acquired")
+            .expect("join");
+        assert_eq!(pool.spare(), 0);
+        drop(got);
+        let p3 = pool.clone();
+        let blocked = tokio::spawn(async move {
+            let l = p3.acquire(|| {}).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            drop(l);
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        drop(session);
+        blocked.await.expect("join");
+    }
+
+    #[tokio::test]
+    async fn an_adopted_spare_is_an_ordinary_slot_unless_it_was_asked_back() {
+        let pool = Pool::new(1);
+        let spare = pool.try_acquire_spare(|| {}).expect("free");
+        let asked = Arc::new(AtomicUsize::new(0));
+        let a2 = asked.clone();
+        assert!(spare.adopt(move || {
+            a2.fetch_add(1, Ordering::SeqCst);
+        }));
+        assert_eq!(pool.spare(), 0, "no longer spare");
+        spare.set_idle();
+        let p2 = pool.clone();
+        let waiter = tokio::spawn(async move { p2.acquire(|| {}).await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(asked.load(Ordering::SeqCst), 1, "the session is asked now");
+        drop(spare);
+        let other = tokio::time::timeout(Duration::from_secs(1), waiter)
+            .await
+            .expect("acquired")
+            .expect("join");
+        drop(other);
+
+        let spare = pool.try_acquire_spare(|| {}).expect("free again");
+        let p3 = pool.clone();
+        let waiter = tokio::spawn(async move { p3.acquire(|| {}).await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!spare.adopt(|| {}), "asked back before it was taken");
+        drop(spare);
         tokio::time::timeout(Duration::from_secs(1), waiter)
             .await
             .expect("acquired")

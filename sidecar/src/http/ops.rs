@@ -199,6 +199,7 @@ pub async fn status(State(st): State<AppState>, Owner(_owner): Owner) -> Json<Va
         "auth_key": st.auth.status(),
         "limits": {
             "max_live_sessions": cfg.max_live_sessions,
+            "warm_children": cfg.warm_children,
             "compact_at_tokens": cfg.compact_at_tokens,
             "idle_timeout_secs": cfg.idle_timeout.as_secs(),
             "turn_timeout_secs": cfg.turn_timeout.as_secs(),

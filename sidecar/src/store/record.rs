@@ -46,6 +46,12 @@ pub struct SessionRecord {
     /// once the turn is recorded as started or refused: after a crash in between, whether codex
     /// got the turn is read back from the thread's history (README, "Exactly-once turns").
     pub pending_turn: Option<PendingTurn>,
+    /// The name under `<state>/warm/` of a symlink to this session's directory, when its first
+    /// codex child was a warm child started there (see `engine::warm`): codex recorded the
+    /// thread's rollout under that path in its state database, so the symlink stays as long
+    /// as the session does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alias: Option<String>,
 }
 
 /// A turn about to be started (see [`SessionRecord::pending_turn`]).

@@ -11,14 +11,16 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::sleep_until;
 
 use crate::codex::protocol::{TokenCounts, TokenUsageUpdated};
 use crate::codex::rpc::{AppServer, DEFAULT_REQUEST_TIMEOUT, Incoming, RpcError};
 use crate::engine::EngineCtx;
+use crate::engine::child::start_codex;
 use crate::engine::pool::Lease;
+use crate::engine::warm::Handed;
 use crate::store::events::{EventKind, TurnStatus, Usage};
 use crate::store::record::SessionRecord;
 
@@ -78,6 +80,8 @@ pub struct Actor {
     resume_failures: u32,
     /// Commands read while waiting for a codex slot, handled before anything else.
     deferred: VecDeque<Command>,
+    /// A warm child moved into this session's directory at creation, used by the first start.
+    warm: Option<Handed>,
 }
 
 enum Flow {
@@ -108,7 +112,15 @@ impl Actor {
             batcher: Batcher::default(),
             resume_failures: 0,
             deferred: VecDeque::new(),
+            warm: None,
         }
+    }
+
+    /// Starts the session on `warm` (a warm child already moved into its directory) instead of
+    /// a child of its own.
+    pub fn with_warm_child(mut self, warm: Option<Handed>) -> Actor {
+        self.warm = warm;
+        self
     }
 
     /// Requests a compaction at start (one was interrupted by a restart).
@@ -287,6 +299,20 @@ impl Actor {
         &mut self,
         slot_wait: Option<Duration>,
     ) -> Result<(), StartError> {
+        if let Some(warm) = self.warm.take() {
+            let h = self.h.clone();
+            if warm.lease.adopt(move || h.send(Command::Evict)) {
+                match self.start_on_slot(warm.lease, Some(warm.server)).await {
+                    Ok(()) => return Ok(()),
+                    Err(e) => {
+                        tracing::warn!(session = %self.h.key.id, error = %e, "the warm codex child failed; starting one for the session");
+                    }
+                }
+            } else {
+                // The pool asked for the slot back before the session took it.
+                warm.server.shutdown(STOP_GRACE).await;
+            }
+        }
         let h = self.h.clone();
         let pool = self.ctx.pool.clone();
         let acquire = pool.acquire(move || h.send(Command::Evict));
@@ -332,39 +358,23 @@ impl Actor {
                 }
             }
         };
-        self.start_on_slot(lease).await.map_err(StartError::Failed)
+        self.start_on_slot(lease, None)
+            .await
+            .map_err(StartError::Failed)
     }
 
-    async fn start_on_slot(&mut self, lease: Lease) -> Result<(), String> {
+    /// Loads the session's thread on `lease`: in `warm` (a warm child handed over) or in a
+    /// child started now for the session's directory.
+    async fn start_on_slot(&mut self, lease: Lease, warm: Option<AppServer>) -> Result<(), String> {
         self.evict_requested = false;
         if self.h.is_deleted() {
             // Deleted while waiting for a slot: create nothing; the Stop command is next.
             return Err("the session was deleted".to_owned());
         }
-        let home = self.h.codex_home();
-        let workspace = self.h.workspace();
-        let prepared = self
-            .ctx
-            .setup
-            .prepare_home(&home)
-            .and_then(|()| std::fs::create_dir_all(&workspace));
-        if let Err(e) = prepared {
-            return Err(format!("cannot prepare CODEX_HOME: {e}"));
-        }
-        let spec = self.ctx.setup.spawn_spec(&home, &workspace);
-        let server = AppServer::spawn(&spec, self.ctx.redactor.clone())
-            .await
-            .map_err(|e| e.to_string())?;
-        if let Some(key) = self.ctx.setup.api_key_login(&home) {
-            server
-                .request(
-                    "account/login/start",
-                    json!({"type": "apiKey", "apiKey": key}),
-                    DEFAULT_REQUEST_TIMEOUT,
-                )
-                .await
-                .map_err(|e| format!("API-key login failed: {e}"))?;
-        }
+        let server = match warm {
+            Some(server) => server,
+            None => start_codex(&self.ctx, &self.h.dir).await?,
+        };
         let mut live = Live {
             server,
             lease,

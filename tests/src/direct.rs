@@ -8,7 +8,7 @@
 //! reader task parsed it, so that callers can time notifications.
 
 use std::collections::VecDeque;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -57,7 +57,22 @@ pub struct DirectCodex {
     backlog: VecDeque<Received>,
     next_id: u64,
     timeout: Duration,
-    home: tempfile::TempDir,
+    home: Home,
+}
+
+/// The CODEX_HOME a [`DirectCodex`] runs in: its own (removed with it) or the caller's.
+enum Home {
+    Temp(tempfile::TempDir),
+    Kept(PathBuf),
+}
+
+impl Home {
+    fn path(&self) -> &Path {
+        match self {
+            Home::Temp(t) => t.path(),
+            Home::Kept(p) => p,
+        }
+    }
 }
 
 impl DirectCodex {
@@ -71,6 +86,29 @@ impl DirectCodex {
         let home = tempfile::Builder::new()
             .prefix("direct-codex-")
             .tempdir_in(crate::harness::tmp_root())?;
+        Self::spawn_home(Home::Temp(home), model_base_url, options).await
+    }
+
+    /// Like [`DirectCodex::spawn`], in the caller's CODEX_HOME `home` (created if missing, kept
+    /// when this codex is dropped): what a spawn-per-query client does, one process per query
+    /// over a CODEX_HOME that keeps its threads between them.
+    ///
+    /// # Errors
+    /// As [`DirectCodex::spawn`].
+    pub async fn spawn_in(
+        home: &Path,
+        model_base_url: &str,
+        options: &Options,
+    ) -> anyhow::Result<DirectCodex> {
+        std::fs::create_dir_all(home)?;
+        Self::spawn_home(Home::Kept(home.to_owned()), model_base_url, options).await
+    }
+
+    async fn spawn_home(
+        home: Home,
+        model_base_url: &str,
+        options: &Options,
+    ) -> anyhow::Result<DirectCodex> {
         std::fs::write(
             home.path().join("config.toml"),
             config_toml(model_base_url, options),

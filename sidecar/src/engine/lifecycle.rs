@@ -92,6 +92,8 @@ impl Engine {
         req: CreateSession,
     ) -> Result<(bool, SessionView, bool), ApiError> {
         let (owner, id) = (key.owner.as_str(), key.id.clone());
+        // No warm child starts while this creation runs (it would compete for the CPU).
+        let _active = self.ctx.activity.enter();
         if let Some(h) = self.ensure_loaded_locked(&key).await? {
             return Ok((false, self.view(&h), true));
         }

@@ -13,6 +13,7 @@ mod child;
 pub mod images;
 mod lifecycle;
 pub mod pool;
+pub mod quiet;
 pub mod quota;
 mod recovery;
 pub mod session;
@@ -158,6 +159,9 @@ pub struct EngineCtx {
     /// Sessions inside a turn or compaction, counted from before the drain check (see
     /// [`Engine::busy`]).
     pub busy: std::sync::atomic::AtomicUsize,
+    /// Turns, compactions and session creations under way: warm children start only when the
+    /// sidecar is quiet ([`quiet`]).
+    pub activity: Arc<quiet::Activity>,
 }
 
 /// `POST /v1/sessions` body.
@@ -302,6 +306,7 @@ impl Engine {
             redactor,
             draining: Default::default(),
             busy: Default::default(),
+            activity: Default::default(),
         });
         let engine = Arc::new(Engine {
             ctx,

@@ -22,7 +22,9 @@
 //! **Slots.** A warm child holds a *spare* slot of `--max-live-sessions` ([`Pool`]): it is only
 //! taken from a free slot nobody waits for, and a session that needs a slot asks a warm child
 //! back before any session's child. So the pool never delays a running turn and never costs a
-//! session its child; it refills in the background when a slot is free.
+//! session its child; it refills in the background when a slot is free and the sidecar has been
+//! quiet (no turn, compaction or creation) for a moment ([`super::quiet`]), so that a codex start
+//! does not take CPU from work a user waits for.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,6 +35,7 @@ use crate::codex::home::{CodexSetup, create_private_dir, sync_dir};
 use crate::codex::rpc::AppServer;
 use crate::engine::EngineCtx;
 use crate::engine::pool::{Lease, Pool};
+use crate::engine::quiet::REFILL_AFTER_QUIET;
 
 /// How long a stopped warm child has to exit before its supervisor is told to end it.
 const STOP_GRACE: Duration = Duration::from_secs(1);
@@ -273,6 +276,13 @@ async fn refill(ctx: Arc<EngineCtx>) {
         tokio::pin!(released, changed);
         released.as_mut().enable();
         changed.as_mut().enable();
+        if warm.ready() < warm.target {
+            // A codex start is CPU-heavy: begin only once no turn or creation is under way.
+            tokio::select! {
+                () = ctx.activity.until_quiet(REFILL_AFTER_QUIET) => {}
+                () = &mut changed => continue,
+            }
+        }
         if warm.ready() < warm.target
             && let Some((lease, asked_back)) = spare_slot(&slots, warm, &ctx)
         {

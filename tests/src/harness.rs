@@ -577,3 +577,22 @@ pub fn assert_gapless(events: &[Value], first: u64) {
         );
     }
 }
+
+/// Polls `f` every 100 ms until it returns true.
+///
+/// # Errors
+/// `f` was still false after `timeout`; the error names `what`.
+pub async fn wait_for<F, Fut>(what: &str, f: F, timeout: Duration) -> anyhow::Result<()>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !f().await {
+        if Instant::now() > deadline {
+            anyhow::bail!("{what}: not within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}

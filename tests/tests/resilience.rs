@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use codex_e2e::harness::{Sidecar, assert_gapless, child_pids, free_port, of_type};
+use codex_e2e::harness::{Sidecar, assert_gapless, child_pids, free_port, of_type, wait_for};
 use codex_e2e::model::ScriptedModel;
 use serde_json::{Value, json};
 
@@ -201,7 +201,12 @@ async fn idle_sessions_are_stopped_and_resumed_transparently() -> anyhow::Result
     api.send("idle", "remember KESTREL").await;
     let first = api.until_results("idle", 0, 1, T).await?;
     assert_eq!(live(&api).await, 1);
-    wait_for(|| async { live(&api).await == 0 }, Duration::from_secs(20)).await?;
+    wait_for(
+        "no live codex child",
+        || async { live(&api).await == 0 },
+        Duration::from_secs(20),
+    )
+    .await?;
 
     api.send("idle", "still there?").await;
     let second = api.until_results("idle", first.len() as u64, 1, T).await?;
@@ -380,21 +385,6 @@ async fn live(api: &codex_e2e::harness::Api) -> u64 {
 async fn seq(api: &codex_e2e::harness::Api, id: &str) -> u64 {
     let (_, v) = api.call("GET", &format!("/v1/sessions/{id}"), None).await;
     v["next_seq"].as_u64().unwrap_or(1)
-}
-
-async fn wait_for<F, Fut>(f: F, timeout: Duration) -> anyhow::Result<()>
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while !f().await {
-        if Instant::now() > deadline {
-            anyhow::bail!("condition not met within {timeout:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    Ok(())
 }
 
 #[tokio::test]

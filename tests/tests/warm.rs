@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use codex_e2e::harness::{Api, Sidecar, alive, codex_pids, files_named, of_type};
+use codex_e2e::harness::{Api, Sidecar, alive, codex_pids, files_named, of_type, wait_for};
 use codex_e2e::model::ScriptedModel;
 use serde_json::{Value, json};
 
@@ -14,21 +14,6 @@ const T: Duration = Duration::from_secs(90);
 async fn counts(api: &Api) -> Value {
     let (_, s) = api.call("GET", "/v1/status", None).await;
     s["counts"].clone()
-}
-
-async fn wait_for<F, Fut>(what: &str, f: F, timeout: Duration) -> anyhow::Result<()>
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while !f().await {
-        if Instant::now() > deadline {
-            anyhow::bail!("{what}: not within {timeout:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Ok(())
 }
 
 /// `(real directories, symlinks with their targets)` under `<state>/warm/`.

@@ -345,19 +345,17 @@ fn spare_slot(
 /// Stops a child in the background and removes its directory; its slot frees when it is gone.
 fn discard(child: WarmChild, setup: &CodexSetup) {
     setup.unregister_home(&child.dir.join("codex-home"));
-    tokio::spawn(async move {
-        let WarmChild {
-            dir, server, lease, ..
-        } = child;
-        server.shutdown(STOP_GRACE).await;
-        remove_dir(&dir);
-        drop(lease);
-    });
+    tokio::spawn(end(child));
 }
 
 /// Stops a child and removes its directory, then frees its slot.
 async fn stop(child: WarmChild, setup: &CodexSetup) {
     setup.unregister_home(&child.dir.join("codex-home"));
+    end(child).await;
+}
+
+/// The part of [`stop`] after the home is unregistered.
+async fn end(child: WarmChild) {
     let WarmChild {
         dir, server, lease, ..
     } = child;

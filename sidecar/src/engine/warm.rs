@@ -31,8 +31,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use serde_json::json;
+
 use crate::codex::home::{CodexSetup, create_private_dir, sync_dir};
-use crate::codex::rpc::AppServer;
+use crate::codex::rpc::{AppServer, DEFAULT_REQUEST_TIMEOUT};
 use crate::engine::EngineCtx;
 use crate::engine::pool::{Lease, Pool};
 use crate::engine::quiet::REFILL_AFTER_QUIET;
@@ -168,18 +170,36 @@ impl WarmPool {
         let home = dir.join("codex-home");
         ctx.setup.register_home(&home);
         match super::child::start_codex(ctx, &dir).await {
-            Ok(server) => Ok(WarmChild {
-                dir,
-                server,
-                lease,
-                asked_back,
-            }),
+            Ok(server) => {
+                prime(&server, &dir).await;
+                Ok(WarmChild {
+                    dir,
+                    server,
+                    lease,
+                    asked_back,
+                })
+            }
             Err(e) => {
                 ctx.setup.unregister_home(&home);
                 remove_dir(&dir);
                 Err(e)
             }
         }
+    }
+}
+
+/// Pays codex's first-`thread/start` costs ahead: the first thread a codex process starts takes
+/// it 20-30 ms, later ones about 10 ms (measured with codex 0.169, docs/benchmarks.md part 4).
+/// The thread started here is never used and never persisted (codex writes a thread's rollout
+/// at its first turn; what it leaves is a shell-environment snapshot and a lock file in the
+/// CODEX_HOME). A failure is only logged: the child is as usable as without it.
+async fn prime(server: &AppServer, dir: &Path) {
+    let cwd = dir.join("workspace").display().to_string();
+    if let Err(e) = server
+        .request("thread/start", json!({"cwd": cwd}), DEFAULT_REQUEST_TIMEOUT)
+        .await
+    {
+        tracing::debug!(error = %e, "warm child: the priming thread/start failed");
     }
 }
 

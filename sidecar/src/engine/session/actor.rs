@@ -148,14 +148,13 @@ impl Actor {
                 self.retry_at.is_none_or(|t| Instant::now() >= t) && !draining && !stalled;
             if has_work && can_work && !self.evict_requested {
                 let busy = Busy::enter(&self.ctx);
-                let active = self.ctx.activity.enter();
                 if self.ctx.draining.load(std::sync::atomic::Ordering::SeqCst) {
                     // A drain began between the check above and `enter`: it may already have
                     // seen no busy session, so start nothing.
                     continue;
                 }
                 let flow = self.work().await;
-                drop((busy, active));
+                drop(busy);
                 if let Flow::Exit = flow {
                     return;
                 }

@@ -31,19 +31,26 @@ const HEARTBEAT: Duration = Duration::from_secs(14);
 const INTERRUPT_GRACE: Duration = Duration::from_secs(10);
 /// How often `turn/interrupt` is repeated while an interrupted turn has not ended.
 const INTERRUPT_REPEAT: Duration = Duration::from_secs(2);
-/// Counts a session in [`EngineCtx::busy`] while it lives (a turn or compaction under way).
-struct Busy(Arc<EngineCtx>);
+/// Counts a session in [`EngineCtx::busy`] while it lives (a turn or compaction under way),
+/// and as work in [`EngineCtx::activity`] (no warm child starts meanwhile).
+struct Busy {
+    ctx: Arc<EngineCtx>,
+    _active: crate::engine::quiet::Active,
+}
 
 impl Busy {
     fn enter(ctx: &Arc<EngineCtx>) -> Busy {
         ctx.busy.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        Busy(ctx.clone())
+        Busy {
+            ctx: ctx.clone(),
+            _active: ctx.activity.enter(),
+        }
     }
 }
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        self.0
+        self.ctx
             .busy
             .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }

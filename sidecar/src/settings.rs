@@ -278,7 +278,7 @@ pub struct AgentSettings {
     /// Codex children started ahead of time and handed to the next new sessions, so that
     /// `POST /v1/sessions` waits only for `thread/start`. Counted inside `--max-live-sessions`
     /// (a session that needs a slot takes a warm child's first); refilled in the background
-    /// when a slot is free. 0 turns it off. Default 1.
+    /// when a slot is free and no turn or creation has run for 250 ms. 0 turns it off. Default 1.
     #[arg(long, value_name = "N")]
     #[serde(
         default,

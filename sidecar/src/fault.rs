@@ -25,7 +25,7 @@ static FAULTS: OnceLock<Faults> = OnceLock::new();
 /// A step of a turn at which a test can crash the sidecar.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CrashPoint {
-    /// The turn's intent is on disk (session.json), `turn/start` not yet sent.
+    /// The turn's intent is on disk (`intents.jsonl`), `turn/start` not yet sent.
     IntentWritten,
     /// `turn/start` was written to codex's stdin, its answer not yet read.
     StartSent,
@@ -33,9 +33,9 @@ pub enum CrashPoint {
     StartAnswered,
     /// `turn_started` written, the turn running.
     StartedWritten,
-    /// `turn/completed` read, the session record and `result` not yet written.
+    /// `turn/completed` read, `result` not yet written.
     Completed,
-    /// `result` written.
+    /// `result` written, session.json not yet rewritten with the turn's usage.
     ResultWritten,
 }
 

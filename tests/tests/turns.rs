@@ -193,7 +193,7 @@ async fn every_accepted_message_is_carried_by_exactly_one_turn_across_kill_9_at_
         .await?;
         let api = sc.api("alice");
         assert_eq!(api.create(json!({"id": "x"})).await.0, 201, "{name}");
-        let probe = format!("probe at {name} [[delay_ms=100]]");
+        let probe = format!("probe at {name} [[delay_ms=100]] [[tokens=100]]");
         let (status, sent) = api.send("x", &probe).await;
         assert_eq!((status, sent["message_id"].as_str()), (202, Some("msg_1")));
         assert!(
@@ -231,6 +231,18 @@ async fn every_accepted_message_is_carried_by_exactly_one_turn_across_kill_9_at_
         assert_eq!(results.len(), 1, "{name}: one result for it: {events:?}");
         let last = events.last().expect("result");
         assert_eq!(last["text"], "echo: after the restart", "{name}");
+        // The session's usage counts every result once, whichever step the crash cut
+        // (session.json is rewritten after the result: a load adds what it missed).
+        let reported: u64 = of_type(&events, "result")
+            .iter()
+            .filter_map(|r| r["usage"]["input_tokens"].as_u64())
+            .sum();
+        let (_, view) = api.call("GET", "/v1/sessions/x", None).await;
+        assert_eq!(
+            view["usage"]["input_tokens"].as_u64(),
+            Some(reported),
+            "{name}: {view}"
+        );
         // codex's thread holds the probe at most once (once when its turn completed)
         let final_request = model
             .requests()

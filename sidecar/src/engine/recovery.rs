@@ -27,7 +27,8 @@ use crate::codex::home::{create_private_dir, sync_dir};
 use crate::error::ApiError;
 use crate::store::events::{EventKind, EventLog, TurnStatus, Usage};
 use crate::store::inbox::{Inbox, message_n};
-use crate::store::record::SessionRecord;
+use crate::store::intent::{INTENTS_FILE, IntentLog};
+use crate::store::record::{PendingTurn, SessionRecord};
 
 /// What recovery learned from one event log.
 #[derive(Default)]
@@ -35,6 +36,13 @@ pub(super) struct Scan {
     pub(super) delivered_through: u64,
     pub(super) open_turn: Option<String>,
     pub(super) open_compaction: bool,
+    /// The record's [`SessionRecord::counted_through`]: results past it are counted below.
+    pub(super) counted_through: Option<u64>,
+    /// Usage of the turns whose `result` came after `counted_through` (session.json is
+    /// rewritten just after a result: a crash in between leaves these out of it).
+    pub(super) uncounted: Usage,
+    /// How many such turns.
+    pub(super) uncounted_turns: u64,
 }
 
 pub(super) fn scan_event(scan: &mut Scan, v: &Value) {
@@ -52,7 +60,21 @@ pub(super) fn scan_event(scan: &mut Scan, v: &Value) {
                 }
             }
         }
-        Some("result") => scan.open_turn = None,
+        Some("result") => {
+            scan.open_turn = None;
+            let seq = v.get("seq").and_then(Value::as_u64).unwrap_or(0);
+            let turn_id = v.get("turn_id").and_then(Value::as_str).unwrap_or_default();
+            // A result with no turn id ends messages codex refused: the live path counts no turn.
+            if scan.counted_through.is_some_and(|c| seq > c) && !turn_id.is_empty() {
+                if let Some(u) = v
+                    .get("usage")
+                    .and_then(|u| serde_json::from_value::<Usage>(u.clone()).ok())
+                {
+                    scan.uncounted.add(&u);
+                }
+                scan.uncounted_turns += 1;
+            }
+        }
         Some("compaction") => {
             scan.open_compaction = v.get("phase").and_then(Value::as_str) == Some("started")
         }
@@ -156,10 +178,32 @@ impl Engine {
     /// [`NotASession::Record`] when `session.json` is missing or not a record;
     /// [`NotASession::Io`] for any other error reading it, its log or its inbox.
     pub(super) fn load(&self, dir: &Path) -> Result<(), NotASession> {
-        let record = SessionRecord::load(&dir.join("session.json")).map_err(NotASession::record)?;
-        let mut scan = Scan::default();
+        let mut record =
+            SessionRecord::load(&dir.join("session.json")).map_err(NotASession::record)?;
+        let intent = IntentLog::new(dir.join(INTENTS_FILE))
+            .last()
+            .map_err(NotASession::Io)?;
+        if let Some(intent) = intent.filter(|i| {
+            // An intent with no messages withdrew a turn codex refused.
+            record.thread_id.as_ref() == Some(&i.thread_id) && !i.message_ids.is_empty()
+        }) {
+            // A turn was started on this thread: it may have a rollout to resume. Whether the
+            // intent is still in doubt is decided once the inbox is known (its messages are
+            // then still the oldest waiting ones).
+            record.thread_persisted = true;
+            record.pending_turn = Some(PendingTurn {
+                client_id: intent.client_id,
+                message_ids: intent.message_ids,
+            });
+        }
+        let mut scan = Scan {
+            counted_through: record.counted_through,
+            ..Scan::default()
+        };
         let opened = EventLog::open(&dir.join("events.jsonl"), |v| scan_event(&mut scan, v))
             .map_err(NotASession::Io)?;
+        record.usage.add(&scan.uncounted);
+        record.turns_since_compaction += scan.uncounted_turns;
         let events = opened.log;
         let inbox = Inbox::open(&dir.join("messages.jsonl"), scan.delivered_through)
             .map_err(NotASession::Io)?;

@@ -42,9 +42,12 @@ pub struct SessionRecord {
     pub compactions: u64,
     /// User turns since the last compaction.
     pub turns_since_compaction: u64,
-    /// The turn the sidecar is starting, written (and fsynced) before `turn/start` and cleared
-    /// once the turn is recorded as started or refused: after a crash in between, whether codex
-    /// got the turn is read back from the thread's history (README, "Exactly-once turns").
+    /// The turn the sidecar is starting, whose start is not recorded in the event log yet: after
+    /// a crash, whether codex got it is read back from the thread's history (README,
+    /// "Exactly-once turns"). Held in memory; on disk it is the last line of `intents.jsonl`
+    /// ([`crate::store::intent`]), merged in when the session is loaded. Only read from
+    /// `session.json` (records written before `intents.jsonl` existed), never written there.
+    #[serde(skip_serializing)]
     pub pending_turn: Option<PendingTurn>,
     /// The name under `<state>/warm/` of a symlink to this session's directory, when its first
     /// codex child was a warm child started there (see `engine::warm`): codex recorded the
@@ -52,6 +55,14 @@ pub struct SessionRecord {
     /// as the session does.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub alias: Option<String>,
+    /// The event seq of the newest `result` whose usage `usage` (and `turns_since_compaction`)
+    /// include. session.json is rewritten just after a turn's `result` is appended, off the
+    /// turn's critical path: loading a session adds the usage of any `result` past this seq (a
+    /// crash came in between). `None` in records written before this was tracked (nothing is
+    /// added); `u64::MAX` when the last result could not be appended yet (nothing is added
+    /// until the next one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub counted_through: Option<u64>,
 }
 
 /// A turn about to be started (see [`SessionRecord::pending_turn`]).

@@ -22,6 +22,7 @@ use crate::engine::child::start_codex;
 use crate::engine::pool::Lease;
 use crate::engine::warm::Handed;
 use crate::store::events::{EventKind, TurnStatus, Usage};
+use crate::store::intent::Intent;
 use crate::store::record::SessionRecord;
 
 use super::*;
@@ -82,6 +83,8 @@ pub struct Actor {
     deferred: VecDeque<Command>,
     /// A warm child moved into this session's directory at creation, used by the first start.
     warm: Option<Handed>,
+    /// The session.json write started at the end of the last turn, if it may still run.
+    background_save: Option<tokio::task::JoinHandle<()>>,
 }
 
 enum Flow {
@@ -113,6 +116,7 @@ impl Actor {
             resume_failures: 0,
             deferred: VecDeque::new(),
             warm: None,
+            background_save: None,
         }
     }
 
@@ -232,6 +236,8 @@ impl Actor {
                         self.live.as_mut(),
                         serde_json::from_value::<TokenUsageUpdated>(params),
                     )
+                    // A warm child's warm-up thread is not the session's.
+                    && (u.thread_id.is_none() || u.thread_id == self.record.thread_id)
                 {
                     live.total = u.token_usage.total;
                 }
@@ -510,6 +516,8 @@ impl Actor {
     }
 
     async fn stop_child(&mut self, why: &str) {
+        // Stopping (or deleting) the session, or the sidecar, follows the last write.
+        self.finish_background_save().await;
         if let Some(live) = self.live.take() {
             tracing::debug!(session = %self.h.key.id, why, "stopping codex app-server");
             live.server.shutdown(STOP_GRACE).await;
@@ -528,12 +536,49 @@ impl Actor {
     }
 
     /// Writes session.json (temp file, fsync, rename) on a blocking thread, so a slow disk never
-    /// stalls the async workers that deliver events; the actor waits for it, so saves stay ordered.
-    /// False when it could not be written (logged).
-    async fn save_record(&self) -> bool {
+    /// stalls the async workers that deliver events; the actor waits for it (and for a save
+    /// still running in the background first), so saves stay ordered. False when it could not
+    /// be written (logged).
+    async fn save_record(&mut self) -> bool {
+        self.finish_background_save().await;
         if self.h.is_deleted() {
             return true;
         }
+        self.publish_record();
+        let h = self.h.clone();
+        let saved = tokio::task::spawn_blocking(move || h.save_snapshot_blocking()).await;
+        self.saved(saved)
+    }
+
+    /// Like [`Actor::save_record`], without waiting for the write: for the end of a turn, whose
+    /// `result` is already in the event log. The handle's copy (what the API shows) is updated
+    /// at once; the next save, and the actor's stop, wait for the write.
+    fn save_record_in_background(&mut self) {
+        if self.h.is_deleted() {
+            return;
+        }
+        self.publish_record();
+        let h = self.h.clone();
+        let previous = self.background_save.take();
+        self.background_save = Some(tokio::spawn(async move {
+            if let Some(p) = previous {
+                let _ = p.await;
+            }
+            let id = h.key.id.clone();
+            let saved = tokio::task::spawn_blocking(move || h.save_snapshot_blocking()).await;
+            log_save_failure(&id, saved);
+        }));
+    }
+
+    /// Waits for a save started by [`Actor::save_record_in_background`].
+    async fn finish_background_save(&mut self) {
+        if let Some(save) = self.background_save.take() {
+            let _ = save.await;
+        }
+    }
+
+    /// Copies the actor's record into the handle (what the API shows and the next write saves).
+    fn publish_record(&self) {
         let record = self.record.clone();
         // The settings are the handle's (creation and PATCH set them), not the actor's copy.
         self.h.update(|s| {
@@ -543,18 +588,36 @@ impl Actor {
             merged.effort = s.record.effort.take();
             s.record = merged;
         });
-        let h = self.h.clone();
-        let saved = tokio::task::spawn_blocking(move || h.save_snapshot_blocking()).await;
-        match saved {
-            Ok(Ok(())) => true,
-            Ok(Err(e)) => {
-                tracing::error!(session = %self.h.key.id, error = %e, "cannot write session.json");
-                false
-            }
-            Err(e) => {
-                tracing::error!(session = %self.h.key.id, error = %e, "session.json writer failed");
-                false
-            }
+    }
+
+    fn saved(&self, saved: Result<std::io::Result<()>, tokio::task::JoinError>) -> bool {
+        let ok = matches!(saved, Ok(Ok(())));
+        log_save_failure(&self.h.key.id, saved);
+        ok
+    }
+
+    /// Appends the turn's intent to `intents.jsonl` (fdatasync) on a blocking thread, before
+    /// `turn/start`: about a fifth of the cost of rewriting session.json (see
+    /// [`crate::store::intent`]).
+    async fn record_intent(&self, intent: Intent) -> std::io::Result<()> {
+        let log = self.h.intents();
+        tokio::task::spawn_blocking(move || log.record(&intent))
+            .await
+            .map_err(std::io::Error::other)?
+    }
+
+    /// codex refused the turn whose intent was recorded: an intent with no messages replaces
+    /// it, so that a load neither doubts the messages nor takes the thread for resumable
+    /// because of it; the record goes back to `was_persisted`.
+    async fn withdraw_intent(&mut self, thread_id: &str, was_persisted: bool) {
+        self.record.pending_turn = None;
+        self.record.thread_persisted = was_persisted;
+        let withdrawn = Intent {
+            thread_id: thread_id.to_owned(),
+            ..Intent::default()
+        };
+        if let Err(e) = self.record_intent(withdrawn).await {
+            tracing::warn!(session = %self.h.key.id, error = %e, "cannot withdraw a refused turn's intent (a restart checks the thread's history for it)");
         }
     }
 
@@ -567,6 +630,14 @@ impl Actor {
                 tracing::warn!(session = %h.key.id, error = %e, "cannot fsync the event log");
             }
         });
+    }
+}
+
+fn log_save_failure(session: &str, saved: Result<std::io::Result<()>, tokio::task::JoinError>) {
+    match saved {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(session, error = %e, "cannot write session.json"),
+        Err(e) => tracing::error!(session, error = %e, "session.json writer failed"),
     }
 }
 

@@ -104,7 +104,6 @@ impl Actor {
         if !self.h.waiting_front_is(&pending.message_ids) {
             // Its turn_started was written (or the messages were interrupted): nothing in doubt.
             self.record.pending_turn = None;
-            self.save_record().await;
             return Ok(());
         }
         let (Some(live), Some(thread_id)) = (self.live.as_ref(), self.record.thread_id.clone())
@@ -165,8 +164,9 @@ impl Actor {
         } else {
             tracing::info!(session = %self.h.key.id, "a turn the sidecar lost track of never reached codex; its messages are sent again");
         }
+        // Nothing to write: from here the event log (a `turn_started` naming the messages, or
+        // the next turn's intent) says what became of them.
         self.record.pending_turn = None;
-        self.save_record().await;
         Ok(())
     }
 }

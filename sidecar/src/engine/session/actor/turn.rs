@@ -14,6 +14,7 @@ use crate::codex::protocol::{
 use crate::codex::rpc::{DEFAULT_REQUEST_TIMEOUT, Incoming, RpcError};
 use crate::fault::{CrashPoint, crash_point};
 use crate::store::events::{EventKind, TurnStatus, Usage};
+use crate::store::intent::Intent;
 use crate::store::record::PendingTurn;
 
 use super::super::batch::is_input_too_large;
@@ -41,19 +42,24 @@ impl Actor {
         // `turn_started` is written, the thread's history says whether codex got it.
         let client_id = format!("sidecar-{}", uuid::Uuid::new_v4());
         let was_persisted = self.record.thread_persisted;
+        let intent = Intent {
+            thread_id: thread_id.clone(),
+            client_id: client_id.clone(),
+            message_ids: message_ids.clone(),
+        };
+        if let Err(e) = self.record_intent(intent).await {
+            tracing::error!(session = %self.h.key.id, error = %e, "cannot record a turn's intent in intents.jsonl");
+            self.h.requeue(batch);
+            self.unavailable("cannot record the turn in intents.jsonl; retrying".into());
+            return Flow::Continue;
+        }
         self.record.pending_turn = Some(PendingTurn {
             client_id: client_id.clone(),
             message_ids: message_ids.clone(),
         });
-        // From turn/start on, codex may have written the thread's rollout.
+        // From turn/start on, codex may have written the thread's rollout (a recorded intent
+        // says so on disk: see the session's load).
         self.record.thread_persisted = true;
-        if !self.save_record().await {
-            self.record.pending_turn = None;
-            self.record.thread_persisted = was_persisted;
-            self.h.requeue(batch);
-            self.unavailable("cannot record the turn in session.json; retrying".into());
-            return Flow::Continue;
-        }
         crash_point(CrashPoint::IntentWritten);
         let params = self.turn_params(&thread_id, &batch, &client_id);
         let started = Instant::now();
@@ -90,18 +96,19 @@ impl Actor {
             }
             Err(e) if is_input_too_large(&e) && self.batcher.refused(batch.len()) => {
                 tracing::info!(session = %self.h.key.id, messages = batch.len(), "codex refused the batch for its size; splitting it");
-                self.record.pending_turn = None;
-                self.record.thread_persisted = was_persisted;
-                self.save_record().await;
+                self.withdraw_intent(&thread_id, was_persisted).await;
                 self.h.requeue(batch);
                 return Flow::Continue;
             }
             Err(e) => {
                 // codex refused the turn, or never answered: report it against these messages so
-                // none waits forever. An unresponsive child is stopped (restarted at the next need).
-                self.record.pending_turn = None;
-                self.record.thread_persisted = was_persisted;
-                self.save_record().await;
+                // none waits forever. An unresponsive child is stopped (restarted at the next need);
+                // it may have written the thread's rollout, so the thread stays resumable.
+                if matches!(e, RpcError::Timeout { .. }) {
+                    self.record.pending_turn = None;
+                } else {
+                    self.withdraw_intent(&thread_id, was_persisted).await;
+                }
                 self.turn_not_started(message_ids, e).await;
                 return Flow::Continue;
             }
@@ -141,8 +148,6 @@ impl Actor {
         self.record.usage.add(&out.usage);
         self.record.turns_since_compaction += 1;
         self.record.thread_persisted = true;
-        self.save_record().await;
-        self.ctx.setup.sync_auth_from(&self.h.codex_home());
         if status == TurnStatus::Failed
             && let Some(err) = out.error.take()
         {
@@ -155,14 +160,27 @@ impl Actor {
                 retryable,
             });
         }
-        self.emit(EventKind::Result {
+        // What the API shows has the turn's usage before the result is visible.
+        self.publish_record();
+        let appended = self.h.events.append(&EventKind::Result {
             turn_id: out.turn_id.clone(),
             status,
             text: std::mem::take(&mut out.text),
             usage: out.usage,
         });
-        self.h.update(|s| s.current_turn = None);
+        // session.json follows the result instead of delaying it: a crash in between is made
+        // good at the next load, which adds the usage of results past `counted_through`.
+        self.record.counted_through = Some(match appended {
+            Ok(seq) => seq,
+            Err(e) => {
+                tracing::error!(session = %self.h.key.id, error = %e, "cannot append to the event log");
+                u64::MAX
+            }
+        });
         crash_point(CrashPoint::ResultWritten);
+        self.save_record_in_background();
+        self.h.update(|s| s.current_turn = None);
+        self.ctx.setup.sync_auth_from(&self.h.codex_home());
         self.sync_events_in_background();
         self.ctx
             .metrics

@@ -5,7 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use codex_e2e::harness::{Api, Sidecar, alive, codex_pids, files_named, of_type, wait_for};
+use codex_e2e::harness::{
+    Api, Sidecar, alive, codex_pids, files_named, files_under, of_type, wait_for,
+};
 use codex_e2e::model::ScriptedModel;
 use serde_json::{Value, json};
 
@@ -34,6 +36,16 @@ fn warm_entries(state: &Path) -> (Vec<PathBuf>, Vec<(PathBuf, PathBuf)>) {
         }
     }
     (dirs, links)
+}
+
+/// How many thread rollouts (`rollout-*.jsonl`) lie under `dir`.
+fn rollouts(dir: &Path) -> usize {
+    files_under(dir, |p| {
+        p.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("rollout-") && n.ends_with(".jsonl"))
+    })
+    .len()
 }
 
 fn session_dir(state: &Path, id: &str) -> PathBuf {
@@ -107,6 +119,28 @@ async fn a_new_session_is_handed_the_warm_child_and_keeps_its_thread_across_a_re
     assert_eq!(api.send("w", "remember HERON").await.0, 202);
     let first = api.until_results("w", 0, 1, T).await?;
     assert_eq!(first.last().expect("result")["status"], "completed");
+    // The warm child ran its warm-up turn against the sidecar's own warm-up model, before the
+    // session took it: the thread is archived in the session's CODEX_HOME, the session's model
+    // never saw it, and the session's usage is only its own turn's.
+    let home = dir.join("codex-home");
+    assert_eq!(
+        rollouts(&home.join("archived_sessions")),
+        1,
+        "the warm-up thread's rollout is archived"
+    );
+    assert_eq!(
+        rollouts(&home.join("sessions")),
+        1,
+        "sessions/ holds the session's thread only"
+    );
+    let requests = model.requests();
+    assert_eq!(requests.len(), 1, "one model request: the session's turn");
+    assert_eq!(
+        requests[0].last_user_text.as_deref(),
+        Some("remember HERON")
+    );
+    let (_, view) = api.call("GET", "/v1/sessions/w", None).await;
+    assert_eq!(view["usage"], first.last().expect("result")["usage"]);
 
     // After a kill -9 the new child starts at the session's real path; codex finds the thread's
     // rollout through the path it recorded (under the alias).

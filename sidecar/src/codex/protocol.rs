@@ -44,6 +44,9 @@ impl TokenCounts {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TokenUsageUpdated {
+    /// The thread it is about (`threadId`).
+    #[serde(default)]
+    pub thread_id: Option<String>,
     /// The usage.
     pub token_usage: ThreadTokenUsage,
 }

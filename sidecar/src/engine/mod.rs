@@ -18,6 +18,7 @@ pub mod quota;
 mod recovery;
 pub mod session;
 pub mod warm;
+pub mod warmup;
 
 use std::collections::HashMap;
 use std::path::PathBuf;

@@ -34,10 +34,11 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::codex::home::{CodexSetup, create_private_dir, sync_dir};
-use crate::codex::rpc::{AppServer, DEFAULT_REQUEST_TIMEOUT};
+use crate::codex::rpc::{AppServer, DEFAULT_REQUEST_TIMEOUT, Incoming};
 use crate::engine::EngineCtx;
 use crate::engine::pool::{Lease, Pool};
 use crate::engine::quiet::REFILL_AFTER_QUIET;
+use crate::engine::warmup::WarmupModel;
 
 /// How long a stopped warm child has to exit before its supervisor is told to end it.
 const STOP_GRACE: Duration = Duration::from_secs(1);
@@ -164,14 +165,15 @@ impl WarmPool {
         ctx: &EngineCtx,
         lease: Lease,
         asked_back: Arc<AtomicBool>,
+        warmup: Option<&WarmupModel>,
     ) -> Result<WarmChild, String> {
         let dir = self.root.join(uuid::Uuid::new_v4().to_string());
         create_private_dir(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         let home = dir.join("codex-home");
         ctx.setup.register_home(&home);
         match super::child::start_codex(ctx, &dir).await {
-            Ok(server) => {
-                prime(&server, &dir).await;
+            Ok(mut server) => {
+                prime(&mut server, &dir, warmup).await;
                 Ok(WarmChild {
                     dir,
                     server,
@@ -188,18 +190,78 @@ impl WarmPool {
     }
 }
 
-/// Pays codex's first-`thread/start` costs ahead: the first thread a codex process starts takes
-/// it 20-30 ms, later ones about 10 ms (measured with codex 0.169, docs/benchmarks.md part 4).
-/// The thread started here is never used and never persisted (codex writes a thread's rollout
-/// at its first turn; what it leaves is a shell-environment snapshot and a lock file in the
-/// CODEX_HOME). A failure is only logged: the child is as usable as without it.
-async fn prime(server: &AppServer, dir: &Path) {
+/// The longest a warm child's warm-up turn may take before it is interrupted.
+const WARM_UP_LIMIT: Duration = Duration::from_secs(10);
+
+/// Pays ahead what codex does once per process and once per CODEX_HOME, so that a session's
+/// first turn costs about what its later ones do: a first `thread/start`, then one turn on that
+/// thread against the sidecar's own warm-up model ([`WarmupModel`]: loopback, a canned reply),
+/// which makes codex create what its first persisted turn in a CODEX_HOME needs (the thread
+/// history database, `sessions/`). The thread is then archived (`thread/archive`: its rollout
+/// moves to `archived_sessions/`); the session's own thread is a new one. Measured with codex
+/// 0.169 (docs/benchmarks.md part 4): a session's first turn reaches `turn/started` about 30
+/// ms sooner. Without a warm-up model only the `thread/start` is paid. A failure is only
+/// logged: the child is as usable as without it.
+async fn prime(server: &mut AppServer, dir: &Path, warmup: Option<&WarmupModel>) {
     let cwd = dir.join("workspace").display().to_string();
-    if let Err(e) = server
-        .request("thread/start", json!({"cwd": cwd}), DEFAULT_REQUEST_TIMEOUT)
+    let params = warmup.map_or_else(|| json!({"cwd": cwd}), |m| m.thread_params(&cwd));
+    let thread_id = match server
+        .request("thread/start", params, DEFAULT_REQUEST_TIMEOUT)
         .await
     {
-        tracing::debug!(error = %e, "warm child: the priming thread/start failed");
+        Ok(r) => r
+            .pointer("/thread/id")
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_owned),
+        Err(e) => {
+            tracing::debug!(error = %e, "warm child: the priming thread/start failed");
+            None
+        }
+    };
+    let (Some(thread_id), Some(_)) = (thread_id, warmup) else {
+        return;
+    };
+    match tokio::time::timeout(WARM_UP_LIMIT, warm_up_turn(server, &thread_id)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::debug!(error = %e, "warm child: the warm-up turn failed"),
+        Err(_) => tracing::debug!("warm child: the warm-up turn did not end in time"),
+    }
+    if let Err(e) = server
+        .request(
+            "thread/archive",
+            json!({"threadId": thread_id}),
+            DEFAULT_REQUEST_TIMEOUT,
+        )
+        .await
+    {
+        tracing::debug!(error = %e, "warm child: cannot archive the warm-up thread");
+    }
+}
+
+/// Sends the warm-up turn on `thread_id` and reads codex until it ends (a request codex makes
+/// meanwhile is refused; none is expected for a text reply).
+async fn warm_up_turn(server: &mut AppServer, thread_id: &str) -> Result<(), String> {
+    let params = json!({"threadId": thread_id, "input": [{"type": "text", "text": "warm-up"}]});
+    server
+        .request("turn/start", params, DEFAULT_REQUEST_TIMEOUT)
+        .await
+        .map_err(|e| e.to_string())?;
+    loop {
+        match server.next_incoming().await {
+            None => return Err("codex exited".into()),
+            Some(Incoming::Request { id, .. }) => {
+                let _ = server
+                    .respond_error(id, -32000, "the warm-up turn takes no requests")
+                    .await;
+            }
+            Some(Incoming::Notification { method, params }) => {
+                let ours =
+                    params.get("threadId").and_then(serde_json::Value::as_str) == Some(thread_id);
+                if method == "turn/completed" && ours {
+                    return Ok(());
+                }
+            }
+        }
     }
 }
 
@@ -286,6 +348,13 @@ fn tidy(root: &Path) -> std::io::Result<()> {
 async fn refill(ctx: Arc<EngineCtx>) {
     let mut backoff = Duration::from_secs(2);
     let warm = &ctx.warm;
+    let warmup = match WarmupModel::start().await {
+        Ok(m) => Some(m),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot start the warm-up model; warm children skip their warm-up turn");
+            None
+        }
+    };
     loop {
         if warm.stopping.load(Ordering::SeqCst) {
             return;
@@ -306,7 +375,7 @@ async fn refill(ctx: Arc<EngineCtx>) {
         if warm.ready() < warm.target
             && let Some((lease, asked_back)) = spare_slot(&slots, warm, &ctx)
         {
-            match warm.start(&ctx, lease, asked_back).await {
+            match warm.start(&ctx, lease, asked_back, warmup.as_ref()).await {
                 Ok(child) => {
                     backoff = Duration::from_secs(2);
                     let stale = match warm.ready.lock() {

@@ -66,6 +66,13 @@ fn provider_table(
     Some((id, p))
 }
 
+/// Whether `path` is a regular file of mode 0600 holding exactly `bytes`.
+fn holds_private(path: &Path, bytes: &[u8]) -> bool {
+    let mode_ok = fs::symlink_metadata(path)
+        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o777 == 0o600);
+    mode_ok && fs::read(path).is_ok_and(|b| b == bytes)
+}
+
 /// Writes `bytes` to `path` atomically (temp file + rename) with mode 0600.
 ///
 /// # Errors
@@ -244,7 +251,12 @@ impl CodexSetup {
     /// Any I/O error.
     pub fn prepare_home(&self, home: &Path) -> io::Result<()> {
         create_private_dir(home)?;
-        write_private(&home.join("config.toml"), self.config_toml.as_bytes())?;
+        // Rewritten (fsync, rename, directory fsync) only when it differs: a session's every
+        // codex start comes here, and the file rarely changes.
+        let config = home.join("config.toml");
+        if !holds_private(&config, self.config_toml.as_bytes()) {
+            write_private(&config, self.config_toml.as_bytes())?;
+        }
         if let Some(auth) = &self.auth {
             auth.install(home)?;
         }
@@ -470,6 +482,18 @@ mod tests {
 
     fn auth(refresh: &str, token: &str) -> String {
         format!(r#"{{"tokens":{{"refresh_token":"{token}"}},"last_refresh":"{refresh}"}}"#)
+    }
+
+    #[test]
+    fn only_an_identical_private_file_is_left_as_it_is() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("config.toml");
+        assert!(!holds_private(&p, b"a = 1\n"), "missing");
+        write_private(&p, b"a = 1\n").expect("write");
+        assert!(holds_private(&p, b"a = 1\n"));
+        assert!(!holds_private(&p, b"a = 2\n"), "other content");
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).expect("chmod");
+        assert!(!holds_private(&p, b"a = 1\n"), "readable by others");
     }
 
     #[test]

@@ -94,6 +94,9 @@ pub struct SidecarTurn {
     pub result_delivery: Option<f64>,
     /// Whether the poll that delivered the result was sent before the result was stamped.
     pub waiting: bool,
+    /// The 202 read -> the `turn_started` stamp, and that stamp -> the `result` stamp (ms, wall
+    /// clock), when both stamps parsed.
+    pub stamps: Option<(f64, f64)>,
     /// The cursor after the result.
     pub cursor: u64,
 }
@@ -111,8 +114,9 @@ pub async fn sidecar_timed_turn(
     let t0 = Instant::now();
     let (status, body) = api.send(id, text).await;
     let post = t0.elapsed();
+    let accepted_wall = unix_nanos(std::time::SystemTime::now());
     ensure!(status == 202, "POST messages answered {status}: {body}");
-    let mut cursor = cursor;
+    let (mut cursor, mut started) = (cursor, None);
     loop {
         ensure!(
             Instant::now() < deadline,
@@ -120,6 +124,9 @@ pub async fn sidecar_timed_turn(
         );
         let p = ev.poll(id, cursor, POLL_WAIT_SECS).await?;
         cursor = p.next;
+        if let Some(e) = p.events.iter().find(|e| e["type"] == "turn_started") {
+            started = e["time"].as_str().and_then(parse_rfc3339_nanos);
+        }
         if let Some(result) = p.events.iter().find(|e| e["type"] == "result") {
             ensure!(
                 result["status"] == "completed",
@@ -127,7 +134,11 @@ pub async fn sidecar_timed_turn(
                 result["status"]
             );
             let stamped = result["time"].as_str().and_then(parse_rfc3339_nanos);
+            let ms = |from: i128, to: i128| (to - from) as f64 / 1e6;
             return Ok(SidecarTurn {
+                stamps: started
+                    .zip(stamped)
+                    .map(|(s, r)| (ms(accepted_wall, s), ms(s, r))),
                 total: p.received.duration_since(t0),
                 post,
                 result_delivery: stamped.map(|t| (unix_nanos(p.received_wall) - t) as f64 / 1e6),

@@ -30,9 +30,10 @@ pub async fn direct_timed_turn(
     direct: &mut DirectCodex,
     thread_id: &str,
     text: &str,
-) -> anyhow::Result<Duration> {
+) -> anyhow::Result<DirectTurn> {
     let t0 = Instant::now();
     let started = direct.start_turn(thread_id, text).await?;
+    let answered = t0.elapsed();
     let turn_id = started
         .pointer("/turn/id")
         .and_then(Value::as_str)
@@ -53,7 +54,18 @@ pub async fn direct_timed_turn(
         .and_then(Value::as_str)
         .unwrap_or("?");
     ensure!(status == "completed", "direct turn ended {status}: {done}");
-    Ok(t1.duration_since(t0))
+    Ok(DirectTurn {
+        total: t1.duration_since(t0),
+        answered,
+    })
+}
+
+/// One direct turn's times.
+pub struct DirectTurn {
+    /// `turn/start` written -> `turn/completed` read.
+    pub total: Duration,
+    /// `turn/start` written -> its answer read.
+    pub answered: Duration,
 }
 
 /// A spawn-per-query client, as NanoClaw drives codex: every query starts `codex app-server` in

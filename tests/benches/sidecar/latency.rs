@@ -42,6 +42,8 @@ pub async fn bench_latency(
 
     let (mut d_ms, mut s_ms, mut waited) = (Vec::new(), Vec::new(), 0usize);
     let (mut post_ms, mut result_ms, mut middle_ms) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut to_started_ms, mut started_to_result_ms) = (Vec::new(), Vec::new());
+    let (mut d_answer_ms, mut d_rest_ms) = (Vec::new(), Vec::new());
     let total = cfg.warmup + cfg.turns;
     for i in 0..total {
         if !cfg.time_left() {
@@ -56,7 +58,13 @@ pub async fn bench_latency(
         let s = sidecar_timed_turn(&api, &ev, "latency", cursor, &text).await?;
         cursor = s.cursor;
         if i >= cfg.warmup {
-            d_ms.push(ms(d));
+            d_ms.push(ms(d.total));
+            d_answer_ms.push(ms(d.answered));
+            d_rest_ms.push(ms(d.total) - ms(d.answered));
+            if let Some((a, b)) = s.stamps {
+                to_started_ms.push(a);
+                started_to_result_ms.push(b);
+            }
             s_ms.push(ms(s.total));
             post_ms.push(ms(s.post));
             if let Some(r) = s.result_delivery {
@@ -98,6 +106,24 @@ pub async fn bench_latency(
         println!(
             "      `result` stamped -> read from the long-poll              {:>8.3} ms [{:.3}]",
             r.median, r.p99
+        );
+    }
+    if let (Some(a), Some(b), Some(da), Some(db)) = (
+        stats(&to_started_ms),
+        stats(&started_to_result_ms),
+        stats(&d_answer_ms),
+        stats(&d_rest_ms),
+    ) {
+        println!(
+            "    the middle part split at the `turn_started` stamp (medians; direct in brackets):"
+        );
+        println!(
+            "      202 -> `turn_started` (wake, intent fdatasync, turn/start answered) {:>8.3} ms   (turn/start answered: {:.3} ms)",
+            a.median, da.median
+        );
+        println!(
+            "      `turn_started` -> `result` (codex's turn, each event appended)   {:>8.3} ms   (answer -> turn/completed: {:.3} ms)",
+            b.median, db.median
         );
     }
     println!(

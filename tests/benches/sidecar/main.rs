@@ -42,7 +42,7 @@
 //!
 //! | variable | default | meaning |
 //! |---|---|---|
-//! | `BENCH_TURNS` | 40 | timed turns per path in part 1 |
+//! | `BENCH_TURNS` | 200 | timed turns per path in part 1 (a median steady to a fraction of a ms needs this many here) |
 //! | `BENCH_WARMUP` | 2 | untimed turns per path before part 1 |
 //! | `BENCH_DELIVERY_TURNS` | 30 | slow turns in part 2 (each streams 4 deltas) |
 //! | `BENCH_DELAY_MS` | 50 | the model's pause before each delta in part 2 |

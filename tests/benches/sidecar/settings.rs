@@ -114,7 +114,7 @@ impl Settings {
             );
         }
         Settings {
-            turns: env_count("BENCH_TURNS", 40),
+            turns: env_count("BENCH_TURNS", 200),
             warmup: usize::try_from(env_u64("BENCH_WARMUP", 2)).unwrap_or(2),
             delivery_turns: env_count("BENCH_DELIVERY_TURNS", 30),
             delay_ms: env_u64("BENCH_DELAY_MS", 50).clamp(1, 10_000),

@@ -136,6 +136,8 @@ impl Engine {
             // given to it before its first turn (thread/start records them for a new thread).
             instructions_applied: rollout.as_ref().map(|_| "none".to_owned()),
             alias: warm.as_ref().map(|w| w.alias.clone()),
+            // No result yet: a load adds the usage of every result past seq 0.
+            counted_through: Some(0),
             ..Default::default()
         };
         if let Some((src_home, rel)) = &rollout {

@@ -43,6 +43,8 @@ pub(super) struct Scan {
     pub(super) uncounted: Usage,
     /// How many such turns.
     pub(super) uncounted_turns: u64,
+    /// The seq of the last of them: the record's new `counted_through`.
+    pub(super) last_uncounted: Option<u64>,
 }
 
 pub(super) fn scan_event(scan: &mut Scan, v: &Value) {
@@ -73,6 +75,7 @@ pub(super) fn scan_event(scan: &mut Scan, v: &Value) {
                     scan.uncounted.add(&u);
                 }
                 scan.uncounted_turns += 1;
+                scan.last_uncounted = Some(seq);
             }
         }
         Some("compaction") => {
@@ -204,6 +207,10 @@ impl Engine {
             .map_err(NotASession::Io)?;
         record.usage.add(&scan.uncounted);
         record.turns_since_compaction += scan.uncounted_turns;
+        if scan.last_uncounted.is_some() {
+            // What is now in `usage` (the next rewrite saves both together).
+            record.counted_through = scan.last_uncounted;
+        }
         let events = opened.log;
         let inbox = Inbox::open(&dir.join("messages.jsonl"), scan.delivered_through)
             .map_err(NotASession::Io)?;
@@ -489,6 +496,39 @@ mod tests {
         }
         assert_eq!(scan.delivered_through, 3);
         assert_eq!(scan.open_turn.as_deref(), Some("t2"));
+    }
+
+    #[test]
+    fn scan_counts_the_usage_of_results_past_the_records_watermark() {
+        let usage = |n: u64| serde_json::json!({"input_tokens": n, "cached_input_tokens": 0, "output_tokens": 1});
+        let events = [
+            serde_json::json!({"seq":3,"type":"result","turn_id":"t1","usage":usage(10)}),
+            serde_json::json!({"seq":6,"type":"result","turn_id":"","usage":usage(0)}),
+            serde_json::json!({"seq":9,"type":"result","turn_id":"t2","usage":usage(20)}),
+            serde_json::json!({"seq":12,"type":"result","turn_id":"t3","usage":usage(40)}),
+        ];
+        let mut scan = Scan {
+            counted_through: Some(3),
+            ..Scan::default()
+        };
+        for v in &events {
+            scan_event(&mut scan, v);
+        }
+        assert_eq!(scan.uncounted.input_tokens, 60, "t2 and t3, not t1");
+        assert_eq!(
+            scan.uncounted_turns, 2,
+            "a result without a turn id is no turn"
+        );
+        assert_eq!(scan.last_uncounted, Some(12));
+        // A record from before the watermark existed adds nothing.
+        let mut legacy = Scan::default();
+        for v in &events {
+            scan_event(&mut legacy, v);
+        }
+        assert_eq!(
+            (legacy.uncounted.input_tokens, legacy.last_uncounted),
+            (0, None)
+        );
     }
 
     #[test]

@@ -45,7 +45,6 @@ impl TokenCounts {
 #[serde(rename_all = "camelCase")]
 pub struct TokenUsageUpdated {
     /// The thread it is about (`threadId`).
-    #[serde(default)]
     pub thread_id: Option<String>,
     /// The usage.
     pub token_usage: ThreadTokenUsage,

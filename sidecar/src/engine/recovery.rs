@@ -28,7 +28,7 @@ use crate::error::ApiError;
 use crate::store::events::{EventKind, EventLog, TurnStatus, Usage};
 use crate::store::inbox::{Inbox, message_n};
 use crate::store::intent::{INTENTS_FILE, IntentLog};
-use crate::store::record::{PendingTurn, SessionRecord};
+use crate::store::record::SessionRecord;
 
 /// What recovery learned from one event log.
 #[derive(Default)]
@@ -194,10 +194,7 @@ impl Engine {
             // intent is still in doubt is decided once the inbox is known (its messages are
             // then still the oldest waiting ones).
             record.thread_persisted = true;
-            record.pending_turn = Some(PendingTurn {
-                client_id: intent.client_id,
-                message_ids: intent.message_ids,
-            });
+            record.pending_turn = Some(intent);
         }
         let mut scan = Scan {
             counted_through: record.counted_through,

@@ -190,7 +190,9 @@ impl WarmPool {
     }
 }
 
-/// The longest a warm child's warm-up turn may take before it is interrupted.
+/// The longest the refill waits for a warm child's warm-up turn; past it the child is kept
+/// anyway (a turn still running there belongs to another thread, whose deltas, usage and
+/// completion a session's turns never take for their own).
 const WARM_UP_LIMIT: Duration = Duration::from_secs(10);
 
 /// Pays ahead what codex does once per process and once per CODEX_HOME, so that a session's

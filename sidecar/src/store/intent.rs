@@ -29,7 +29,9 @@ pub const ROTATE_BYTES: u64 = 64 * 1024;
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Intent {
     /// The codex thread the turn goes to. A recorded intent also means the thread may have a
-    /// rollout on disk (codex writes it at the first `turn/start`): it can be resumed.
+    /// rollout on disk (codex writes it at the first `turn/start`): it can be resumed. Empty in
+    /// a `pending_turn` read from a session.json written before `intents.jsonl` existed.
+    #[serde(default)]
     pub thread_id: String,
     /// The `clientUserMessageId` sent with `turn/start`; codex keeps it in the thread's history
     /// as the user message item's `clientId` (`thread/turns/list`).

@@ -7,6 +7,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::store::events::Usage;
+use crate::store::intent::Intent;
 
 /// The persisted part of a session.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -48,7 +49,7 @@ pub struct SessionRecord {
     /// ([`crate::store::intent`]), merged in when the session is loaded. Only read from
     /// `session.json` (records written before `intents.jsonl` existed), never written there.
     #[serde(skip_serializing)]
-    pub pending_turn: Option<PendingTurn>,
+    pub pending_turn: Option<Intent>,
     /// The name under `<state>/warm/` of a symlink to this session's directory, when its first
     /// codex child was a warm child started there (see `engine::warm`): codex recorded the
     /// thread's rollout under that path in its state database, so the symlink stays as long
@@ -63,16 +64,6 @@ pub struct SessionRecord {
     /// until the next one).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub counted_through: Option<u64>,
-}
-
-/// A turn about to be started (see [`SessionRecord::pending_turn`]).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PendingTurn {
-    /// The `clientUserMessageId` sent with `turn/start`; codex keeps it in the thread's history
-    /// as the user message item's `clientId` (`thread/turns/list`).
-    pub client_id: String,
-    /// The messages the turn carries, oldest first.
-    pub message_ids: Vec<String>,
 }
 
 impl SessionRecord {
@@ -92,5 +83,27 @@ impl SessionRecord {
     pub fn save(&self, path: &Path) -> io::Result<()> {
         let bytes = serde_json::to_vec_pretty(self).map_err(io::Error::other)?;
         crate::codex::home::write_private(path, &bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pending_turn_from_an_older_record_is_read_but_never_written() {
+        let old = r#"{"id":"x","pending_turn":{"client_id":"sidecar-1","message_ids":["msg_1"]}}"#;
+        let record: SessionRecord = serde_json::from_str(old).expect("an older record parses");
+        let pending = record.pending_turn.clone().expect("its pending turn");
+        assert_eq!(
+            (
+                pending.client_id.as_str(),
+                pending.message_ids,
+                pending.thread_id.as_str()
+            ),
+            ("sidecar-1", vec!["msg_1".to_owned()], "")
+        );
+        let written = serde_json::to_value(&record).expect("serializes");
+        assert!(written.get("pending_turn").is_none(), "{written}");
     }
 }

@@ -547,7 +547,9 @@ impl Actor {
         self.publish_record();
         let h = self.h.clone();
         let saved = tokio::task::spawn_blocking(move || h.save_snapshot_blocking()).await;
-        self.saved(saved)
+        let ok = matches!(saved, Ok(Ok(())));
+        log_save_failure(&self.h.key.id, saved);
+        ok
     }
 
     /// Like [`Actor::save_record`], without waiting for the write: for the end of a turn, whose
@@ -588,12 +590,6 @@ impl Actor {
             merged.effort = s.record.effort.take();
             s.record = merged;
         });
-    }
-
-    fn saved(&self, saved: Result<std::io::Result<()>, tokio::task::JoinError>) -> bool {
-        let ok = matches!(saved, Ok(Ok(())));
-        log_save_failure(&self.h.key.id, saved);
-        ok
     }
 
     /// Appends the turn's intent to `intents.jsonl` (fdatasync) on a blocking thread, before

@@ -15,7 +15,6 @@ use crate::codex::rpc::{DEFAULT_REQUEST_TIMEOUT, Incoming, RpcError};
 use crate::fault::{CrashPoint, crash_point};
 use crate::store::events::{EventKind, TurnStatus, Usage};
 use crate::store::intent::Intent;
-use crate::store::record::PendingTurn;
 
 use super::super::batch::is_input_too_large;
 use super::interrupts::Interrupting;
@@ -47,16 +46,13 @@ impl Actor {
             client_id: client_id.clone(),
             message_ids: message_ids.clone(),
         };
-        if let Err(e) = self.record_intent(intent).await {
+        if let Err(e) = self.record_intent(intent.clone()).await {
             tracing::error!(session = %self.h.key.id, error = %e, "cannot record a turn's intent in intents.jsonl");
             self.h.requeue(batch);
             self.unavailable("cannot record the turn in intents.jsonl; retrying".into());
             return Flow::Continue;
         }
-        self.record.pending_turn = Some(PendingTurn {
-            client_id: client_id.clone(),
-            message_ids: message_ids.clone(),
-        });
+        self.record.pending_turn = Some(intent);
         // From turn/start on, codex may have written the thread's rollout (a recorded intent
         // says so on disk: see the session's load).
         self.record.thread_persisted = true;

@@ -7,6 +7,10 @@
 //!
 //! - `CODEX_SIDECAR_TEST_CRASH_AT=<point>`: the process sends itself `SIGKILL` when it reaches
 //!   that [`CrashPoint`] (its [`CrashPoint::name`]), exactly like `kill -9` from outside.
+//! - `CODEX_SIDECAR_TEST_CRASH_DELAY_MS=<ms>`: the process first sleeps that long at the point
+//!   (holding up the task that reached it, and nothing else: the runtime's other tasks move to
+//!   another thread), so that codex gets on with the turn meanwhile: a crash while codex has a
+//!   turn the sidecar has not recorded yet.
 //! - `CODEX_SIDECAR_TEST_INPUT_CHARS=<n>`: the sidecar believes codex accepts `n` characters per
 //!   turn instead of codex's real limit, so that a test can make codex refuse a batch for its
 //!   size and watch it being split.
@@ -17,6 +21,7 @@ use std::sync::OnceLock;
 #[derive(Debug, Default)]
 struct Faults {
     crash_at: Option<String>,
+    crash_delay_ms: Option<u64>,
     input_chars: Option<usize>,
 }
 
@@ -25,7 +30,8 @@ static FAULTS: OnceLock<Faults> = OnceLock::new();
 /// A step of a turn at which a test can crash the sidecar.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CrashPoint {
-    /// The turn's intent is on disk (`intents.jsonl`), `turn/start` not yet sent.
+    /// The turn is decided (for a thread's first turn, its intent is in `intents.jsonl`),
+    /// `turn/start` not yet sent.
     IntentWritten,
     /// `turn/start` was written to codex's stdin, its answer not yet read.
     StartSent,
@@ -67,6 +73,9 @@ impl CrashPoint {
 pub fn enable_from_env() {
     let faults = Faults {
         crash_at: std::env::var("CODEX_SIDECAR_TEST_CRASH_AT").ok(),
+        crash_delay_ms: std::env::var("CODEX_SIDECAR_TEST_CRASH_DELAY_MS")
+            .ok()
+            .and_then(|v| v.parse().ok()),
         input_chars: std::env::var("CODEX_SIDECAR_TEST_INPUT_CHARS")
             .ok()
             .and_then(|v| v.parse().ok()),
@@ -79,6 +88,13 @@ pub fn enable_from_env() {
 pub fn crash_point(point: CrashPoint) {
     let Some(f) = FAULTS.get() else { return };
     if f.crash_at.as_deref() == Some(point.name()) {
+        if let Some(ms) = f.crash_delay_ms {
+            // The rest of the runtime (the readers of codex's pipes among it) keeps running on
+            // another thread: codex never waits on a pipe the sidecar stopped draining.
+            tokio::task::block_in_place(|| {
+                std::thread::sleep(std::time::Duration::from_millis(ms));
+            });
+        }
         tracing::warn!(point = point.name(), "test fault injection: SIGKILL");
         // SAFETY: sends a signal to this very process; nothing is shared with the callee.
         unsafe {

@@ -182,31 +182,81 @@ fn user_items_with(body: &Value, text: &str) -> usize {
 #[tokio::test]
 async fn every_accepted_message_is_carried_by_exactly_one_turn_across_kill_9_at_every_step()
 -> anyhow::Result<()> {
-    for point in CrashPoint::ALL {
+    // A thread's first turn: its intent goes to intents.jsonl before turn/start.
+    crash_at_every_step(false).await
+}
+
+#[tokio::test]
+async fn a_later_turn_is_carried_exactly_once_across_kill_9_at_every_step_with_no_intent_written()
+-> anyhow::Result<()> {
+    // A later turn writes nothing before turn/start: a restart finds it in the thread's history
+    // from the oldest waiting message, whose id its clientUserMessageId names.
+    crash_at_every_step(true).await
+}
+
+/// Crashes the sidecar (`kill -9` by itself) at each [`CrashPoint`] of a turn, restarts it, and
+/// checks that the message is carried by exactly one turn, that codex's thread holds it at most
+/// once (once when its turn completed), and that the session's usage counts every result once.
+/// With `later`, the crashed turn is the thread's second, after a restart that stopped the
+/// first turn's child (so the thread is resumed, as after any restart).
+///
+/// Each point is reached at once after the step before it, and twice more with the crash held
+/// back 1 s once `turn/start` is written or answered: codex then runs the turn (and records it
+/// in the thread's rollout) before the sidecar dies, so the restart must find that turn in the
+/// thread's history instead of sending the message again.
+async fn crash_at_every_step(later: bool) -> anyhow::Result<()> {
+    let delayed = [CrashPoint::StartSent, CrashPoint::StartAnswered].map(|p| (p, Some("1000")));
+    for (point, delay) in CrashPoint::ALL
+        .map(|p| (p, None))
+        .into_iter()
+        .chain(delayed)
+    {
         let name = point.name();
         let model = ScriptedModel::start().await?;
+        let mut crash = vec![("CODEX_SIDECAR_TEST_CRASH_AT", name)];
+        crash.extend(delay.map(|ms| ("CODEX_SIDECAR_TEST_CRASH_DELAY_MS", ms)));
+        let name = format!("{name} (delay {delay:?})");
         let mut sc = Sidecar::start_with_env(
             &model.base_url(),
             &["--compact-at-tokens", "0"],
-            &[("CODEX_SIDECAR_TEST_CRASH_AT", name)],
+            if later { &[] } else { &crash },
         )
         .await?;
-        let api = sc.api("alice");
+        let mut api = sc.api("alice");
         assert_eq!(api.create(json!({"id": "x"})).await.0, 201, "{name}");
+        let before = if later {
+            assert_eq!(api.send("x", "before the crash").await.0, 202);
+            api.until_results("x", 0, 1, T).await?;
+            for (k, v) in &crash {
+                sc.set_env(k, Some(v));
+            }
+            sc.restart().await?;
+            api = api.with_base(&sc.base);
+            1
+        } else {
+            0
+        };
+        let probe_id = format!("msg_{}", before + 1);
         let probe = format!("probe at {name} [[delay_ms=100]] [[tokens=100]]");
         let (status, sent) = api.send("x", &probe).await;
-        assert_eq!((status, sent["message_id"].as_str()), (202, Some("msg_1")));
+        assert_eq!(
+            (status, sent["message_id"].as_str()),
+            (202, Some(probe_id.as_str())),
+            "{name}"
+        );
         assert!(
             sc.wait_exited(Duration::from_secs(60)).await,
             "{name}: the crash point was reached"
         );
-        sc.set_env("CODEX_SIDECAR_TEST_CRASH_AT", None);
+        for (k, _) in &crash {
+            sc.set_env(k, None);
+        }
         sc.restart().await?;
         let api = api.with_base(&sc.base);
-        api.until_results("x", 0, 1, T).await?;
+        api.until_results("x", 0, before + 1, T).await?;
         api.send("x", "after the restart").await;
         let events = api
-            .until_results("x", 0, 2, T)
+            .until_results("x", 0, before + 2, T)
             .await
             .map_err(|e| anyhow::anyhow!("{name}: {e}\n{}", sc.log()))?;
 
@@ -215,13 +265,13 @@ async fn every_accepted_message_is_carried_by_exactly_one_turn_across_kill_9_at_
             .filter(|e| {
                 e["message_ids"]
                     .as_array()
-                    .is_some_and(|ids| ids.iter().any(|i| i == "msg_1"))
+                    .is_some_and(|ids| ids.iter().any(|i| i == probe_id.as_str()))
             })
             .collect();
         assert_eq!(
             carrying.len(),
             1,
-            "{name}: one turn carries msg_1: {events:?}"
+            "{name}: one turn carries {probe_id}: {events:?}"
         );
         let turn_id = carrying[0]["turn_id"].clone();
         let results: Vec<&Value> = of_type(&events, "result")
@@ -243,13 +293,21 @@ async fn every_accepted_message_is_carried_by_exactly_one_turn_across_kill_9_at_
             Some(reported),
             "{name}: {view}"
         );
-        // codex's thread holds the probe at most once (once when its turn completed)
+        // codex's thread holds the probe at most once (once when its turn completed), and
+        // the earlier turn's message exactly once
         let final_request = model
             .requests()
             .into_iter()
             .rev()
             .find(|r| r.last_user_text.as_deref() == Some("after the restart"))
             .expect("the last turn's request");
+        if later {
+            assert_eq!(
+                user_items_with(&final_request.body, "before the crash"),
+                1,
+                "{name}: the thread was resumed, not replaced: {events:?}"
+            );
+        }
         let in_thread = user_items_with(&final_request.body, &probe);
         if results[0]["status"] == "completed" {
             assert_eq!(in_thread, 1, "{name}: {events:?}");
@@ -260,6 +318,15 @@ async fn every_accepted_message_is_carried_by_exactly_one_turn_across_kill_9_at_
                     .iter()
                     .any(|e| e["code"] == "turn_lost" && e["retryable"] == true),
                 "{name}: a lost turn says so: {events:?}"
+            );
+        }
+        if delay.is_some() {
+            // codex had the turn: it is reported under codex's turn id, not sent again
+            assert_ne!(turn_id, "", "{name}: {events:?}");
+            assert!(
+                sc.log().contains("had reached codex"),
+                "{name}: the restart found the turn in the thread's history\n{}",
+                sc.log()
             );
         }
     }

@@ -22,6 +22,7 @@ use serde_json::Value;
 use axum::http::StatusCode;
 
 use super::Engine;
+use super::session::recover::in_doubt_at_load;
 use super::session::{Actor, SessionHandle, SessionKey};
 use crate::codex::home::{create_private_dir, sync_dir};
 use crate::error::ApiError;
@@ -191,8 +192,8 @@ impl Engine {
             record.thread_id.as_ref() == Some(&i.thread_id) && !i.message_ids.is_empty()
         }) {
             // A turn was started on this thread: it may have a rollout to resume. Whether the
-            // intent is still in doubt is decided once the inbox is known (its messages are
-            // then still the oldest waiting ones).
+            // intent is still in doubt is decided once the inbox is known (its first message is
+            // then still the oldest waiting one).
             record.thread_persisted = true;
             record.pending_turn = Some(intent);
         }
@@ -211,6 +212,12 @@ impl Engine {
         let events = opened.log;
         let inbox = Inbox::open(&dir.join("messages.jsonl"), scan.delivered_through)
             .map_err(NotASession::Io)?;
+        record.pending_turn = in_doubt_at_load(
+            record.pending_turn.take(),
+            record.thread_id.as_deref(),
+            record.thread_persisted,
+            inbox.pending().next().map(|m| m.message_id.as_str()),
+        );
         let problem = match (&opened.corruption, inbox.corruption()) {
             (Some(c), _) => Some(format!("events.jsonl {c}")),
             (None, Some(c)) => Some(format!("messages.jsonl: {c}")),

@@ -1,13 +1,17 @@
-//! `intents.jsonl`: the turn a session is about to start, appended and `fdatasync`ed before
-//! `turn/start` is sent (README, "Exactly-once turns"). One JSON line per turn,
+//! `intents.jsonl`: a thread's first turn, appended and `fdatasync`ed before its `turn/start` is
+//! sent (README, "Exactly-once turns"). One JSON line per turn,
 //! `{"thread_id","client_id","message_ids"}`; only the last line matters.
 //!
-//! An append and an `fdatasync` cost about a fifth of rewriting `session.json` atomically (temp
-//! file, fsync, rename, fsync of the directory: about 1.3 ms against 0.25 ms at the median on
-//! this machine's ext4), and they sit on every turn's critical path. Nothing marks an intent as
-//! done: the event log does. A `turn_started` naming its messages means codex got them (or
-//! refused them); otherwise they are still the oldest waiting messages, and whether codex got
-//! the turn is read back from the thread's history (`engine::session::actor::pending`).
+//! What the line adds to the inbox is that the thread may have a rollout from then on (codex
+//! writes it at the first `turn/start`), so that a restart resumes the thread instead of
+//! starting another. Later turns write nothing here: their thread is resumable already, and
+//! their `clientUserMessageId` names their messages (`engine::session::recover::client_id`), so
+//! a restart finds them in the thread's history from the oldest waiting message alone. That
+//! keeps an `fdatasync` (0.25 ms at the median on this machine's ext4, several under load) off
+//! every later turn's critical path. Nothing marks an intent as done: the event log does. A
+//! `turn_started` naming its messages means codex got them (or refused them); otherwise they
+//! are still the oldest waiting messages, and whether codex got the turn is read back from the
+//! thread's history (`engine::session::actor::pending`).
 //!
 //! The file is replaced (temp file, fsync, rename) by one holding only the new intent once it
 //! grows past [`ROTATE_BYTES`], so it stays small whatever the history length.

@@ -45,8 +45,9 @@ pub struct SessionRecord {
     pub turns_since_compaction: u64,
     /// The turn the sidecar is starting, whose start is not recorded in the event log yet: after
     /// a crash, whether codex got it is read back from the thread's history (README,
-    /// "Exactly-once turns"). Held in memory; on disk it is the last line of `intents.jsonl`
-    /// ([`crate::store::intent`]), merged in when the session is loaded. Only read from
+    /// "Exactly-once turns"). Held in memory; a load rebuilds it from the oldest waiting
+    /// message (`engine::session::recover::in_doubt_at_load`) and, for a thread's first turn,
+    /// the last line of `intents.jsonl` ([`crate::store::intent`]). Only read from
     /// `session.json` (records written before `intents.jsonl` existed), never written there.
     #[serde(skip_serializing)]
     pub pending_turn: Option<Intent>,

@@ -8,6 +8,7 @@ mod pending;
 mod turn;
 
 use std::collections::VecDeque;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -423,7 +424,9 @@ impl Actor {
                 // A thread codex cannot find is replaced at once; any other error (a damaged
                 // rollout, a config problem) is retried with backoff, up to --resume-attempts
                 // times in a row, and then the thread is replaced so that the session works again.
-                Err(RpcError::Server { message, .. }) if thread_is_gone(&message) => {
+                Err(RpcError::Server { message, .. })
+                    if thread_is_gone(&message, &self.h.codex_home()) =>
+                {
                     self.emit(EventKind::Progress {
                         message: format!("thread {thread_id} could not be resumed ({message}); starting a new thread"),
                     });
@@ -592,9 +595,8 @@ impl Actor {
         });
     }
 
-    /// Appends the turn's intent to `intents.jsonl` (fdatasync) on a blocking thread, before
-    /// `turn/start`: about a fifth of the cost of rewriting session.json (see
-    /// [`crate::store::intent`]).
+    /// Appends a thread's first turn's intent to `intents.jsonl` (fdatasync) on a blocking
+    /// thread, before `turn/start` (see [`crate::store::intent`]).
     async fn record_intent(&self, intent: Intent) -> std::io::Result<()> {
         let log = self.h.intents();
         tokio::task::spawn_blocking(move || log.record(&intent))
@@ -602,12 +604,16 @@ impl Actor {
             .map_err(std::io::Error::other)?
     }
 
-    /// codex refused the turn whose intent was recorded: an intent with no messages replaces
-    /// it, so that a load neither doubts the messages nor takes the thread for resumable
-    /// because of it; the record goes back to `was_persisted`.
+    /// codex refused the turn in doubt. For a thread's first turn, whose intent was recorded, an
+    /// intent with no messages replaces it, so that a load neither doubts the messages nor takes
+    /// the thread for resumable because of it; the record goes back to `was_persisted`.
     async fn withdraw_intent(&mut self, thread_id: &str, was_persisted: bool) {
         self.record.pending_turn = None;
-        self.record.thread_persisted = was_persisted;
+        if was_persisted {
+            // Nothing was written for a later turn.
+            return;
+        }
+        self.record.thread_persisted = false;
         let withdrawn = Intent {
             thread_id: thread_id.to_owned(),
             ..Intent::default()
@@ -637,13 +643,30 @@ fn log_save_failure(session: &str, saved: Result<std::io::Result<()>, tokio::tas
     }
 }
 
-/// Whether a `thread/resume` error means codex has no such thread (observed messages: "no rollout
-/// found for thread id <id>", "invalid session id: ...", "thread not found: <id>").
-fn thread_is_gone(message: &str) -> bool {
+/// Whether a `thread/resume` error means codex has no such thread, or one that never held
+/// anything (observed messages: "no rollout found for thread id <id>", "invalid session id:
+/// ...", "thread not found: <id>"; and "... rollout at <path> is empty" when that file under
+/// the session's `codex_home` has no bytes at all, as when codex was killed between creating a
+/// thread's rollout and writing to it). Retrying cannot bring any of these back. codex says "is
+/// empty" for a damaged rollout too (no readable first line); that one is retried.
+fn thread_is_gone(message: &str, codex_home: &Path) -> bool {
     let m = message.to_ascii_lowercase();
     m.contains("no rollout found")
         || m.contains("invalid session id")
         || m.contains("thread not found")
+        || empty_rollout(message).is_some_and(|path| {
+            // The path codex names may run through the session's warm alias (a symlink).
+            let (Ok(path), Ok(home)) = (path.canonicalize(), codex_home.canonicalize()) else {
+                return false;
+            };
+            path.starts_with(home) && std::fs::metadata(path).is_ok_and(|m| m.len() == 0)
+        })
+}
+
+/// The `<path>` in codex's "rollout at <path> is empty".
+fn empty_rollout(message: &str) -> Option<&Path> {
+    let (_, rest) = message.rsplit_once("rollout at ")?;
+    Some(Path::new(rest.strip_suffix(" is empty")?))
 }
 
 fn status_label(s: TurnStatus) -> crate::metrics::StatusLabel {
@@ -672,19 +695,44 @@ mod tests {
 
     #[test]
     fn only_a_missing_thread_is_replaced() {
+        let home = tempfile::tempdir().expect("tempdir");
+        let empty = home.path().join("rollout-1.jsonl");
+        std::fs::write(&empty, "").expect("write");
+        let damaged = home.path().join("rollout-2.jsonl");
+        std::fs::write(&damaged, "garbage{\n").expect("write");
+        let is_empty = |p: &Path| {
+            format!(
+                "failed to read thread: failed to read session metadata {p}: rollout at {p} is empty",
+                p = p.display()
+            )
+        };
         for gone in [
-            "no rollout found for thread id 019a0000-0000-7000-8000-000000000000",
-            "invalid session id: invalid character: expected an optional prefix of `urn:uuid:`",
-            "thread not found: 019a0000",
+            "no rollout found for thread id 019a0000-0000-7000-8000-000000000000".to_owned(),
+            "invalid session id: invalid character: expected an optional prefix of `urn:uuid:`"
+                .to_owned(),
+            "thread not found: 019a0000".to_owned(),
+            is_empty(&empty),
         ] {
-            assert!(thread_is_gone(gone), "{gone}");
+            assert!(thread_is_gone(&gone, home.path()), "{gone}");
         }
+        let elsewhere = tempfile::tempdir().expect("tempdir");
         for transient in [
-            "server overloaded; retry later",
-            "Not initialized",
-            "config error: bad key",
+            "server overloaded; retry later".to_owned(),
+            "Not initialized".to_owned(),
+            "config error: bad key".to_owned(),
+            // codex says "empty" for a rollout it cannot read: that is damage, not absence
+            is_empty(&damaged),
+            is_empty(&home.path().join("missing.jsonl")),
         ] {
-            assert!(!thread_is_gone(transient), "{transient}");
+            assert!(!thread_is_gone(&transient, home.path()), "{transient}");
         }
+        // only a file under the session's own CODEX_HOME is looked at, also through a symlink
+        assert!(!thread_is_gone(&is_empty(&empty), elsewhere.path()));
+        let alias = elsewhere.path().join("alias");
+        std::os::unix::fs::symlink(home.path(), &alias).expect("symlink");
+        assert!(thread_is_gone(
+            &is_empty(&alias.join("rollout-1.jsonl")),
+            home.path()
+        ));
     }
 }

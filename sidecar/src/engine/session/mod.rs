@@ -21,7 +21,7 @@ use crate::store::record::SessionRecord;
 
 mod actor;
 mod batch;
-mod recover;
+pub(in crate::engine) mod recover;
 pub use actor::Actor;
 use batch::{Batcher, MessageSize};
 /// An `activity` heartbeat is emitted when a turn has been quiet this long (NanoClaw kills a

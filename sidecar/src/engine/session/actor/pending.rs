@@ -1,12 +1,12 @@
 //! The parts of a turn's start that sit around `turn/start`: its params, a turn codex refused,
-//! and, after a crash or a child that stopped, finding out whether codex got a turn whose intent
-//! was recorded ([`SessionRecord::pending_turn`]) before sending it again.
+//! and, after a crash or a child that stopped, finding out whether codex got a turn that was in
+//! doubt ([`SessionRecord::pending_turn`]) before sending its messages again.
 
 use serde_json::{Value, json};
 
 use crate::codex::rpc::{DEFAULT_REQUEST_TIMEOUT, RpcError};
 use crate::store::events::{EventKind, TurnStatus, Usage};
-use crate::store::inbox::{QueuedMessage, message_n};
+use crate::store::inbox::QueuedMessage;
 
 use super::super::recover::{find_turn, turns_list_params};
 use super::*;
@@ -86,11 +86,11 @@ impl Actor {
             .inc();
     }
 
-    /// With a child running the thread: when a turn's intent is on record and its messages are
-    /// still the oldest waiting ones, nobody knows whether codex got that turn (the sidecar
-    /// crashed, or the child stopped, between recording the intent and `turn_started`). The
-    /// thread's history decides: a turn carrying the intent's `clientUserMessageId` reached
-    /// codex, and is reported now (`turn_started` with codex's turn id, then its outcome: its
+    /// With a child running the thread: when a turn is in doubt (its messages are still the
+    /// oldest waiting ones after the sidecar crashed, or the child stopped, between deciding on
+    /// the turn and `turn_started`), nobody knows whether codex got it. The thread's history
+    /// decides: a turn whose `clientUserMessageId` is the intent's, or names the intent's first
+    /// message as its first (`recover::client_id`), reached codex, and is reported now (`turn_started` with codex's turn id, then its outcome: its
     /// answer when it completed, else `turn_lost`); otherwise codex never had the messages and
     /// they go in the next turn as usual. Either way each message is carried by exactly one turn.
     ///
@@ -120,18 +120,13 @@ impl Actor {
                 )
                 .await
                 .map_err(|e| format!("cannot read the thread's turns (thread/turns/list): {e}"))?;
-            find_turn(&list, &pending.client_id)
+            find_turn(&list, &pending)
         } else {
             // A new, empty thread (the old one was gone): it cannot hold the turn.
             None
         };
         if let Some(turn) = found {
-            let through = pending
-                .message_ids
-                .last()
-                .and_then(|id| message_n(id))
-                .unwrap_or(0);
-            let taken = self.h.take_through(through);
+            let taken = self.h.take_through(turn.through);
             let message_ids: Vec<String> = taken.iter().map(|m| m.message_id.clone()).collect();
             tracing::info!(session = %self.h.key.id, turn = %turn.turn_id, status = %turn.status, "a turn the sidecar lost track of had reached codex");
             self.emit(EventKind::TurnStarted {

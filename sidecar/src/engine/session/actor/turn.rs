@@ -17,6 +17,7 @@ use crate::store::events::{EventKind, TurnStatus, Usage};
 use crate::store::intent::Intent;
 
 use super::super::batch::is_input_too_large;
+use super::super::recover::client_id;
 use super::interrupts::Interrupting;
 use super::*;
 
@@ -35,26 +36,37 @@ impl Actor {
             self.h.requeue(batch);
             return Flow::Continue;
         };
+        let Some(client_id) = batch
+            .first()
+            .zip(batch.last())
+            .map(|(first, last)| client_id(&first.message_id, &last.message_id))
+        else {
+            return Flow::Continue;
+        };
         self.h.begin_turn(SessionState::Running);
         let message_ids: Vec<String> = batch.iter().map(|m| m.message_id.clone()).collect();
-        // The intent goes to disk before codex sees the turn: after a crash from here until
-        // `turn_started` is written, the thread's history says whether codex got it.
-        let client_id = format!("sidecar-{}", uuid::Uuid::new_v4());
+        // The turn is in doubt from here until `turn_started` is written: after a crash, or a
+        // child that stops, the thread's history says whether codex got it, found by the
+        // client id that names the batch's messages (`recover::client_id`). A thread's first
+        // turn is also written to `intents.jsonl` (fdatasync) before codex sees it, since only
+        // that says on disk that the thread may now have a rollout to resume; a later turn's
+        // thread is resumable already, so its messages (waiting in the inbox) are all a
+        // restart needs.
         let was_persisted = self.record.thread_persisted;
         let intent = Intent {
             thread_id: thread_id.clone(),
             client_id: client_id.clone(),
             message_ids: message_ids.clone(),
         };
-        if let Err(e) = self.record_intent(intent.clone()).await {
+        if !was_persisted && let Err(e) = self.record_intent(intent.clone()).await {
             tracing::error!(session = %self.h.key.id, error = %e, "cannot record a turn's intent in intents.jsonl");
             self.h.requeue(batch);
             self.unavailable("cannot record the turn in intents.jsonl; retrying".into());
             return Flow::Continue;
         }
         self.record.pending_turn = Some(intent);
-        // From turn/start on, codex may have written the thread's rollout (a recorded intent
-        // says so on disk: see the session's load).
+        // From turn/start on, codex may have written the thread's rollout (the first turn's
+        // intent says so on disk: see the session's load).
         self.record.thread_persisted = true;
         crash_point(CrashPoint::IntentWritten);
         let params = self.turn_params(&thread_id, &batch, &client_id);

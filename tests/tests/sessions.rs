@@ -580,6 +580,8 @@ async fn patch_changes_instructions_model_and_effort_from_the_next_turn() -> any
     api.until_results("p", before["next_seq"].as_u64().unwrap_or(1) - 1, 1, T)
         .await?;
     assert!(last_turn_request(&model).contains("New rule: sign with NANO."));
+    // a turn/start names the model only when it changes: codex keeps the last one named
+    assert!(last_turn_request(&model).contains("\"model\":\"scripted-2\""));
 
     // the settings survive a restart
     let mut sc = sc;
@@ -590,6 +592,7 @@ async fn patch_changes_instructions_model_and_effort_from_the_next_turn() -> any
     api.until_results("p", before["next_seq"].as_u64().unwrap_or(1) - 1, 1, T)
         .await?;
     assert!(last_turn_request(&model).contains("New rule: sign with NANO."));
+    assert!(last_turn_request(&model).contains("\"model\":\"scripted-2\""));
 
     // over 512 KiB is refused; null clears a setting
     let (s, b) = api

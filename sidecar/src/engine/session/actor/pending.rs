@@ -12,14 +12,17 @@ use super::super::recover::{find_turn, turns_list_params};
 use super::*;
 
 impl Actor {
-    /// `turn/start`'s params for `batch`: one text item per message, the session's effort and
-    /// model, and `clientUserMessageId` (kept by codex in the thread's history).
+    /// `turn/start`'s params for `batch`: one text item per message, `clientUserMessageId`
+    /// (kept by codex in the thread's history), and the session's model and effort where they
+    /// differ from what the thread runs with in this child (`runs_with`); also what the thread
+    /// runs with once codex accepts the turn.
     pub(super) fn turn_params(
         &self,
         thread_id: &str,
         batch: &[QueuedMessage],
         client_id: &str,
-    ) -> Value {
+        runs_with: &RunsWith,
+    ) -> (Value, RunsWith) {
         // Each message's text (when it has any), then its images as codex's `localImage`
         // items (`{type, path}`: codex reads the file and sends it to the model as an
         // `input_image` data URL).
@@ -39,15 +42,22 @@ impl Actor {
             "clientUserMessageId": client_id,
         });
         let settings = self.h.settings();
-        if let Some(effort) = settings.effort {
-            params["effort"] = effort.into();
+        let mut next = runs_with.clone();
+        if let Some(effort) = settings.effort
+            && next.effort.as_ref() != Some(&effort)
+        {
+            params["effort"] = effort.clone().into();
+            next.effort = Some(effort);
         }
         // A turn's model stays in force for the turns after it: with the session's model cleared,
         // the sidecar's own (--model) is named again.
-        if let Some(model) = settings.model.or_else(|| self.ctx.config.model.clone()) {
-            params["model"] = model.into();
+        if let Some(model) = settings.model.or_else(|| self.ctx.config.model.clone())
+            && next.model.as_ref() != Some(&model)
+        {
+            params["model"] = model.clone().into();
+            next.model = Some(model);
         }
-        params
+        (params, next)
     }
 
     /// codex refused `turn/start` (`turn_rejected`) or never answered it (`codex_unresponsive`,

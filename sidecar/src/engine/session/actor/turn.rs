@@ -69,12 +69,12 @@ impl Actor {
         // intent says so on disk: see the session's load).
         self.record.thread_persisted = true;
         crash_point(CrashPoint::IntentWritten);
-        let params = self.turn_params(&thread_id, &batch, &client_id);
-        let started = Instant::now();
         let Some(live) = self.live.as_ref() else {
             self.h.requeue(batch);
             return Flow::Continue;
         };
+        let (params, runs_with) = self.turn_params(&thread_id, &batch, &client_id, &live.runs_with);
+        let started = Instant::now();
         let answer = live
             .server
             .request_then("turn/start", params, DEFAULT_REQUEST_TIMEOUT, || {
@@ -122,6 +122,9 @@ impl Actor {
             }
         };
         crash_point(CrashPoint::StartAnswered);
+        if let Some(live) = self.live.as_mut() {
+            live.runs_with = runs_with;
+        }
         self.batcher.accepted();
         let first_n = batch.first().map_or(0, |m| m.n);
         self.emit(EventKind::TurnStarted {

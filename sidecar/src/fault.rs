@@ -30,8 +30,8 @@ static FAULTS: OnceLock<Faults> = OnceLock::new();
 /// A step of a turn at which a test can crash the sidecar.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CrashPoint {
-    /// The turn is decided (for a thread's first turn, its intent is in `intents.jsonl`),
-    /// `turn/start` not yet sent.
+    /// The turn is decided (its messages taken from the queue, nothing written), `turn/start`
+    /// not yet sent. (The name is from when an intent was written here.)
     IntentWritten,
     /// `turn/start` was written to codex's stdin, its answer not yet read.
     StartSent,

@@ -182,15 +182,16 @@ fn user_items_with(body: &Value, text: &str) -> usize {
 #[tokio::test]
 async fn every_accepted_message_is_carried_by_exactly_one_turn_across_kill_9_at_every_step()
 -> anyhow::Result<()> {
-    // A thread's first turn: its intent goes to intents.jsonl before turn/start.
+    // A thread's first turn, on the child that started the thread: a restart resumes the
+    // thread although session.json says it had no turn yet.
     crash_at_every_step(false).await
 }
 
 #[tokio::test]
-async fn a_later_turn_is_carried_exactly_once_across_kill_9_at_every_step_with_no_intent_written()
+async fn a_later_turn_on_a_resumed_thread_is_carried_exactly_once_across_kill_9_at_every_step()
 -> anyhow::Result<()> {
-    // A later turn writes nothing before turn/start: a restart finds it in the thread's history
-    // from the oldest waiting message, whose id its clientUserMessageId names.
+    // A later turn, on a child that resumed the thread: a restart finds the turn in the
+    // thread's history from the oldest waiting message, whose id its clientUserMessageId names.
     crash_at_every_step(true).await
 }
 
@@ -238,12 +239,16 @@ async fn crash_at_every_step(later: bool) -> anyhow::Result<()> {
         };
         let probe_id = format!("msg_{}", before + 1);
         let probe = format!("probe at {name} [[delay_ms=100]] [[tokens=100]]");
-        let (status, sent) = api.send("x", &probe).await;
-        assert_eq!(
-            (status, sent["message_id"].as_str()),
-            (202, Some(probe_id.as_str())),
-            "{name}"
-        );
+        // The turn starts as soon as the message is on disk, alongside the 202: a crash point
+        // can beat the answer. The client then retries with its idempotency key after the
+        // restart, and is told the message was accepted.
+        let (status, sent) = api.send_keyed("x", &probe, "probe-key").await;
+        let answered = status == 202;
+        if answered {
+            assert_eq!(sent["message_id"], probe_id.as_str(), "{name}");
+        } else {
+            assert_eq!(status, 0, "{name}: no answer at all, or the 202: {sent}");
+        }
         assert!(
             sc.wait_exited(Duration::from_secs(60)).await,
             "{name}: the crash point was reached"
@@ -253,6 +258,18 @@ async fn crash_at_every_step(later: bool) -> anyhow::Result<()> {
         }
         sc.restart().await?;
         let api = api.with_base(&sc.base);
+        if !answered {
+            let (status, again) = api.send_keyed("x", &probe, "probe-key").await;
+            assert_eq!(
+                (
+                    status,
+                    again["message_id"].as_str(),
+                    again["duplicate"].as_bool()
+                ),
+                (200, Some(probe_id.as_str()), Some(true)),
+                "{name}: the retry finds the message accepted before the crash"
+            );
+        }
         api.until_results("x", 0, before + 1, T).await?;
         api.send("x", "after the restart").await;
         let events = api

@@ -184,6 +184,8 @@ impl Engine {
     pub(super) fn load(&self, dir: &Path) -> Result<(), NotASession> {
         let mut record =
             SessionRecord::load(&dir.join("session.json")).map_err(NotASession::record)?;
+        // Written only by sidecars before turns' client ids named their messages: read so that
+        // an upgrade keeps such a turn in doubt until the thread's history settles it.
         let intent = IntentLog::new(dir.join(INTENTS_FILE))
             .last()
             .map_err(NotASession::Io)?;
@@ -215,9 +217,9 @@ impl Engine {
         record.pending_turn = in_doubt_at_load(
             record.pending_turn.take(),
             record.thread_id.as_deref(),
-            record.thread_persisted,
             inbox.pending().next().map(|m| m.message_id.as_str()),
         );
+        let check_thread = !record.thread_persisted && record.thread_id.is_some();
         let problem = match (&opened.corruption, inbox.corruption()) {
             (Some(c), _) => Some(format!("events.jsonl {c}")),
             (None, Some(c)) => Some(format!("messages.jsonl: {c}")),
@@ -258,7 +260,8 @@ impl Engine {
         } else {
             self.ctx.setup.register_home(&h.codex_home());
             let actor = Actor::new(h.clone(), self.ctx.clone(), rx)
-                .with_pending_compaction(scan.open_compaction);
+                .with_pending_compaction(scan.open_compaction)
+                .with_thread_to_check(check_thread);
             tokio::spawn(actor.run());
         }
         if let Ok(mut s) = self.sessions.write() {

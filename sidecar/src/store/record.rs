@@ -46,9 +46,9 @@ pub struct SessionRecord {
     /// The turn the sidecar is starting, whose start is not recorded in the event log yet: after
     /// a crash, whether codex got it is read back from the thread's history (README,
     /// "Exactly-once turns"). Held in memory; a load rebuilds it from the oldest waiting
-    /// message (`engine::session::recover::in_doubt_at_load`) and, for a thread's first turn,
-    /// the last line of `intents.jsonl` ([`crate::store::intent`]). Only read from
-    /// `session.json` (records written before `intents.jsonl` existed), never written there.
+    /// message (`engine::session::recover::in_doubt_at_load`) and, after an upgrade, an older
+    /// sidecar's `intents.jsonl` ([`crate::store::intent`]). Only read from `session.json`
+    /// (records written before `intents.jsonl` existed), never written there.
     #[serde(skip_serializing)]
     pub pending_turn: Option<Intent>,
     /// The name under `<state>/warm/` of a symlink to this session's directory, when its first

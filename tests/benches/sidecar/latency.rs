@@ -118,7 +118,7 @@ pub async fn bench_latency(
             "    the middle part split at the `turn_started` stamp (medians; direct in brackets):"
         );
         println!(
-            "      202 -> `turn_started` (wake, intent fdatasync, turn/start answered) {:>8.3} ms   (turn/start answered: {:.3} ms)",
+            "      202 -> `turn_started` (wake, batch, turn/start answered)       {:>8.3} ms   (turn/start answered: {:.3} ms)",
             a.median, da.median
         );
         println!(

@@ -23,7 +23,6 @@ use crate::engine::child::start_codex;
 use crate::engine::pool::Lease;
 use crate::engine::warm::Handed;
 use crate::store::events::{EventKind, TurnStatus, Usage};
-use crate::store::intent::Intent;
 use crate::store::record::SessionRecord;
 
 use super::*;
@@ -110,6 +109,11 @@ pub struct Actor {
     warm: Option<Handed>,
     /// The session.json write started at the end of the last turn, if it may still run.
     background_save: Option<tokio::task::JoinHandle<()>>,
+    /// The thread may have a rollout that the record does not know about: a loaded session
+    /// whose record says its thread had no turn yet (a crash can come between a thread's
+    /// first `turn/start` and the record's rewrite after it). Its first start tries
+    /// `thread/resume` anyway; codex's answer settles it.
+    check_thread: bool,
 }
 
 enum Flow {
@@ -142,6 +146,7 @@ impl Actor {
             deferred: VecDeque::new(),
             warm: None,
             background_save: None,
+            check_thread: false,
         }
     }
 
@@ -149,6 +154,13 @@ impl Actor {
     /// a child of its own.
     pub fn with_warm_child(mut self, warm: Option<Handed>) -> Actor {
         self.warm = warm;
+        self
+    }
+
+    /// Has the first start try to resume the thread even though the record says it had no turn
+    /// (a loaded session: see `check_thread`).
+    pub fn with_thread_to_check(mut self, check: bool) -> Actor {
+        self.check_thread = check;
         self
     }
 
@@ -419,7 +431,8 @@ impl Actor {
             .record
             .thread_id
             .clone()
-            .filter(|_| self.record.thread_persisted);
+            .filter(|_| self.record.thread_persisted || self.check_thread);
+        let had_turns = self.record.thread_persisted;
         if let Some(thread_id) = resumable {
             let mut params = self.thread_params();
             params.insert("threadId".into(), thread_id.clone().into());
@@ -435,6 +448,8 @@ impl Actor {
             {
                 Ok(answer) => {
                     self.resume_failures = 0;
+                    self.check_thread = false;
+                    self.record.thread_persisted = true;
                     live.resumed = true;
                     live.runs_with = RunsWith::from_answer(&answer);
                     self.live = Some(live);
@@ -453,8 +468,13 @@ impl Actor {
                 Err(RpcError::Server { message, .. })
                     if thread_is_gone(&message, &self.h.codex_home()) =>
                 {
+                    self.check_thread = false;
                     self.emit(EventKind::Progress {
-                        message: format!("thread {thread_id} could not be resumed ({message}); starting a new thread"),
+                        message: if had_turns {
+                            format!("thread {thread_id} could not be resumed ({message}); starting a new thread")
+                        } else {
+                            format!("thread {thread_id} had no turns on disk to resume; starting a new thread")
+                        },
                     });
                 }
                 Err(e) if e.is_fatal() => return Err(e.to_string()),
@@ -468,6 +488,7 @@ impl Actor {
                         ));
                     }
                     self.resume_failures = 0;
+                    self.check_thread = false;
                     self.emit(EventKind::Error {
                         code: "thread_replaced".into(),
                         message: format!(
@@ -622,32 +643,11 @@ impl Actor {
         });
     }
 
-    /// Appends a thread's first turn's intent to `intents.jsonl` (fdatasync) on a blocking
-    /// thread, before `turn/start` (see [`crate::store::intent`]).
-    async fn record_intent(&self, intent: Intent) -> std::io::Result<()> {
-        let log = self.h.intents();
-        tokio::task::spawn_blocking(move || log.record(&intent))
-            .await
-            .map_err(std::io::Error::other)?
-    }
-
-    /// codex refused the turn in doubt. For a thread's first turn, whose intent was recorded, an
-    /// intent with no messages replaces it, so that a load neither doubts the messages nor takes
-    /// the thread for resumable because of it; the record goes back to `was_persisted`.
-    async fn withdraw_intent(&mut self, thread_id: &str, was_persisted: bool) {
+    /// codex refused the turn in doubt: nothing is in doubt any more, and the thread has a
+    /// rollout only if it had one before (`was_persisted`).
+    fn withdraw_turn(&mut self, was_persisted: bool) {
         self.record.pending_turn = None;
-        if was_persisted {
-            // Nothing was written for a later turn.
-            return;
-        }
-        self.record.thread_persisted = false;
-        let withdrawn = Intent {
-            thread_id: thread_id.to_owned(),
-            ..Intent::default()
-        };
-        if let Err(e) = self.record_intent(withdrawn).await {
-            tracing::warn!(session = %self.h.key.id, error = %e, "cannot withdraw a refused turn's intent (a restart checks the thread's history for it)");
-        }
+        self.record.thread_persisted = was_persisted;
     }
 
     /// Flushes the event log to stable storage in the background (`kill -9` needs no flush: every

@@ -466,11 +466,6 @@ impl SessionHandle {
         self.dir.join("workspace")
     }
 
-    /// This session's `intents.jsonl`.
-    pub fn intents(&self) -> crate::store::intent::IntentLog {
-        crate::store::intent::IntentLog::new(self.dir.join(crate::store::intent::INTENTS_FILE))
-    }
-
     fn record_path(&self) -> PathBuf {
         self.dir.join("session.json")
     }

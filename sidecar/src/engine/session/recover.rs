@@ -4,9 +4,8 @@
 //! thread's history as the user message item's `clientId` (written to the rollout with the user
 //! message, before the model is asked). `thread/turns/list` (newest first, full items) reads that
 //! history back in a fresh codex after `thread/resume`. Because the id is derived from the
-//! messages, a restart can search for the oldest waiting message without any record of the turn
-//! on the sidecar's side: only a thread's first turn has its intent written first
-//! (`intents.jsonl`), as that is what says the thread has a rollout to resume.
+//! messages, a restart searches for the oldest waiting message without any record of the turn
+//! on the sidecar's side: nothing is written between the 202 and `turn/start`.
 //!
 //! Observed with codex 0.169.0: a `turn/start` that codex answered but whose user message it had
 //! not recorded yet when its stdin closed is kept as a turn with no items (status `interrupted`):
@@ -48,18 +47,17 @@ pub fn probe(thread_id: &str, first: &str) -> Intent {
     }
 }
 
-/// The turn in doubt when a session is loaded: none unless a message waits on a thread that may
-/// have a rollout (`persisted`); then the last recorded intent (`recorded`, a thread's first
-/// turn) when it names the oldest waiting message (`front`) as its first, else a [`probe`] for
-/// that message. A message that never reached codex costs one `thread/turns/list` before its
-/// turn; nothing is written until it is known.
+/// The turn in doubt when a session is loaded: none unless a message waits on a thread; then
+/// the intent a sidecar before this version recorded (`recorded`) when it names the oldest
+/// waiting message (`front`) as its first, else a [`probe`] for that message. The search runs
+/// only in a child that resumed the thread (a new thread cannot hold the turn); a message that
+/// never reached codex costs one `thread/turns/list` before its turn.
 pub fn in_doubt_at_load(
     recorded: Option<Intent>,
     thread_id: Option<&str>,
-    persisted: bool,
     front: Option<&str>,
 ) -> Option<Intent> {
-    let (Some(thread_id), Some(front), true) = (thread_id, front, persisted) else {
+    let (Some(thread_id), Some(front)) = (thread_id, front) else {
         return None;
     };
     Some(match recorded {
@@ -158,32 +156,25 @@ mod tests {
     }
 
     #[test]
-    fn a_load_doubts_the_oldest_waiting_message_on_a_resumable_thread() {
-        let first_turn = intent("sidecar-msg_1-msg_2", &["msg_1", "msg_2"]);
-        // the first turn's intent still names the front: it is the turn in doubt
+    fn a_load_doubts_the_oldest_waiting_message_on_its_thread() {
+        let recorded = intent("sidecar-1f0e", &["msg_1", "msg_2"]);
+        // an intent an older sidecar recorded still names the front: it is the turn in doubt
         assert_eq!(
-            in_doubt_at_load(Some(first_turn.clone()), Some("th"), true, Some("msg_1")),
-            Some(first_turn.clone())
+            in_doubt_at_load(Some(recorded.clone()), Some("th"), Some("msg_1")),
+            Some(recorded.clone())
         );
-        // a later turn wrote nothing: the front is probed
+        // otherwise the front is probed
         assert_eq!(
-            in_doubt_at_load(Some(first_turn.clone()), Some("th"), true, Some("msg_3")),
+            in_doubt_at_load(Some(recorded.clone()), Some("th"), Some("msg_3")),
             Some(probe("th", "msg_3"))
         );
         assert_eq!(
-            in_doubt_at_load(None, Some("th"), true, Some("msg_3")),
+            in_doubt_at_load(None, Some("th"), Some("msg_3")),
             Some(probe("th", "msg_3"))
         );
-        // nothing waits, or the thread has no rollout: nothing is in doubt
-        assert_eq!(
-            in_doubt_at_load(Some(first_turn), Some("th"), true, None),
-            None
-        );
-        assert_eq!(
-            in_doubt_at_load(None, Some("th"), false, Some("msg_1")),
-            None
-        );
-        assert_eq!(in_doubt_at_load(None, None, true, Some("msg_1")), None);
+        // nothing waits, or there is no thread yet: nothing is in doubt
+        assert_eq!(in_doubt_at_load(Some(recorded), Some("th"), None), None);
+        assert_eq!(in_doubt_at_load(None, None, Some("msg_1")), None);
     }
 
     #[test]

@@ -105,8 +105,8 @@ impl Actor {
     /// they go in the next turn as usual. Either way each message is carried by exactly one turn.
     ///
     /// # Errors
-    /// A message when codex cannot list the thread's turns (retried with backoff; the intent
-    /// stays).
+    /// A message when codex cannot list the thread's turns (retried with backoff; the turn
+    /// stays in doubt).
     pub(super) async fn recover_pending_turn(&mut self) -> Result<(), String> {
         let Some(pending) = self.record.pending_turn.clone() else {
             return Ok(());
@@ -169,8 +169,8 @@ impl Actor {
         } else {
             tracing::info!(session = %self.h.key.id, "a turn the sidecar lost track of never reached codex; its messages are sent again");
         }
-        // Nothing to write: from here the event log (a `turn_started` naming the messages, or
-        // the next turn's intent) says what became of them.
+        // Nothing to write: from here the event log (a `turn_started` naming the messages) or
+        // the inbox (they are still waiting) says what became of them.
         self.record.pending_turn = None;
         Ok(())
     }

@@ -45,28 +45,18 @@ impl Actor {
         };
         self.h.begin_turn(SessionState::Running);
         let message_ids: Vec<String> = batch.iter().map(|m| m.message_id.clone()).collect();
-        // The turn is in doubt from here until `turn_started` is written: after a crash, or a
-        // child that stops, the thread's history says whether codex got it, found by the
-        // client id that names the batch's messages (`recover::client_id`). A thread's first
-        // turn is also written to `intents.jsonl` (fdatasync) before codex sees it, since only
-        // that says on disk that the thread may now have a rollout to resume; a later turn's
-        // thread is resumable already, so its messages (waiting in the inbox) are all a
-        // restart needs.
+        // The turn is in doubt from here until `turn_started` is written. Nothing is written
+        // first: after a crash, or a child that stops, the messages are still the oldest
+        // waiting ones in the inbox, and the thread's history says whether codex got them,
+        // found by the client id that names them (`recover::client_id`).
         let was_persisted = self.record.thread_persisted;
-        let intent = Intent {
+        self.record.pending_turn = Some(Intent {
             thread_id: thread_id.clone(),
             client_id: client_id.clone(),
             message_ids: message_ids.clone(),
-        };
-        if !was_persisted && let Err(e) = self.record_intent(intent.clone()).await {
-            tracing::error!(session = %self.h.key.id, error = %e, "cannot record a turn's intent in intents.jsonl");
-            self.h.requeue(batch);
-            self.unavailable("cannot record the turn in intents.jsonl; retrying".into());
-            return Flow::Continue;
-        }
-        self.record.pending_turn = Some(intent);
-        // From turn/start on, codex may have written the thread's rollout (the first turn's
-        // intent says so on disk: see the session's load).
+        });
+        // From turn/start on, codex may have written the thread's rollout (a restart tries to
+        // resume any thread it has an id for).
         self.record.thread_persisted = true;
         crash_point(CrashPoint::IntentWritten);
         let Some(live) = self.live.as_ref() else {
@@ -89,7 +79,7 @@ impl Actor {
                 .to_owned(),
             Err(e) if e.is_fatal() => {
                 // The child died, or stopped reading its input: it may or may not have the turn.
-                // The messages wait again and the intent stays, so that the next child reads the
+                // The messages wait again and the turn stays in doubt, so that the next child reads the
                 // thread's history before anything else (recover_pending_turn).
                 self.h.requeue(batch);
                 if matches!(e, RpcError::WriteTimeout) {
@@ -104,7 +94,7 @@ impl Actor {
             }
             Err(e) if is_input_too_large(&e) && self.batcher.refused(batch.len()) => {
                 tracing::info!(session = %self.h.key.id, messages = batch.len(), "codex refused the batch for its size; splitting it");
-                self.withdraw_intent(&thread_id, was_persisted).await;
+                self.withdraw_turn(was_persisted);
                 self.h.requeue(batch);
                 return Flow::Continue;
             }
@@ -115,7 +105,7 @@ impl Actor {
                 if matches!(e, RpcError::Timeout { .. }) {
                     self.record.pending_turn = None;
                 } else {
-                    self.withdraw_intent(&thread_id, was_persisted).await;
+                    self.withdraw_turn(was_persisted);
                 }
                 self.turn_not_started(message_ids, e).await;
                 return Flow::Continue;

@@ -432,7 +432,6 @@ impl Actor {
             .thread_id
             .clone()
             .filter(|_| self.record.thread_persisted || self.check_thread);
-        let had_turns = self.record.thread_persisted;
         if let Some(thread_id) = resumable {
             let mut params = self.thread_params();
             params.insert("threadId".into(), thread_id.clone().into());
@@ -470,11 +469,7 @@ impl Actor {
                 {
                     self.check_thread = false;
                     self.emit(EventKind::Progress {
-                        message: if had_turns {
-                            format!("thread {thread_id} could not be resumed ({message}); starting a new thread")
-                        } else {
-                            format!("thread {thread_id} had no turns on disk to resume; starting a new thread")
-                        },
+                        message: format!("thread {thread_id} could not be resumed ({message}); starting a new thread"),
                     });
                 }
                 Err(e) if e.is_fatal() => return Err(e.to_string()),

@@ -193,12 +193,15 @@ impl Engine {
             // An intent with no messages withdrew a turn codex refused.
             record.thread_id.as_ref() == Some(&i.thread_id) && !i.message_ids.is_empty()
         }) {
-            // A turn was started on this thread: it may have a rollout to resume. Whether the
-            // intent is still in doubt is decided once the inbox is known (its first message is
-            // then still the oldest waiting one).
-            record.thread_persisted = true;
+            // Whether the intent is still in doubt is decided once the inbox is known (its first
+            // message is then still the oldest waiting one).
             record.pending_turn = Some(intent);
         }
+        // A crash can come between a thread's first `turn/start` and the record's rewrite after
+        // it: any thread a loaded session has an id for may have a rollout. Its first start
+        // tries `thread/resume`, and codex's answer settles it (a thread it has no rollout for
+        // is replaced at once).
+        record.thread_persisted |= record.thread_id.is_some();
         let mut scan = Scan {
             counted_through: record.counted_through,
             ..Scan::default()
@@ -219,7 +222,6 @@ impl Engine {
             record.thread_id.as_deref(),
             inbox.pending().next().map(|m| m.message_id.as_str()),
         );
-        let check_thread = !record.thread_persisted && record.thread_id.is_some();
         let problem = match (&opened.corruption, inbox.corruption()) {
             (Some(c), _) => Some(format!("events.jsonl {c}")),
             (None, Some(c)) => Some(format!("messages.jsonl: {c}")),
@@ -260,8 +262,7 @@ impl Engine {
         } else {
             self.ctx.setup.register_home(&h.codex_home());
             let actor = Actor::new(h.clone(), self.ctx.clone(), rx)
-                .with_pending_compaction(scan.open_compaction)
-                .with_thread_to_check(check_thread);
+                .with_pending_compaction(scan.open_compaction);
             tokio::spawn(actor.run());
         }
         if let Ok(mut s) = self.sessions.write() {

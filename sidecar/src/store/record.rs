@@ -19,8 +19,8 @@ pub struct SessionRecord {
     pub owner: String,
     /// The codex thread, once started.
     pub thread_id: Option<String>,
-    /// Whether the thread has a rollout on disk (codex writes it at the first turn), i.e. can be
-    /// resumed by `thread/resume`.
+    /// Whether the thread may have a rollout on disk (codex writes it at the first turn), i.e.
+    /// is tried with `thread/resume`. A load sets it for any thread (`engine::recovery`).
     pub thread_persisted: bool,
     /// Creation time (RFC 3339).
     pub created_at: String,

@@ -109,11 +109,6 @@ pub struct Actor {
     warm: Option<Handed>,
     /// The session.json write started at the end of the last turn, if it may still run.
     background_save: Option<tokio::task::JoinHandle<()>>,
-    /// The thread may have a rollout that the record does not know about: a loaded session
-    /// whose record says its thread had no turn yet (a crash can come between a thread's
-    /// first `turn/start` and the record's rewrite after it). Its first start tries
-    /// `thread/resume` anyway; codex's answer settles it.
-    check_thread: bool,
 }
 
 enum Flow {
@@ -146,7 +141,6 @@ impl Actor {
             deferred: VecDeque::new(),
             warm: None,
             background_save: None,
-            check_thread: false,
         }
     }
 
@@ -154,13 +148,6 @@ impl Actor {
     /// a child of its own.
     pub fn with_warm_child(mut self, warm: Option<Handed>) -> Actor {
         self.warm = warm;
-        self
-    }
-
-    /// Has the first start try to resume the thread even though the record says it had no turn
-    /// (a loaded session: see `check_thread`).
-    pub fn with_thread_to_check(mut self, check: bool) -> Actor {
-        self.check_thread = check;
         self
     }
 
@@ -431,7 +418,7 @@ impl Actor {
             .record
             .thread_id
             .clone()
-            .filter(|_| self.record.thread_persisted || self.check_thread);
+            .filter(|_| self.record.thread_persisted);
         if let Some(thread_id) = resumable {
             let mut params = self.thread_params();
             params.insert("threadId".into(), thread_id.clone().into());
@@ -447,8 +434,6 @@ impl Actor {
             {
                 Ok(answer) => {
                     self.resume_failures = 0;
-                    self.check_thread = false;
-                    self.record.thread_persisted = true;
                     live.resumed = true;
                     live.runs_with = RunsWith::from_answer(&answer);
                     self.live = Some(live);
@@ -467,7 +452,6 @@ impl Actor {
                 Err(RpcError::Server { message, .. })
                     if thread_is_gone(&message, &self.h.codex_home()) =>
                 {
-                    self.check_thread = false;
                     self.emit(EventKind::Progress {
                         message: format!("thread {thread_id} could not be resumed ({message}); starting a new thread"),
                     });
@@ -483,7 +467,6 @@ impl Actor {
                         ));
                     }
                     self.resume_failures = 0;
-                    self.check_thread = false;
                     self.emit(EventKind::Error {
                         code: "thread_replaced".into(),
                         message: format!(

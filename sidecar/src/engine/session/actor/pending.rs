@@ -100,9 +100,10 @@ impl Actor {
     /// oldest waiting ones after the sidecar crashed, or the child stopped, between deciding on
     /// the turn and `turn_started`), nobody knows whether codex got it. The thread's history
     /// decides: a turn whose `clientUserMessageId` is the intent's, or names the intent's first
-    /// message as its first (`recover::client_id`), reached codex, and is reported now (`turn_started` with codex's turn id, then its outcome: its
-    /// answer when it completed, else `turn_lost`); otherwise codex never had the messages and
-    /// they go in the next turn as usual. Either way each message is carried by exactly one turn.
+    /// message as its first (`recover::client_id`), reached codex, and is reported now
+    /// (`turn_started` with codex's turn id, then its outcome: its answer when it completed,
+    /// else `turn_lost`); otherwise codex never had the messages and they go in the next turn
+    /// as usual. Either way each message is carried by exactly one turn.
     ///
     /// # Errors
     /// A message when codex cannot list the thread's turns (retried with backoff; the turn

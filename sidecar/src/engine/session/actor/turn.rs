@@ -29,18 +29,16 @@ impl Actor {
             return Flow::Continue;
         }
         let batch = self.h.take_batch(&self.batcher);
-        if batch.is_empty() {
-            return Flow::Continue;
-        }
-        let (Some(thread_id), true) = (self.record.thread_id.clone(), self.live.is_some()) else {
-            self.h.requeue(batch);
-            return Flow::Continue;
-        };
         let Some(client_id) = batch
             .first()
             .zip(batch.last())
             .map(|(first, last)| client_id(&first.message_id, &last.message_id))
         else {
+            // Nothing waits.
+            return Flow::Continue;
+        };
+        let (Some(thread_id), true) = (self.record.thread_id.clone(), self.live.is_some()) else {
+            self.h.requeue(batch);
             return Flow::Continue;
         };
         self.h.begin_turn(SessionState::Running);
@@ -56,7 +54,7 @@ impl Actor {
             message_ids: message_ids.clone(),
         });
         // From turn/start on, codex may have written the thread's rollout (a restart tries to
-        // resume any thread it has an id for).
+        // resume any thread it has an id for: see the session's load).
         self.record.thread_persisted = true;
         crash_point(CrashPoint::IntentWritten);
         let Some(live) = self.live.as_ref() else {
@@ -79,8 +77,8 @@ impl Actor {
                 .to_owned(),
             Err(e) if e.is_fatal() => {
                 // The child died, or stopped reading its input: it may or may not have the turn.
-                // The messages wait again and the turn stays in doubt, so that the next child reads the
-                // thread's history before anything else (recover_pending_turn).
+                // The messages wait again and the turn stays in doubt, so that the next child
+                // reads the thread's history before anything else (recover_pending_turn).
                 self.h.requeue(batch);
                 if matches!(e, RpcError::WriteTimeout) {
                     tracing::warn!(session = %self.h.key.id, "codex stopped reading its input; stopping it");

@@ -140,7 +140,34 @@ impl Sidecar {
         Ok(s)
     }
 
+    /// Starts the sidecar on a free port and waits for `/healthz`. The port is free when picked
+    /// but another process can take it before the sidecar binds it (parallel tests): a start-up
+    /// that fails with "Address already in use" is tried again on another port, twice at most.
     async fn spawn(&mut self) -> anyhow::Result<()> {
+        let mut attempt = 0;
+        loop {
+            let logged = std::fs::metadata(&self.log_path).map_or(0, |m| m.len());
+            match self.spawn_on_free_port().await {
+                Err(_)
+                    if attempt < 2 && self.log_since(logged).contains("Address already in use") =>
+                {
+                    attempt += 1;
+                    eprintln!("the sidecar's port was taken before it bound it; trying another");
+                }
+                r => return r,
+            }
+        }
+    }
+
+    /// What the sidecar logged after the first `from` bytes.
+    fn log_since(&self, from: u64) -> String {
+        let log = self.log();
+        log.get(usize::try_from(from).unwrap_or(0)..)
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    async fn spawn_on_free_port(&mut self) -> anyhow::Result<()> {
         let port = free_port();
         self.base = format!("http://127.0.0.1:{port}");
         let log = std::fs::OpenOptions::new()
